@@ -1,0 +1,273 @@
+/*
+ * otlp-sink — a fast OTLP/HTTP receiver for tests and benchmarks, built on the gateway's own server code.
+ *
+ * Answers POST /v1/{traces,logs,metrics} with 200 and an empty Export*ServiceResponse (or a configured
+ * status), optionally after a delay; counts requests, items and bytes per signal; can append every
+ * received trace_id with its span count to a file ("<32 hex> <count>" per trace per request), so tests can
+ * check where each trace went. GET / is a health check (200); GET /stats returns the counters as JSON.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config/config.h"
+#include "gateway/http_server.h"
+#include "gateway/otlp_http.h"
+#include "opentelemetry/proto/collector/trace/v1/trace_service.pb-c.h"
+
+typedef struct sink {
+  uv_loop_t *loop;
+  hs_server_t *srv;
+  int status;
+  unsigned retry_after;
+  uint64_t delay_ms;
+  uint64_t max_body;
+  FILE *trace_file;
+  uint64_t requests[OTLP_N_SIGNALS];
+  uint64_t items[OTLP_N_SIGNALS];
+  uint64_t bytes[OTLP_N_SIGNALS];
+  uint64_t rejected;     /* answered with a non-200 status */
+  uint64_t invalid;      /* 400: bad gzip or protobuf */
+  uv_signal_t sig_term, sig_int;
+} sink_t;
+
+typedef struct delayed {
+  uv_timer_t timer;
+  hs_request_t *req;
+  sink_t *sink;
+  int status;
+  otlp_encoding_t enc;
+} delayed_t;
+
+static const char usage[] =
+    "usage: otlp-sink [--listen HOST:PORT] [--status CODE] [--retry-after SECONDS] [--delay MS]\n"
+    "                 [--trace-file PATH] [--max-body SIZE]\n"
+    "  --listen       address to listen on (default 127.0.0.1:0 = ephemeral; the bound address is printed)\n"
+    "  --status       answer every OTLP request with this status instead of 200 (e.g. 503)\n"
+    "  --retry-after  add Retry-After: SECONDS to non-200 answers\n"
+    "  --delay        answer after MS milliseconds\n"
+    "  --trace-file   append \"<trace_id hex> <span count>\" for every trace of every accepted request\n"
+    "  --max-body     largest request body accepted (default 64MiB)\n";
+
+static int cmp_id16(const void *a, const void *b) { return memcmp(a, b, 16); }
+
+/* Writes one line per distinct trace_id of the request with its span count. */
+static void record_traces(sink_t *s, const uint8_t *body, size_t len) {
+  Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest *r =
+      opentelemetry__proto__collector__trace__v1__export_trace_service_request__unpack(NULL, len, body);
+  if (!r) return;
+  size_t n = 0;
+  for (size_t i = 0; i < r->n_resource_spans; i++)
+    for (size_t j = 0; j < r->resource_spans[i]->n_scope_spans; j++) n += r->resource_spans[i]->scope_spans[j]->n_spans;
+  uint8_t(*ids)[16] = n ? calloc(n, 16) : NULL;
+  size_t k = 0;
+  for (size_t i = 0; ids && i < r->n_resource_spans; i++)
+    for (size_t j = 0; j < r->resource_spans[i]->n_scope_spans; j++) {
+      Opentelemetry__Proto__Trace__V1__ScopeSpans *ss = r->resource_spans[i]->scope_spans[j];
+      for (size_t x = 0; x < ss->n_spans; x++, k++) {
+        ProtobufCBinaryData t = ss->spans[x]->trace_id;
+        memcpy(ids[k], t.data, t.len < 16 ? t.len : 16);
+      }
+    }
+  if (ids) {
+    qsort(ids, n, 16, cmp_id16);
+    for (size_t a = 0; a < n;) {
+      size_t b = a + 1;
+      while (b < n && memcmp(ids[a], ids[b], 16) == 0) b++;
+      char hex[33];
+      for (int q = 0; q < 16; q++) snprintf(hex + 2 * q, 3, "%02x", ids[a][q]);
+      fprintf(s->trace_file, "%s %zu\n", hex, b - a);
+      a = b;
+    }
+    fflush(s->trace_file);
+    free(ids);
+  }
+  opentelemetry__proto__collector__trace__v1__export_trace_service_request__free_unpacked(r, NULL);
+}
+
+static void answer(sink_t *s, hs_request_t *req, int status, otlp_encoding_t enc) {
+  if (status == 200) otlp_respond_success(req, enc);
+  else otlp_respond_status(req, enc, status, "otlp-sink configured status", s->retry_after, NULL, 0);
+}
+
+static void on_delay_closed(uv_handle_t *h) { free(h->data); }
+
+static void on_delay(uv_timer_t *t) {
+  delayed_t *d = t->data;
+  answer(d->sink, d->req, d->status, d->enc);
+  d->timer.data = d;
+  uv_close((uv_handle_t *)&d->timer, on_delay_closed);
+}
+
+static void respond(sink_t *s, hs_request_t *req, int status, otlp_encoding_t enc) {
+  if (status != 200) s->rejected++;
+  if (s->delay_ms == 0) {
+    answer(s, req, status, enc);
+    return;
+  }
+  delayed_t *d = calloc(1, sizeof *d);
+  if (!d) {
+    answer(s, req, 500, enc);
+    return;
+  }
+  d->req = req;
+  d->sink = s;
+  d->status = status;
+  d->enc = enc;
+  uv_timer_init(s->loop, &d->timer);
+  d->timer.data = d;
+  uv_timer_start(&d->timer, on_delay, s->delay_ms, 0);
+}
+
+static void stats_json(sink_t *s, char *out, size_t cap) {
+  int n = snprintf(out, cap, "{");
+  for (int i = 0; i < OTLP_N_SIGNALS; i++)
+    n += snprintf(out + n, cap - (size_t)n, "\"%s\":{\"requests\":%" PRIu64 ",\"items\":%" PRIu64 ",\"bytes\":%" PRIu64 "},",
+                  otlp_signal(i)->name, s->requests[i], s->items[i], s->bytes[i]);
+  snprintf(out + n, cap - (size_t)n, "\"rejected\":%" PRIu64 ",\"invalid\":%" PRIu64 "}\n", s->rejected, s->invalid);
+}
+
+static void on_request(hs_request_t *req, void *ud) {
+  sink_t *s = ud;
+  if (req->method == HTTP_GET) {
+    if (hs_slice_eq(req->path, "/stats")) {
+      char buf[1024];
+      stats_json(s, buf, sizeof buf);
+      hs_respond(req, 200, "application/json", NULL, 0, buf, strlen(buf));
+    } else {
+      hs_respond(req, 200, "text/plain", NULL, 0, "ok\n", 3);
+    }
+    return;
+  }
+  int sig = otlp_signal_from_path(req->path);
+  int enc = otlp_encoding_from_content_type(hs_request_header(req, "Content-Type"));
+  otlp_encoding_t renc = enc == OTLP_ENC_JSON ? OTLP_ENC_JSON : OTLP_ENC_PROTOBUF;
+  if (sig < 0 || req->method != HTTP_POST) {
+    otlp_respond_status(req, renc, sig < 0 ? 404 : 405, "otlp-sink: POST /v1/{traces,logs,metrics}", 0, NULL, 0);
+    return;
+  }
+  if (s->status != 200) {
+    respond(s, req, s->status, renc);
+    return;
+  }
+  if (enc != OTLP_ENC_PROTOBUF) {
+    otlp_respond_status(req, renc, 415, "otlp-sink decodes application/x-protobuf only", 0, NULL, 0);
+    return;
+  }
+  const uint8_t *body = req->body;
+  size_t len = req->body_len;
+  uint8_t *plain = NULL;
+  int ce = otlp_content_encoding(hs_request_header(req, "Content-Encoding"));
+  if (ce == OTLP_CE_GZIP) {
+    if (otlp_gunzip(req->body, req->body_len, s->max_body, &plain, &len) != OTLP_OK) {
+      s->invalid++;
+      respond(s, req, 400, renc);
+      return;
+    }
+    body = plain;
+  } else if (ce < 0) {
+    otlp_respond_status(req, renc, 415, "unsupported Content-Encoding", 0, NULL, 0);
+    return;
+  }
+  uint64_t items = 0;
+  if (otlp_count_items(sig, body, len, &items, NULL) != OTLP_OK) {
+    free(plain);
+    s->invalid++;
+    respond(s, req, 400, renc);
+    return;
+  }
+  s->requests[sig]++;
+  s->items[sig] += items;
+  s->bytes[sig] += req->body_len;
+  if (sig == OTLP_TRACES && s->trace_file) record_traces(s, body, len);
+  free(plain);
+  respond(s, req, 200, renc);
+}
+
+static void on_closed_done(void *ud) {
+  sink_t *s = ud;
+  uv_close((uv_handle_t *)&s->sig_term, NULL);
+  uv_close((uv_handle_t *)&s->sig_int, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  sink_t *s = h->data;
+  uv_signal_stop(&s->sig_term);
+  uv_signal_stop(&s->sig_int);
+  hs_server_shutdown(s->srv, on_closed_done, s);
+}
+
+int main(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"listen", required_argument, NULL, 'l'},      {"status", required_argument, NULL, 's'},
+      {"retry-after", required_argument, NULL, 'r'}, {"delay", required_argument, NULL, 'd'},
+      {"trace-file", required_argument, NULL, 't'},  {"max-body", required_argument, NULL, 'm'},
+      {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0},
+  };
+  sink_t s = {0};
+  s.status = 200;
+  s.max_body = 64u << 20;
+  const char *listen = "127.0.0.1:0", *trace_path = NULL;
+  for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
+    switch (o) {
+      case 'l': listen = optarg; break;
+      case 's': s.status = atoi(optarg); break;
+      case 'r': s.retry_after = (unsigned)atoi(optarg); break;
+      case 'd': s.delay_ms = strtoull(optarg, NULL, 10); break;
+      case 't': trace_path = optarg; break;
+      case 'm':
+        if (cfg_parse_size(optarg, &s.max_body) != 0) {
+          fprintf(stderr, "otlp-sink: bad --max-body \"%s\"\n", optarg);
+          return 2;
+        }
+        break;
+      case 'h': fputs(usage, stdout); return 0;
+      default: fputs(usage, stderr); return 2;
+    }
+  }
+  if (s.status < 200 || s.status > 599) {
+    fprintf(stderr, "otlp-sink: --status must be 200..599\n");
+    return 2;
+  }
+  char *host = NULL;
+  uint16_t port = 0;
+  if (cfg_parse_hostport(listen, &host, &port) != 0) {
+    fprintf(stderr, "otlp-sink: bad --listen \"%s\"\n", listen);
+    return 2;
+  }
+  if (trace_path && !(s.trace_file = fopen(trace_path, "a"))) {
+    perror(trace_path);
+    free(host);
+    return 1;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  s.loop = uv_default_loop();
+  hs_config_t hc = {.name = "sink", .max_body_bytes = s.max_body, .read_timeout_ms = 30000,
+                    .idle_timeout_ms = 120000, .on_request = on_request, .ud = &s};
+  int rc = hs_server_create(s.loop, &hc, &s.srv);
+  if (rc == 0) rc = hs_server_listen(s.srv, host, port);
+  free(host);
+  if (rc != 0) {
+    fprintf(stderr, "otlp-sink: cannot listen on %s: %s\n", listen, uv_strerror(rc));
+    return 1;
+  }
+  printf("otlp-sink listening on %s\n", hs_server_address(s.srv));
+  fflush(stdout);
+  uv_signal_init(s.loop, &s.sig_term);
+  uv_signal_init(s.loop, &s.sig_int);
+  s.sig_term.data = s.sig_int.data = &s;
+  uv_signal_start(&s.sig_term, on_signal, SIGTERM);
+  uv_signal_start(&s.sig_int, on_signal, SIGINT);
+  uv_run(s.loop, UV_RUN_DEFAULT);
+  char buf[1024];
+  stats_json(&s, buf, sizeof buf);
+  printf("%s", buf);
+  hs_server_destroy(s.srv);
+  if (s.trace_file) fclose(s.trace_file);
+  uv_loop_close(s.loop);
+  return 0;
+}

@@ -1,0 +1,118 @@
+/*
+ * config/ — the gateway's configuration: one struct, one table-driven libyaml loader.
+ *
+ * The schema (every key, type, default) is DESIGN.md's "Config" block; docs/DESIGN.md is the project's copy.
+ * Ownership: every string and array inside cfg_t is heap-owned by the cfg_t and freed by cfg_dispose().
+ * Errors: functions return 0 or -1; on -1 they write one line "FILE:LINE:COL: message" (or "FILE: message"
+ * when there is no position) into err[errlen]. A cfg_t that failed to load must still be passed to
+ * cfg_dispose(), and is never half-applied by callers (load into a fresh cfg_t, swap on success).
+ */
+#ifndef OTLPGW_CONFIG_H
+#define OTLPGW_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { CFG_LOG_DEBUG = 0, CFG_LOG_INFO, CFG_LOG_WARN, CFG_LOG_ERROR } cfg_log_level_t;
+typedef enum { CFG_LOG_LOGFMT = 0, CFG_LOG_JSON } cfg_log_format_t;
+typedef enum { CFG_ROUTE_TRACE_ID = 0, CFG_ROUTE_SERVICE, CFG_ROUTE_RESOURCE, CFG_ROUTE_METRIC } cfg_route_t;
+typedef enum { CFG_COMPRESSION_NONE = 0, CFG_COMPRESSION_GZIP } cfg_compression_t;
+
+typedef struct cfg_backend {
+  char *endpoint;   /* "http://host:port" as written (validated: scheme http, host non-empty, port 1..65535) */
+  char *host;       /* parsed from endpoint */
+  uint16_t port;    /* parsed from endpoint; 80 when the endpoint has no port */
+  uint32_t weight;  /* >= 1, default 1 */
+} cfg_backend_t;
+
+typedef struct cfg_header {
+  char *name;
+  char *value;
+} cfg_header_t;
+
+typedef struct cfg {
+  struct {
+    char *listen;                 /* "host:port" */
+    uint32_t workers;             /* 0 = one per core */
+    uint64_t max_request_bytes;
+    uint32_t max_connections;
+    uint64_t read_timeout_ms;
+    uint64_t idle_timeout_ms;
+    uint64_t shutdown_timeout_ms;
+    struct {
+      char **bearer_tokens;
+      size_t n_bearer_tokens;
+    } auth;
+  } server;
+  struct {
+    char *listen;
+    cfg_log_level_t log_level;
+    cfg_log_format_t log_format;
+  } telemetry;
+  struct {
+    cfg_route_t traces;           /* trace_id | service */
+    cfg_route_t logs;             /* trace_id | service */
+    cfg_route_t metrics;          /* service | resource | metric */
+  } routing;
+  struct {
+    cfg_backend_t *statics;       /* backends.static */
+    size_t n_statics;
+    struct {
+      char *hostname;             /* "" = disabled */
+      uint32_t port;
+      uint64_t interval_ms;
+      char **servers;             /* "host:port" */
+      size_t n_servers;
+    } dns;
+    uint64_t request_timeout_ms;
+    uint32_t max_connections_per_backend;
+    cfg_compression_t compression;
+    cfg_header_t *headers;
+    size_t n_headers;
+    struct {
+      bool enabled;
+      char *path;
+      uint32_t port;              /* 0 = backend's own port */
+      uint64_t interval_ms;
+      uint64_t timeout_ms;
+      uint32_t rise;
+      uint32_t fall;
+      uint32_t eject_after_failures;
+    } health_check;
+    struct {
+      uint64_t max_bytes;
+      char *directory;
+    } queue;
+    struct {
+      uint64_t initial_interval_ms;
+      uint64_t max_interval_ms;
+      uint64_t max_elapsed_ms;
+    } retry;
+  } backends;
+} cfg_t;
+
+/* Fills *c with DESIGN.md's defaults (strings heap-allocated). Returns 0, or -1 on out of memory. */
+int cfg_init_defaults(cfg_t *c);
+
+/* Initialises *c with defaults, then applies the YAML file at path on top. */
+int cfg_load_file(cfg_t *c, const char *path, char *err, size_t errlen);
+
+/* Same from memory; name is used as FILE in error messages. Used by tests and the fuzzer. */
+int cfg_load_string(cfg_t *c, const char *yaml, size_t len, const char *name, char *err, size_t errlen);
+
+/* Appends backends from a comma-separated endpoint list (OTLP_GATEWAY_BACKENDS), weight 1 each. */
+int cfg_add_backends_from_list(cfg_t *c, const char *list, char *err, size_t errlen);
+
+/* Frees everything *c owns and zeroes it. Safe on a zeroed or partially loaded cfg_t. */
+void cfg_dispose(cfg_t *c);
+
+/* Parsers shared with the CLI and tests. Return 0 or -1 (malformed, overflow). */
+int cfg_parse_duration_ms(const char *s, uint64_t *out_ms); /* "250ms", "5s", "2m", "1h", "1.5s"; bare "0" */
+int cfg_parse_size(const char *s, uint64_t *out_bytes);     /* "65536", "64KiB", "16MiB", "1GiB", "10KB", "1MB" */
+int cfg_parse_hostport(const char *s, char **host, uint16_t *port); /* "0.0.0.0:4318", "[::1]:4318" */
+
+/* Writes the key table as a markdown table (key, type, default, help) — used to keep docs/ true to the code. */
+void cfg_print_reference(void *file /* FILE* */);
+
+#endif

@@ -1,0 +1,784 @@
+/*
+ * gateway/http_server — HTTP/1.1 server on libuv + llhttp. See http_server.h for the contract.
+ *
+ * Per connection the parser runs over the bytes as they arrive. When a request is complete the parser is
+ * paused (HPE_PAUSED from on_message_complete), reading stops, and the request is handed to the handler.
+ * Bytes that arrived after it (pipelined requests) are kept in conn->leftover and parsed once the response
+ * is written. So a connection has at most one request at the handler, responses leave in request order,
+ * and a pipelining client is held back by TCP flow control instead of by our memory.
+ *
+ * Reads land in one 64 KiB buffer per server (libuv calls alloc_cb and read_cb back to back for one
+ * stream), except the body of a Content-Length request, which is read straight into the request's body
+ * buffer: one copy fewer on the hot path.
+ */
+#include "gateway/http_server.h"
+
+#include <errno.h>
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define HS_READ_BUF_SIZE (64 * 1024)
+#define HS_LINGER_MS 2000 /* after a closing response, how long we keep draining the client's bytes */
+
+typedef struct hs_req hs_req_t;
+
+struct hs_server {
+  uv_loop_t *loop;
+  hs_config_t cfg;
+  uv_tcp_t listener;
+  int listening;
+  int shutting_down;
+  void (*shutdown_done)(void *);
+  void *shutdown_ud;
+  char addr[80];
+  uint16_t port;
+  hs_stats_t stats;
+  hs_conn_t *conns;     /* every live connection, for shutdown */
+  llhttp_settings_t settings;
+  char date[40];        /* cached "Date: ..." value */
+  time_t date_at;
+  char read_buf[HS_READ_BUF_SIZE];
+};
+
+enum { TIMER_NONE, TIMER_IDLE, TIMER_READ, TIMER_LINGER };
+
+struct hs_conn {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_shutdown_t shutdown_req;
+  hs_server_t *srv;
+  hs_conn_t *prev, *next;
+  llhttp_t parser;
+  hs_req_t *req;        /* being parsed */
+  hs_req_t *pending;    /* at the handler, not yet answered */
+  char *leftover;       /* bytes after the pending request, parsed once it is answered */
+  size_t leftover_len;
+  int refs;             /* 2 handles + 1 per request still referencing the conn */
+  int writes;           /* writes in flight */
+  int timer_mode;
+  int err_status;       /* status to answer when a callback stopped the parser */
+  unsigned closed : 1;      /* uv_close called */
+  unsigned close_after : 1; /* close once the pending writes are done */
+  unsigned lingering : 1;   /* shutdown sent, draining input until EOF or timer */
+  unsigned paused : 1;      /* parser paused on a complete request */
+  unsigned stop_quiet : 1;  /* a callback stopped the parser after an answer that ends the connection */
+};
+
+struct hs_req {
+  hs_request_t pub;
+  hs_conn_t *conn;      /* NULL once the connection is gone */
+  size_t body_cap;
+  size_t discarded;     /* body bytes dropped after an early answer */
+  int answered;         /* hs_respond called */
+  int complete;         /* parser finished the message */
+  int expect_continue;
+  int keep_alive;
+  int in_field;
+  char *field_start;
+  size_t hdr_len;
+  char hdr[HS_MAX_HEADER_BYTES];
+};
+
+typedef struct hs_write {
+  uv_write_t w;
+  hs_conn_t *conn;
+  size_t len;
+  char data[];
+} hs_write_t;
+
+static void conn_close(hs_conn_t *c);
+static void conn_execute(hs_conn_t *c, const char *data, size_t len);
+static void conn_answer_error(hs_conn_t *c, int status, const char *msg);
+
+/* ---- small helpers ------------------------------------------------------------------------------------ */
+
+const char *hs_status_reason(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+  }
+}
+
+int hs_slice_eq(hs_slice_t s, const char *lit) {
+  size_t n = strlen(lit);
+  return s.len == n && strncasecmp(s.base, lit, n) == 0;
+}
+
+const hs_slice_t *hs_request_header(const hs_request_t *req, const char *name) {
+  for (size_t i = 0; i < req->n_headers; i++)
+    if (hs_slice_eq(req->headers[i].name, name)) return &req->headers[i].value;
+  return NULL;
+}
+
+uint8_t *hs_request_take_body(hs_request_t *req, size_t *len) {
+  hs_req_t *r = (hs_req_t *)req;
+  uint8_t *b = req->body;
+  *len = req->body_len;
+  req->body = NULL;
+  req->body_len = 0;
+  r->body_cap = 0;
+  return b;
+}
+
+int hs_request_gone(const hs_request_t *req) {
+  const hs_req_t *r = (const hs_req_t *)req;
+  return r->conn == NULL || r->conn->closed;
+}
+
+static const char *date_header(hs_server_t *s) {
+  time_t now = time(NULL);
+  if (now != s->date_at) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(s->date, sizeof s->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    s->date_at = now;
+  }
+  return s->date;
+}
+
+static void req_free(hs_req_t *r) {
+  if (!r) return;
+  free(r->pub.body);
+  free(r);
+}
+
+/* Drops r's reference on its connection, freeing the connection when it was the last one. */
+static void conn_unref(hs_conn_t *c) {
+  if (--c->refs > 0) return;
+  free(c->leftover);
+  free(c);
+}
+
+static void req_release(hs_req_t *r) {
+  hs_conn_t *c = r->conn;
+  if (c && c->req == r) c->req = NULL;
+  if (c && c->pending == r) c->pending = NULL;
+  req_free(r);
+  if (c) conn_unref(c);
+}
+
+/* ---- timers ------------------------------------------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t) {
+  hs_conn_t *c = t->data;
+  int mode = c->timer_mode;
+  c->timer_mode = TIMER_NONE;
+  if (mode == TIMER_READ && c->req && !c->req->answered) {
+    conn_answer_error(c, 408, "request not received within read_timeout");
+  } else {
+    conn_close(c);
+  }
+}
+
+static void timer_arm(hs_conn_t *c, int mode, uint64_t ms) {
+  if (c->closed) return;
+  if (ms == 0) {
+    uv_timer_stop(&c->timer);
+    c->timer_mode = TIMER_NONE;
+    return;
+  }
+  c->timer_mode = mode;
+  uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+static void timer_stop(hs_conn_t *c) {
+  if (c->closed) return;
+  c->timer_mode = TIMER_NONE;
+  uv_timer_stop(&c->timer);
+}
+
+/* ---- closing ------------------------------------------------------------------------------------------ */
+
+static void maybe_shutdown_done(hs_server_t *s) {
+  if (s->shutting_down && s->stats.connections_open == 0 && !s->listening && s->shutdown_done) {
+    void (*done)(void *) = s->shutdown_done;
+    s->shutdown_done = NULL;
+    done(s->shutdown_ud);
+  }
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  hs_conn_t *c = h->data;
+  conn_unref(c);
+}
+
+static void conn_close(hs_conn_t *c) {
+  if (c->closed) return;
+  hs_server_t *s = c->srv;
+  c->closed = 1;
+  if (c->prev) c->prev->next = c->next; else s->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  s->stats.connections_open--;
+  /* A request being parsed is ours alone; one at the handler stays until it is answered. */
+  if (c->req) {
+    hs_req_t *r = c->req;
+    c->req = NULL;
+    req_release(r);
+  }
+  uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+  uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+  maybe_shutdown_done(s);
+}
+
+static void linger_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  hs_conn_t *c = h->data;
+  *buf = uv_buf_init(c->srv->read_buf, sizeof c->srv->read_buf);
+}
+
+static void on_linger_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  if (nread < 0) conn_close(st->data);
+}
+
+static void on_shutdown(uv_shutdown_t *sr, int status) {
+  hs_conn_t *c = sr->data;
+  if (status < 0) conn_close(c);
+}
+
+/* Half-closes after the last response and drains what the client still sends, so that a client that is
+ * still writing its body reads our response instead of a connection reset. */
+static void conn_linger(hs_conn_t *c) {
+  if (c->closed || c->lingering) return;
+  c->lingering = 1;
+  c->shutdown_req.data = c;
+  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    conn_close(c);
+    return;
+  }
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  uv_read_start((uv_stream_t *)&c->tcp, linger_alloc_cb, on_linger_read);
+  timer_arm(c, TIMER_LINGER, HS_LINGER_MS);
+}
+
+/* ---- writing ------------------------------------------------------------------------------------------ */
+
+static void resume_reading(hs_conn_t *c);
+
+static void on_write(uv_write_t *w, int status) {
+  hs_write_t *hw = (hs_write_t *)w;
+  hs_conn_t *c = hw->conn;
+  free(hw);
+  c->writes--;
+  if (status < 0) {
+    conn_close(c);
+  } else if (!c->closed && c->writes == 0) {
+    if (c->close_after) conn_linger(c);
+    else if (c->paused && !c->pending) resume_reading(c);
+  }
+  conn_unref(c);
+}
+
+static int conn_write(hs_conn_t *c, const char *head, size_t head_len, const void *body, size_t body_len) {
+  hs_write_t *hw = malloc(sizeof *hw + head_len + body_len);
+  if (!hw) return UV_ENOMEM;
+  memcpy(hw->data, head, head_len);
+  if (body_len) memcpy(hw->data + head_len, body, body_len);
+  hw->len = head_len + body_len;
+  hw->conn = c;
+  uv_buf_t buf = uv_buf_init(hw->data, (unsigned)hw->len);
+  int rc = uv_write(&hw->w, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
+  if (rc < 0) {
+    free(hw);
+    return rc;
+  }
+  c->writes++;
+  c->refs++;
+  return 0;
+}
+
+static int format_head(hs_server_t *s, char *out, size_t cap, int status, const char *content_type,
+                       const hs_header_t *extra, size_t n_extra, size_t body_len, int close) {
+  int n = snprintf(out, cap, "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Length: %zu\r\n", status,
+                   hs_status_reason(status), date_header(s), body_len);
+  if (n < 0 || (size_t)n >= cap) return -1;
+  size_t len = (size_t)n;
+  if (content_type) {
+    n = snprintf(out + len, cap - len, "Content-Type: %s\r\n", content_type);
+    if (n < 0 || (size_t)n >= cap - len) return -1;
+    len += (size_t)n;
+  }
+  for (size_t i = 0; i < n_extra; i++) {
+    n = snprintf(out + len, cap - len, "%.*s: %.*s\r\n", (int)extra[i].name.len, extra[i].name.base,
+                 (int)extra[i].value.len, extra[i].value.base);
+    if (n < 0 || (size_t)n >= cap - len) return -1;
+    len += (size_t)n;
+  }
+  n = snprintf(out + len, cap - len, "%s\r\n", close ? "Connection: close\r\n" : "");
+  if (n < 0 || (size_t)n >= cap - len) return -1;
+  return (int)(len + (size_t)n);
+}
+
+int hs_respond(hs_request_t *req, int status, const char *content_type, const hs_header_t *extra,
+               size_t n_extra, const void *body, size_t body_len) {
+  hs_req_t *r = (hs_req_t *)req;
+  hs_conn_t *c = r->conn;
+  if (r->answered) return UV_EINVAL; /* a handler bug: never answer twice */
+  r->answered = 1;
+  if (!c || c->closed) {
+    req_release(r);
+    return UV_ECANCELED;
+  }
+  hs_server_t *s = c->srv;
+  /* An early answer before the body: with Expect: 100-continue the client will not send the body, so
+   * the connection cannot be reused; otherwise the body is read and dropped. */
+  if (!r->complete && r->expect_continue) c->close_after = 1;
+  if (r->complete && !r->keep_alive) c->close_after = 1;
+  if (s->shutting_down) c->close_after = 1;
+  char head[2048];
+  int hl = format_head(s, head, sizeof head, status, content_type, extra, n_extra, body_len, c->close_after);
+  int rc = hl < 0 ? UV_EINVAL : conn_write(c, head, (size_t)hl, body, body_len);
+  if (rc < 0) {
+    if (r->complete) req_release(r); /* else it is c->req, released by conn_close */
+    conn_close(c);
+    return rc;
+  }
+  if (r->complete) {
+    req_release(r);    /* the write owns copies of everything */
+  }
+  /* else: still parsing its body (discarding); released in on_message_complete */
+  return 0;
+}
+
+/* Answers a framing error detected by the server itself and closes the connection. */
+static void conn_answer_error(hs_conn_t *c, int status, const char *msg) {
+  hs_server_t *s = c->srv;
+  s->stats.framing_errors++;
+  c->close_after = 1;
+  timer_stop(c);
+  if (c->req) {
+    hs_req_t *r = c->req;
+    c->req = NULL;
+    req_release(r);
+  }
+  char head[512];
+  size_t ml = strlen(msg);
+  int hl = format_head(s, head, sizeof head, status, "text/plain", NULL, 0, ml + 1, 1);
+  char body[512];
+  snprintf(body, sizeof body, "%s\n", msg);
+  if (hl < 0 || conn_write(c, head, (size_t)hl, body, ml + 1) < 0) conn_close(c);
+  else uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+/* ---- llhttp callbacks ----------------------------------------------------------------------------------- */
+
+#define CONN(p) ((hs_conn_t *)(p)->data)
+
+static int hdr_append(hs_conn_t *c, const char *at, size_t len) {
+  hs_req_t *r = c->req;
+  if (len > sizeof r->hdr - r->hdr_len) {
+    c->err_status = 431;
+    return HPE_USER;
+  }
+  memcpy(r->hdr + r->hdr_len, at, len);
+  r->hdr_len += len;
+  return 0;
+}
+
+static int on_message_begin(llhttp_t *p) {
+  hs_conn_t *c = CONN(p);
+  hs_req_t *r = malloc(sizeof *r);
+  if (!r) {
+    c->err_status = 500;
+    return HPE_USER;
+  }
+  memset(r, 0, offsetof(hs_req_t, hdr));
+  r->conn = c;
+  r->pub.start_ns = uv_hrtime();
+  r->pub.content_length = HS_LEN_NONE;
+  c->req = r;
+  c->refs++;
+  timer_arm(c, TIMER_READ, c->srv->cfg.read_timeout_ms);
+  return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len) {
+  hs_conn_t *c = CONN(p);
+  int rc = hdr_append(c, at, len);
+  if (rc == 0) c->req->pub.path.len += len;
+  return rc;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+  hs_conn_t *c = CONN(p);
+  hs_req_t *r = c->req;
+  if (!r->in_field) {
+    if (r->pub.n_headers == HS_MAX_HEADERS) {
+      c->err_status = 431;
+      return HPE_USER;
+    }
+    r->in_field = 1;
+    r->field_start = r->hdr + r->hdr_len;
+  }
+  return hdr_append(c, at, len);
+}
+
+static int on_header_field_complete(llhttp_t *p) {
+  hs_req_t *r = CONN(p)->req;
+  hs_header_t *h = &r->pub.headers[r->pub.n_headers];
+  h->name.base = r->field_start ? r->field_start : r->hdr + r->hdr_len;
+  h->name.len = (size_t)(r->hdr + r->hdr_len - h->name.base);
+  h->value.base = r->hdr + r->hdr_len;
+  h->value.len = 0;
+  r->in_field = 0;
+  r->field_start = NULL;
+  return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+  hs_conn_t *c = CONN(p);
+  int rc = hdr_append(c, at, len);
+  if (rc == 0) c->req->pub.headers[c->req->pub.n_headers].value.len += len;
+  return rc;
+}
+
+static int on_header_value_complete(llhttp_t *p) {
+  CONN(p)->req->pub.n_headers++;
+  return 0;
+}
+
+static int on_headers_complete(llhttp_t *p) {
+  hs_conn_t *c = CONN(p);
+  hs_server_t *s = c->srv;
+  hs_req_t *r = c->req;
+  hs_request_t *q = &r->pub;
+  q->path.base = r->hdr;
+  for (size_t i = 0; i < q->path.len; i++)
+    if (r->hdr[i] == '?' || r->hdr[i] == '#') { q->path.len = i; break; }
+  q->method = llhttp_get_method(p);
+  if (p->flags & F_CHUNKED) q->content_length = HS_LEN_CHUNKED;
+  else if (p->flags & F_CONTENT_LENGTH) q->content_length = p->content_length;
+  if (q->content_length != HS_LEN_CHUNKED && q->content_length != HS_LEN_NONE &&
+      q->content_length > s->cfg.max_body_bytes) {
+    c->err_status = 413;
+    return HPE_USER;
+  }
+  const hs_slice_t *expect = hs_request_header(q, "Expect");
+  r->expect_continue = expect && hs_slice_eq(*expect, "100-continue");
+  if (s->cfg.on_headers && s->cfg.on_headers(q, s->cfg.ud)) {
+    /* Answered from the headers; the body (if any) is discarded. With 100-continue the client sends
+     * no body and hs_respond marked the connection to close. */
+    if (c->close_after) {
+      c->stop_quiet = 1;
+      return HPE_USER; /* stop parsing: nothing more is read on this connection */
+    }
+    return 0;
+  }
+  if (r->expect_continue && q->content_length != 0) {
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (conn_write(c, cont, sizeof cont - 1, NULL, 0) < 0) {
+      c->err_status = 500;
+      return HPE_USER;
+    }
+  }
+  if (q->content_length != HS_LEN_CHUNKED && q->content_length != HS_LEN_NONE && q->content_length > 0) {
+    q->body = malloc(q->content_length);
+    if (!q->body) {
+      c->err_status = 500;
+      return HPE_USER;
+    }
+    r->body_cap = q->content_length;
+  }
+  return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+  hs_conn_t *c = CONN(p);
+  hs_req_t *r = c->req;
+  hs_request_t *q = &r->pub;
+  if (r->answered) {
+    r->discarded += len;
+    return 0;
+  }
+  if ((const uint8_t *)at == q->body + q->body_len && q->body_len + len <= r->body_cap) {
+    q->body_len += len; /* read straight into the body buffer (see alloc_cb) */
+    return 0;
+  }
+  if (len > c->srv->cfg.max_body_bytes - q->body_len) {
+    c->err_status = 413;
+    return HPE_USER;
+  }
+  if (q->body_len + len > r->body_cap) {
+    size_t cap = r->body_cap ? r->body_cap : 16 * 1024;
+    while (cap < q->body_len + len) cap *= 2;
+    if (cap > c->srv->cfg.max_body_bytes) cap = c->srv->cfg.max_body_bytes;
+    uint8_t *nb = realloc(q->body, cap);
+    if (!nb) {
+      c->err_status = 500;
+      return HPE_USER;
+    }
+    q->body = nb;
+    r->body_cap = cap;
+  }
+  memcpy(q->body + q->body_len, at, len);
+  q->body_len += len;
+  return 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+  hs_conn_t *c = CONN(p);
+  hs_req_t *r = c->req;
+  timer_stop(c);
+  r->complete = 1;
+  r->keep_alive = llhttp_should_keep_alive(p);
+  c->req = NULL;
+  if (r->answered) {
+    if (!r->keep_alive) c->close_after = 1;
+    req_free(r);
+    conn_unref(c);
+    if (c->close_after) {
+      c->stop_quiet = 1;
+      return HPE_USER;
+    }
+    return 0;
+  }
+  c->pending = r;
+  c->srv->stats.requests++;
+  return HPE_PAUSED;
+}
+
+/* ---- reading ------------------------------------------------------------------------------------------ */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  hs_conn_t *c = h->data;
+  hs_req_t *r = c->req;
+  if (r && !r->answered && r->pub.content_length < HS_LEN_CHUNKED && r->pub.body &&
+      r->pub.body_len < r->body_cap && !c->lingering &&
+      llhttp_get_errno(&c->parser) == HPE_OK) {
+    /* Body of a Content-Length request: read in place. The parser sees exactly these bytes and
+     * on_body recognises them by address. */
+    *buf = uv_buf_init((char *)r->pub.body + r->pub.body_len, (unsigned)(r->body_cap - r->pub.body_len));
+    return;
+  }
+  *buf = uv_buf_init(c->srv->read_buf, sizeof c->srv->read_buf);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  hs_conn_t *c = st->data;
+  if (nread == 0) return;
+  if (nread < 0) {
+    /* EOF or error. A request cut short gets no answer: the client is gone. */
+    conn_close(c);
+    return;
+  }
+  if (c->lingering || c->close_after) return; /* draining */
+  if (!c->req && c->timer_mode == TIMER_IDLE) timer_stop(c);
+  conn_execute(c, buf->base, (size_t)nread);
+}
+
+static void resume_reading(hs_conn_t *c) {
+  hs_server_t *s = c->srv;
+  c->paused = 0;
+  llhttp_resume(&c->parser);
+  if (c->leftover_len) {
+    /* Parse what arrived behind the last request. conn_execute copies any new remainder itself. */
+    char *lo = c->leftover;
+    size_t n = c->leftover_len;
+    c->leftover = NULL;
+    c->leftover_len = 0;
+    c->refs++; /* conn_execute may close c */
+    conn_execute(c, lo, n);
+    free(lo);
+    int closed = c->closed;
+    conn_unref(c);
+    if (closed || c->paused) return;
+  }
+  if (c->closed || c->close_after) return;
+  if (s->shutting_down && !c->req) {
+    conn_close(c);
+    return;
+  }
+  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+  if (!c->req) timer_arm(c, TIMER_IDLE, s->cfg.idle_timeout_ms);
+}
+
+static void conn_execute(hs_conn_t *c, const char *data, size_t len) {
+  hs_server_t *s = c->srv;
+  llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+  if (err == HPE_OK) return;
+  if (err == HPE_PAUSED) {
+    const char *pos = llhttp_get_error_pos(&c->parser);
+    size_t used = pos ? (size_t)(pos - data) : len;
+    if (used < len) {
+      char *lo = malloc(len - used);
+      if (!lo) {
+        conn_close(c);
+        return;
+      }
+      memcpy(lo, data + used, len - used);
+      c->leftover = lo;
+      c->leftover_len = len - used;
+    }
+    c->paused = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    hs_req_t *r = c->pending;
+    s->cfg.on_request(&r->pub, s->cfg.ud);
+    return;
+  }
+  /* A callback that stops the parser returns HPE_USER, which llhttp reports as that or, from
+   * on_headers_complete, as HPE_CB_HEADERS_COMPLETE; the flags say what happened. */
+  if (c->stop_quiet) {
+    /* An early answer that ends the connection: its write is queued; drain until it is out. */
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (c->writes == 0) conn_linger(c);
+    return;
+  }
+  if (c->err_status) {
+    int st = c->err_status;
+    conn_answer_error(c, st,
+                      st == 431 ? "request header fields too large"
+                      : st == 413 ? "request body too large"
+                                  : "internal error");
+    return;
+  }
+  if (err == HPE_PAUSED_UPGRADE) {
+    conn_answer_error(c, 400, "protocol upgrade is not supported");
+    return;
+  }
+  char msg[160];
+  snprintf(msg, sizeof msg, "malformed HTTP request: %s", llhttp_get_error_reason(&c->parser));
+  conn_answer_error(c, 400, msg);
+}
+
+/* ---- accepting ------------------------------------------------------------------------------------------ */
+
+static void on_connection(uv_stream_t *ls, int status) {
+  hs_server_t *s = ls->data;
+  if (status < 0) return;
+  hs_conn_t *c = calloc(1, sizeof *c);
+  if (!c) return;
+  c->srv = s;
+  c->refs = 2;
+  uv_tcp_init(s->loop, &c->tcp);
+  uv_timer_init(s->loop, &c->timer);
+  c->tcp.data = c;
+  c->timer.data = c;
+  c->next = s->conns;
+  if (s->conns) s->conns->prev = c;
+  s->conns = c;
+  s->stats.connections_open++;
+  if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+    conn_close(c);
+    return;
+  }
+  s->stats.connections_accepted++;
+  uv_tcp_nodelay(&c->tcp, 1);
+  llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
+  c->parser.data = c;
+  if (s->cfg.max_connections && s->stats.connections_open > s->cfg.max_connections) {
+    s->stats.connections_rejected++;
+    c->close_after = 1;
+    static const char busy[] = "too many connections\n";
+    char head[256];
+    int hl = format_head(s, head, sizeof head, 503, "text/plain", NULL, 0, sizeof busy - 1, 1);
+    uv_read_start((uv_stream_t *)&c->tcp, linger_alloc_cb, on_read);
+    if (conn_write(c, head, (size_t)hl, busy, sizeof busy - 1) < 0) conn_close(c);
+    return;
+  }
+  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+  timer_arm(c, TIMER_IDLE, s->cfg.idle_timeout_ms);
+}
+
+int hs_server_create(uv_loop_t *loop, const hs_config_t *cfg, hs_server_t **out) {
+  hs_server_t *s = calloc(1, sizeof *s);
+  if (!s) return UV_ENOMEM;
+  s->loop = loop;
+  s->cfg = *cfg;
+  if (!s->cfg.name) s->cfg.name = "http";
+  llhttp_settings_init(&s->settings);
+  s->settings.on_message_begin = on_message_begin;
+  s->settings.on_url = on_url;
+  s->settings.on_header_field = on_header_field;
+  s->settings.on_header_field_complete = on_header_field_complete;
+  s->settings.on_header_value = on_header_value;
+  s->settings.on_header_value_complete = on_header_value_complete;
+  s->settings.on_headers_complete = on_headers_complete;
+  s->settings.on_body = on_body;
+  s->settings.on_message_complete = on_message_complete;
+  *out = s;
+  return 0;
+}
+
+int hs_server_listen(hs_server_t *s, const char *host, uint16_t port) {
+  struct sockaddr_storage ss;
+  int rc;
+  if (strchr(host, ':')) rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
+  else rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
+  if (rc) return rc;
+  uv_tcp_init(s->loop, &s->listener);
+  s->listener.data = s;
+  s->listening = 1;
+  if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) != 0 ||
+      (rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) {
+    return rc;
+  }
+  int namelen = sizeof ss;
+  uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &namelen);
+  char ip[64] = "";
+  if (ss.ss_family == AF_INET6) {
+    uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
+    s->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    snprintf(s->addr, sizeof s->addr, "[%s]:%u", ip, s->port);
+  } else {
+    uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
+    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    snprintf(s->addr, sizeof s->addr, "%s:%u", ip, s->port);
+  }
+  return 0;
+}
+
+const char *hs_server_address(const hs_server_t *s) { return s->addr; }
+uint16_t hs_server_port(const hs_server_t *s) { return s->port; }
+const hs_stats_t *hs_server_stats(const hs_server_t *s) { return &s->stats; }
+
+static void on_listener_closed(uv_handle_t *h) {
+  hs_server_t *s = h->data;
+  s->listening = 0;
+  maybe_shutdown_done(s);
+}
+
+void hs_server_shutdown(hs_server_t *s, void (*done)(void *ud), void *ud) {
+  s->shutting_down = 1;
+  s->shutdown_done = done;
+  s->shutdown_ud = ud;
+  if (s->listening && !uv_is_closing((uv_handle_t *)&s->listener))
+    uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+  /* Idle connections go now; busy ones after their response (hs_respond sees shutting_down). */
+  hs_conn_t *next;
+  for (hs_conn_t *c = s->conns; c; c = next) {
+    next = c->next;
+    if (!c->req && !c->pending && c->writes == 0) conn_close(c);
+  }
+  maybe_shutdown_done(s);
+}
+
+void hs_server_abort(hs_server_t *s) {
+  hs_conn_t *next;
+  for (hs_conn_t *c = s->conns; c; c = next) {
+    next = c->next;
+    conn_close(c);
+  }
+}
+
+void hs_server_destroy(hs_server_t *s) { free(s); }

@@ -1,0 +1,117 @@
+/*
+ * gateway/http_server — an HTTP/1.1 server on libuv + llhttp, shared by the gateway's ingest and telemetry
+ * listeners and by bench/otlp-sink.
+ *
+ * What it does for its user: keep-alive, pipelining (requests are handed out one at a time per connection
+ * and answered in order), Content-Length and chunked bodies assembled into one buffer, Expect: 100-continue,
+ * limits (header bytes -> 431, body bytes -> 413, connections), a whole-request deadline (read_timeout: a
+ * client that trickles bytes gets 408 and is cut off) and an idle deadline between requests.
+ *
+ * Ownership: the server owns every hs_request_t. The handler must answer each request it is given exactly
+ * once with hs_respond(), now or later from the same loop; the request (and the slices in it) stays valid
+ * until then, even if the client disconnects meanwhile (hs_request_gone() tells).
+ */
+#ifndef OTLPGW_HTTP_SERVER_H
+#define OTLPGW_HTTP_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <llhttp.h> /* llhttp_method_t: HTTP_GET, HTTP_POST, ... */
+#include <uv.h>
+
+#define HS_MAX_HEADER_BYTES (16 * 1024) /* request line + headers; above -> 431 */
+#define HS_MAX_HEADERS 64               /* above -> 431 */
+#define HS_LEN_NONE UINT64_MAX          /* no Content-Length and not chunked */
+#define HS_LEN_CHUNKED (UINT64_MAX - 1)
+
+typedef struct hs_server hs_server_t;
+typedef struct hs_conn hs_conn_t;
+
+typedef struct hs_slice {
+  const char *base;
+  size_t len;
+} hs_slice_t;
+
+typedef struct hs_header {
+  hs_slice_t name;
+  hs_slice_t value;
+} hs_header_t;
+
+typedef struct hs_request {
+  int method;              /* llhttp_method_t */
+  hs_slice_t path;         /* request target without the query string */
+  hs_header_t headers[HS_MAX_HEADERS];
+  size_t n_headers;
+  uint64_t content_length; /* value, HS_LEN_CHUNKED or HS_LEN_NONE */
+  uint8_t *body;           /* assembled body; owned by the request unless taken with hs_request_take_body */
+  size_t body_len;
+  uint64_t start_ns;       /* uv_hrtime() at the first byte of the request */
+  void *user;              /* free for the handler */
+} hs_request_t;
+
+typedef struct hs_config {
+  const char *name;           /* for logs: "ingest", "telemetry", "sink" */
+  uint64_t max_body_bytes;    /* bytes on the wire (after chunk decoding) */
+  uint32_t max_connections;   /* 0 = unlimited; above it new connections get 503 and are closed */
+  uint64_t read_timeout_ms;   /* whole request: first byte to last body byte; 0 = none */
+  uint64_t idle_timeout_ms;   /* between requests on a keep-alive connection; 0 = none */
+  /* Called when the headers are complete. Return 0 to go on reading the body, or call hs_respond() and
+   * return 1 to answer now (the body, if any, is then discarded or the connection closed). May be NULL. */
+  int (*on_headers)(hs_request_t *req, void *ud);
+  /* Called with the complete request. Must lead to exactly one hs_respond(). */
+  void (*on_request)(hs_request_t *req, void *ud);
+  void *ud;
+} hs_config_t;
+
+typedef struct hs_stats {
+  uint64_t connections_open;
+  uint64_t connections_accepted;
+  uint64_t connections_rejected; /* over max_connections */
+  uint64_t requests;             /* complete requests handed to the handler */
+  uint64_t framing_errors;       /* 400/408/411/413/431 answered by the server itself */
+} hs_stats_t;
+
+/* Creates a server on loop; nothing listens yet. Returns 0 or a negative errno (UV_ENOMEM). */
+int hs_server_create(uv_loop_t *loop, const hs_config_t *cfg, hs_server_t **out);
+
+/* Binds and listens on host:port (port 0 = ephemeral). Returns 0 or a negative libuv error. */
+int hs_server_listen(hs_server_t *s, const char *host, uint16_t port);
+
+/* The bound address as "host:port" (valid after hs_server_listen). */
+const char *hs_server_address(const hs_server_t *s);
+uint16_t hs_server_port(const hs_server_t *s);
+
+const hs_stats_t *hs_server_stats(const hs_server_t *s);
+
+/* Stops accepting; idle connections are closed, busy ones close after their current response.
+ * done(ud) runs once every connection is gone. Then hs_server_destroy() may be called. */
+void hs_server_shutdown(hs_server_t *s, void (*done)(void *ud), void *ud);
+
+/* Closes every connection now, answered or not (the shutdown deadline passed). */
+void hs_server_abort(hs_server_t *s);
+
+/* Frees the server. Only after the shutdown callback ran (or if it never listened). */
+void hs_server_destroy(hs_server_t *s);
+
+/* Answers req. content_type may be NULL (no body type), extra headers may be NULL/0. The status line,
+ * headers and body are copied, so the caller keeps ownership of everything it passes. Returns 0 or a
+ * negative errno; in every case req is consumed and must not be used again. */
+int hs_respond(hs_request_t *req, int status, const char *content_type, const hs_header_t *extra,
+               size_t n_extra, const void *body, size_t body_len);
+
+/* Non-zero once the client's connection is gone: the response will be discarded. */
+int hs_request_gone(const hs_request_t *req);
+
+/* First header named name (case-insensitive), or NULL. */
+const hs_slice_t *hs_request_header(const hs_request_t *req, const char *name);
+
+/* Transfers the body buffer to the caller (free() it); the request's body becomes NULL/0. */
+uint8_t *hs_request_take_body(hs_request_t *req, size_t *len);
+
+/* Reason phrase for a status code ("Not Found"). */
+const char *hs_status_reason(int status);
+
+/* Case-insensitive comparison of a slice with a C string. */
+int hs_slice_eq(hs_slice_t s, const char *lit);
+
+#endif

@@ -1,0 +1,152 @@
+/*
+ * otlp-gateway — CLI. Config from --config FILE, else $OTLP_GATEWAY_CONFIG, else the embedded defaults
+ * with backends from $OTLP_GATEWAY_BACKENDS. See docs/DESIGN.md.
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config/config.h"
+#include "gateway/gateway.h"
+#include "gateway/log.h"
+#include "gateway/version.h"
+
+static const char usage[] =
+    "usage: otlp-gateway [--config FILE] [--check-config] [--version] [--help]\n"
+    "\n"
+    "An OTLP/HTTP load balancer that keeps every span of a trace on the same backend collector.\n"
+    "\n"
+    "  -c, --config FILE   YAML config (default: $OTLP_GATEWAY_CONFIG; without either, the embedded\n"
+    "                      defaults with backends from $OTLP_GATEWAY_BACKENDS, comma-separated URLs)\n"
+    "      --check-config  validate the config and exit: 0 valid, 1 with FILE:LINE:COL: message\n"
+    "      --print-config-reference  print every config key with its type and default (markdown)\n"
+    "  -V, --version       print the version\n"
+    "  -h, --help          this text\n"
+    "\n"
+    "Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests and exit 0; SIGHUP reloads the config.\n";
+
+typedef struct {
+  uv_loop_t *loop;
+  gw_app_t *app;
+  const char *config_path;
+  uv_signal_t sig_term, sig_int, sig_hup;
+  int stopping;
+} main_t;
+
+static void on_app_done(void *ud) {
+  main_t *m = ud;
+  uv_close((uv_handle_t *)&m->sig_term, NULL);
+  uv_close((uv_handle_t *)&m->sig_int, NULL);
+  uv_close((uv_handle_t *)&m->sig_hup, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  main_t *m = h->data;
+  if (signum == SIGHUP) {
+    gw_app_reload(m->app, m->config_path);
+    return;
+  }
+  if (m->stopping) return;
+  m->stopping = 1;
+  gw_log(GW_LOG_INFO, "shutting down", "signal", signum == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+  gw_app_shutdown(m->app, on_app_done, m);
+}
+
+/* Loads the config the CLI names; 0 or -1 with the reason printed to stderr. */
+static int load_config(const char *path, cfg_t *cfg) {
+  char err[1024];
+  if (path) {
+    if (cfg_load_file(cfg, path, err, sizeof err) != 0) {
+      fprintf(stderr, "%s\n", err);
+      return -1;
+    }
+  } else {
+    if (cfg_init_defaults(cfg) != 0) {
+      fprintf(stderr, "out of memory\n");
+      return -1;
+    }
+    const char *list = getenv("OTLP_GATEWAY_BACKENDS");
+    if (list && cfg_add_backends_from_list(cfg, list, err, sizeof err) != 0) {
+      fprintf(stderr, "OTLP_GATEWAY_BACKENDS: %s\n", err);
+      return -1;
+    }
+  }
+  if (cfg->backends.n_statics == 0 && (!cfg->backends.dns.hostname || !cfg->backends.dns.hostname[0])) {
+    if (path)
+      fprintf(stderr, "%s: no backends: set backends.static or backends.dns.hostname\n", path);
+    else
+      fprintf(stderr, "no backends: pass --config FILE, or set OTLP_GATEWAY_BACKENDS=http://collector:4318,...\n");
+    return -1;
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"config", required_argument, NULL, 'c'},
+      {"check-config", no_argument, NULL, 'k'},
+      {"print-config-reference", no_argument, NULL, 'r'},
+      {"version", no_argument, NULL, 'V'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  const char *path = NULL;
+  int check = 0;
+  for (int o; (o = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1;) {
+    switch (o) {
+      case 'c': path = optarg; break;
+      case 'k': check = 1; break;
+      case 'r': cfg_print_reference(stdout); return 0;
+      case 'V': printf("otlp-gateway %s\n", OTLPGW_VERSION); return 0;
+      case 'h': fputs(usage, stdout); return 0;
+      default: fputs(usage, stderr); return 2;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "otlp-gateway: unexpected argument \"%s\"\n%s", argv[optind], usage);
+    return 2;
+  }
+  if (!path) {
+    const char *env = getenv("OTLP_GATEWAY_CONFIG");
+    if (env && *env) path = env;
+  }
+
+  cfg_t cfg;
+  if (load_config(path, &cfg) != 0) {
+    cfg_dispose(&cfg);
+    return 1;
+  }
+  if (check) {
+    printf("%s: ok (%zu static backends)\n", path ? path : "(defaults)", cfg.backends.n_statics);
+    cfg_dispose(&cfg);
+    return 0;
+  }
+  gw_log_setup((gw_log_level_t)cfg.telemetry.log_level, (gw_log_format_t)cfg.telemetry.log_format);
+  signal(SIGPIPE, SIG_IGN);
+
+  main_t m = {0};
+  m.loop = uv_default_loop();
+  m.config_path = path;
+  char err[512];
+  if (gw_app_start(m.loop, &cfg, &m.app, err, sizeof err) != 0) {
+    gw_log(GW_LOG_ERROR, "cannot start", "error", err, NULL);
+    return 1;
+  }
+  uv_signal_init(m.loop, &m.sig_term);
+  uv_signal_init(m.loop, &m.sig_int);
+  uv_signal_init(m.loop, &m.sig_hup);
+  m.sig_term.data = m.sig_int.data = m.sig_hup.data = &m;
+  uv_signal_start(&m.sig_term, on_signal, SIGTERM);
+  uv_signal_start(&m.sig_int, on_signal, SIGINT);
+  uv_signal_start(&m.sig_hup, on_signal, SIGHUP);
+  gw_log(GW_LOG_INFO, "started", "version", OTLPGW_VERSION, "config", path ? path : "(defaults)", NULL);
+
+  uv_run(m.loop, UV_RUN_DEFAULT);
+  gw_app_destroy(m.app);
+  if (uv_loop_close(m.loop) != 0) gw_log(GW_LOG_WARN, "stopped with handles still open", NULL);
+  else gw_log(GW_LOG_INFO, "stopped", NULL);
+  return 0;
+}

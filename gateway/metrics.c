@@ -1,0 +1,187 @@
+/* gateway/metrics — see metrics.h. */
+#include "gateway/metrics.h"
+
+#include <dirent.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gateway/version.h"
+
+/* Sub-millisecond to seconds: a pass-through request is ~100us, a backend round trip ms to seconds. */
+const double gw_duration_buckets[GW_HIST_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                     0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,     10};
+
+static const int status_codes[] = {
+#define GW_X(c) c,
+    GW_STATUS_CODES(GW_X)
+#undef GW_X
+};
+
+static const char *const signal_labels[GW_N_SIGNAL_LABELS] = {"traces", "logs", "metrics", "none"};
+static const char *const ce_labels[OTLP_N_CONTENT_ENCODINGS] = {"identity", "gzip"};
+
+int gw_status_index(int status) {
+  for (int i = 0; i < GW_CODE_OTHER; i++)
+    if (status_codes[i] == status) return i;
+  return GW_CODE_OTHER;
+}
+
+void gw_histogram_observe(gw_histogram_t *h, double seconds) {
+  int i = 0;
+  while (i < GW_HIST_BUCKETS && seconds > gw_duration_buckets[i]) i++;
+  if (i < GW_HIST_BUCKETS) h->buckets[i]++;
+  h->count++;
+  h->sum += seconds;
+}
+
+void gw_metrics_request(gw_metrics_t *m, int signal, int status, double seconds) {
+  m->requests[signal][gw_status_index(status)]++;
+  gw_histogram_observe(&m->request_duration, seconds);
+}
+
+typedef struct sb {
+  char *buf;
+  size_t len, cap;
+  int oom;
+} sb_t;
+
+static void sb_printf(sb_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sb_t *b, const char *fmt, ...) {
+  if (b->oom) return;
+  for (;;) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b->buf + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    if (n < 0) { b->oom = 1; return; }
+    if ((size_t)n < b->cap - b->len) { b->len += (size_t)n; return; }
+    size_t ncap = b->cap * 2 + (size_t)n;
+    char *nb = realloc(b->buf, ncap);
+    if (!nb) { b->oom = 1; return; }
+    b->buf = nb;
+    b->cap = ncap;
+  }
+}
+
+static void header(sb_t *b, const char *name, const char *type, const char *help) {
+  sb_printf(b, "# HELP otlp_gateway_%s %s\n# TYPE otlp_gateway_%s %s\n", name, help, name, type);
+}
+
+static void render_histogram(sb_t *b, const char *name, const gw_histogram_t *h) {
+  uint64_t cum = 0;
+  for (int i = 0; i < GW_HIST_BUCKETS; i++) {
+    cum += h->buckets[i];
+    sb_printf(b, "otlp_gateway_%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, gw_duration_buckets[i], cum);
+  }
+  sb_printf(b, "otlp_gateway_%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, h->count);
+  sb_printf(b, "otlp_gateway_%s_sum %.9g\notlp_gateway_%s_count %" PRIu64 "\n", name, h->sum, name, h->count);
+}
+
+static void render_process(sb_t *b) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+               (double)ru.ru_stime.tv_usec / 1e6;
+  sb_printf(b, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+               "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.3f\n", cpu);
+  long rss_pages = 0, vm_pages = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f) {
+    if (fscanf(f, "%ld %ld", &vm_pages, &rss_pages) != 2) rss_pages = vm_pages = 0;
+    fclose(f);
+  }
+  long page = sysconf(_SC_PAGESIZE);
+  sb_printf(b, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+               "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %ld\n", rss_pages * page);
+  sb_printf(b, "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+               "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes %ld\n", vm_pages * page);
+  long fds = 0;
+  DIR *d = opendir("/proc/self/fd");
+  if (d) {
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+      if (e->d_name[0] != '.') fds++;
+    closedir(d);
+    fds--; /* the directory handle itself */
+  }
+  struct rlimit rl;
+  getrlimit(RLIMIT_NOFILE, &rl);
+  sb_printf(b, "# HELP process_open_fds Number of open file descriptors.\n"
+               "# TYPE process_open_fds gauge\nprocess_open_fds %ld\n", fds);
+  sb_printf(b, "# HELP process_max_fds Maximum number of open file descriptors.\n"
+               "# TYPE process_max_fds gauge\nprocess_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+  static double start_time;
+  if (start_time == 0) {
+    /* Process start from /proc/self/stat field 22 (clock ticks after boot) would be exact; the first
+     * scrape's idea of "now minus uptime of the process" is close enough and needs no parsing. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    start_time = (double)ts.tv_sec;
+  }
+  sb_printf(b, "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+               "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.0f\n", start_time);
+}
+
+size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauges_t *g, char **out) {
+  gw_metrics_t sum;
+  memset(&sum, 0, sizeof sum);
+  for (size_t k = 0; k < n; k++) {
+    for (int s = 0; s < GW_N_SIGNAL_LABELS; s++)
+      for (int c = 0; c < GW_N_CODES; c++) sum.requests[s][c] += w[k].requests[s][c];
+    for (int s = 0; s < OTLP_N_SIGNALS; s++) {
+      sum.received_items[s] += w[k].received_items[s];
+      for (int e = 0; e < OTLP_N_CONTENT_ENCODINGS; e++) sum.received_bytes[s][e] += w[k].received_bytes[s][e];
+    }
+    for (int i = 0; i < GW_HIST_BUCKETS; i++) sum.request_duration.buckets[i] += w[k].request_duration.buckets[i];
+    sum.request_duration.count += w[k].request_duration.count;
+    sum.request_duration.sum += w[k].request_duration.sum;
+  }
+  sb_t b = {malloc(16384), 0, 16384, 0};
+  if (!b.buf) return 0;
+
+  header(&b, "build_info", "gauge", "Build information; the value is always 1.");
+  sb_printf(&b, "otlp_gateway_build_info{version=\"%s\"} 1\n", OTLPGW_VERSION);
+
+  header(&b, "requests_total", "counter", "OTLP/HTTP requests answered, by signal and HTTP status code.");
+  for (int s = 0; s < GW_N_SIGNAL_LABELS; s++)
+    for (int c = 0; c < GW_N_CODES; c++) {
+      if (!sum.requests[s][c] && c != GW_CODE_200) continue;
+      if (c == GW_CODE_OTHER)
+        sb_printf(&b, "otlp_gateway_requests_total{signal=\"%s\",code=\"other\"} %" PRIu64 "\n", signal_labels[s],
+                  sum.requests[s][c]);
+      else
+        sb_printf(&b, "otlp_gateway_requests_total{signal=\"%s\",code=\"%d\"} %" PRIu64 "\n", signal_labels[s],
+                  status_codes[c], sum.requests[s][c]);
+    }
+
+  header(&b, "received_items_total", "counter", "Spans, log records and metric data points received in valid requests.");
+  for (int s = 0; s < OTLP_N_SIGNALS; s++)
+    sb_printf(&b, "otlp_gateway_received_items_total{signal=\"%s\"} %" PRIu64 "\n", signal_labels[s],
+              sum.received_items[s]);
+
+  header(&b, "received_bytes_total", "counter", "Request body bytes received on the wire, by signal and Content-Encoding.");
+  for (int s = 0; s < OTLP_N_SIGNALS; s++)
+    for (int e = 0; e < OTLP_N_CONTENT_ENCODINGS; e++)
+      sb_printf(&b, "otlp_gateway_received_bytes_total{signal=\"%s\",encoding=\"%s\"} %" PRIu64 "\n",
+                signal_labels[s], ce_labels[e], sum.received_bytes[s][e]);
+
+  header(&b, "request_duration_seconds", "histogram", "Time from a request's first byte to its answer.");
+  render_histogram(&b, "request_duration_seconds", &sum.request_duration);
+
+  header(&b, "connections", "gauge", "Open connections, by side (client: ingest; backend: to collectors).");
+  sb_printf(&b, "otlp_gateway_connections{side=\"client\"} %" PRIu64 "\n", g ? g->client_connections : 0);
+  sb_printf(&b, "otlp_gateway_connections{side=\"backend\"} %" PRIu64 "\n", g ? g->backend_connections : 0);
+
+  render_process(&b);
+  if (b.oom) {
+    free(b.buf);
+    return 0;
+  }
+  *out = b.buf;
+  return b.len;
+}

@@ -1,0 +1,61 @@
+/*
+ * gateway/metrics — the gateway's own counters and their Prometheus text exposition (format 0.0.4).
+ *
+ * Counters live in one gw_metrics_t per worker loop, written only by that loop (no atomics, no locks on the
+ * hot path); a scrape sums the workers' structs. Reads may see a counter mid-update on another thread; a
+ * 64-bit aligned load is atomic on the platforms we build for, so a scrape can at worst lag by one event.
+ */
+#ifndef OTLPGW_METRICS_H
+#define OTLPGW_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gateway/otlp_http.h"
+
+#define GW_SIGNAL_NONE OTLP_N_SIGNALS /* requests to no OTLP path */
+#define GW_N_SIGNAL_LABELS (OTLP_N_SIGNALS + 1)
+
+/* The status codes we count one by one; anything else is counted as "other". */
+#define GW_STATUS_CODES(X) X(200) X(400) X(401) X(404) X(405) X(408) X(411) X(413) X(415) X(429) X(431) X(500) X(503)
+enum {
+#define GW_X(c) GW_CODE_##c,
+  GW_STATUS_CODES(GW_X)
+#undef GW_X
+  GW_CODE_OTHER,
+  GW_N_CODES
+};
+
+#define GW_HIST_BUCKETS 16
+extern const double gw_duration_buckets[GW_HIST_BUCKETS];
+
+typedef struct gw_histogram {
+  uint64_t buckets[GW_HIST_BUCKETS]; /* non-cumulative; rendered cumulative */
+  uint64_t count;
+  double sum;
+} gw_histogram_t;
+
+typedef struct gw_metrics {
+  uint64_t requests[GW_N_SIGNAL_LABELS][GW_N_CODES];
+  uint64_t received_items[OTLP_N_SIGNALS];
+  uint64_t received_bytes[OTLP_N_SIGNALS][OTLP_N_CONTENT_ENCODINGS]; /* bytes on the wire */
+  gw_histogram_t request_duration;
+} gw_metrics_t;
+
+/* Gauges owned by other modules, read at scrape time. */
+typedef struct gw_metrics_gauges {
+  uint64_t client_connections;
+  uint64_t backend_connections;
+} gw_metrics_gauges_t;
+
+int gw_status_index(int status);
+void gw_histogram_observe(gw_histogram_t *h, double seconds);
+
+/* Records one answered request: signal may be GW_SIGNAL_NONE. */
+void gw_metrics_request(gw_metrics_t *m, int signal, int status, double seconds);
+
+/* Renders the exposition of n workers' counters plus process_* metrics into a malloc'd string *out
+ * (caller frees). Returns its length, or 0 on out of memory. */
+size_t gw_metrics_render(const gw_metrics_t *workers, size_t n, const gw_metrics_gauges_t *g, char **out);
+
+#endif

@@ -1,0 +1,471 @@
+/*
+ * HTTP/1.1 framing edge cases of gateway/http_server, in process: the server runs on its own loop in a
+ * thread, the test talks to it over blocking loopback sockets with receive timeouts.
+ */
+#define _GNU_SOURCE /* strcasestr */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "gateway/http_server.h"
+#include "test.h"
+
+#define MAX_BODY 1024
+
+static uv_loop_t loop;
+static hs_server_t *srv;
+static uv_async_t stop_async;
+static pthread_t thread;
+static uint16_t port;
+static int loop_close_rc = -1;
+
+typedef struct slow {
+  uv_timer_t t;
+  hs_request_t *req;
+} slow_t;
+
+static void slow_closed(uv_handle_t *h) { free(h->data); }
+static void slow_fire(uv_timer_t *t) {
+  slow_t *s = t->data;
+  hs_respond(s->req, 200, "text/plain", NULL, 0, "slow", 4);
+  uv_close((uv_handle_t *)&s->t, slow_closed);
+}
+
+static int on_headers(hs_request_t *req, void *ud) {
+  if (hs_slice_eq(req->path, "/reject")) {
+    hs_respond(req, 403, "text/plain", NULL, 0, "no", 2);
+    return 1;
+  }
+  return 0;
+}
+
+/* Echoes "METHOD PATH LEN:" followed by the body; /slow answers after 100 ms. */
+static void on_request(hs_request_t *req, void *ud) {
+  if (hs_slice_eq(req->path, "/slow")) {
+    slow_t *s = calloc(1, sizeof *s);
+    s->req = req;
+    uv_timer_init(&loop, &s->t);
+    s->t.data = s;
+    uv_timer_start(&s->t, slow_fire, 100, 0);
+    return;
+  }
+  char buf[2048];
+  int n = snprintf(buf, sizeof buf, "%s %.*s %zu:", llhttp_method_name(req->method), (int)req->path.len,
+                   req->path.base, req->body_len);
+  if (req->body_len) memcpy(buf + n, req->body, req->body_len);
+  hs_respond(req, 200, "text/plain", NULL, 0, buf, (size_t)n + req->body_len);
+}
+
+static void shutdown_done(void *ud) { uv_close((uv_handle_t *)&stop_async, NULL); }
+static void on_stop(uv_async_t *a) { hs_server_shutdown(srv, shutdown_done, NULL); }
+
+static void *server_main(void *arg) {
+  uv_run(&loop, UV_RUN_DEFAULT);
+  loop_close_rc = uv_loop_close(&loop);
+  return NULL;
+}
+
+static void start_server(void) {
+  uv_loop_init(&loop);
+  hs_config_t cfg = {.name = "test", .max_body_bytes = MAX_BODY, .max_connections = 8, .read_timeout_ms = 300,
+                     .idle_timeout_ms = 500, .on_headers = on_headers, .on_request = on_request};
+  CHECK_EQ_INT(hs_server_create(&loop, &cfg, &srv), 0);
+  CHECK_EQ_INT(hs_server_listen(srv, "127.0.0.1", 0), 0);
+  port = hs_server_port(srv);
+  uv_async_init(&loop, &stop_async, on_stop);
+  pthread_create(&thread, NULL, server_main, NULL);
+}
+
+static void stop_server(void) {
+  uv_async_send(&stop_async);
+  pthread_join(thread, NULL);
+  CHECK_EQ_INT(loop_close_rc, 0); /* every handle closed: nothing leaked on the loop */
+  hs_server_destroy(srv);
+}
+
+typedef struct client {
+  int fd;
+  char buf[65536];
+  size_t len;
+} client_t;
+
+static client_t *connect_client(void) {
+  client_t *c = calloc(1, sizeof *c);
+  c->fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  struct timeval tv = {.tv_sec = 3};
+  setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  CHECK_EQ_INT(connect(c->fd, (struct sockaddr *)&a, sizeof a), 0);
+  return c;
+}
+
+static void client_close(client_t *c) {
+  close(c->fd);
+  free(c);
+}
+
+static void sendstr(client_t *c, const char *s) { CHECK_EQ_INT(send(c->fd, s, strlen(s), MSG_NOSIGNAL), (long long)strlen(s)); }
+
+typedef struct response {
+  int status;
+  int close;
+  char body[4096];
+  size_t body_len;
+} response_t;
+
+/* Reads one response. Returns 0, or -1 on EOF/timeout before a complete response. */
+static int read_response(client_t *c, response_t *r) {
+  memset(r, 0, sizeof *r);
+  for (;;) {
+    c->buf[c->len] = 0;
+    char *end = strstr(c->buf, "\r\n\r\n");
+    if (end) {
+      size_t head = (size_t)(end + 4 - c->buf);
+      const char *cl = strcasestr(c->buf, "Content-Length:");
+      size_t blen = cl && cl < end ? strtoul(cl + 15, NULL, 10) : 0;
+      if (c->len >= head + blen) {
+        r->status = atoi(c->buf + 9);
+        const char *conn = strcasestr(c->buf, "Connection: close");
+        r->close = conn && conn < end;
+        r->body_len = blen < sizeof r->body ? blen : sizeof r->body - 1;
+        memcpy(r->body, c->buf + head, r->body_len);
+        memmove(c->buf, c->buf + head + blen, c->len - head - blen);
+        c->len -= head + blen;
+        return 0;
+      }
+    }
+    ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, 0);
+    if (n <= 0) return -1;
+    c->len += (size_t)n;
+  }
+}
+
+/* 1 when the server closed the connection (EOF or reset) within the receive timeout. */
+static int closed_by_server(client_t *c) {
+  char b[256];
+  for (int i = 0; i < 100; i++) {
+    ssize_t n = recv(c->fd, b, sizeof b, 0);
+    if (n == 0) return 1;
+    if (n < 0) return errno == ECONNRESET;
+  }
+  return 0;
+}
+
+TEST(keep_alive_two_requests) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 200);
+  CHECK_EQ_STR(r.body, "GET /a 0:");
+  CHECK_EQ_INT(r.close, 0);
+  sendstr(c, "POST /b?q=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_STR(r.body, "POST /b 5:hello");
+  client_close(c);
+}
+
+TEST(pipelining_in_order) {
+  client_t *c = connect_client();
+  response_t r;
+  /* The slow one is answered asynchronously; the two behind it must still come after it. */
+  sendstr(c, "GET /slow HTTP/1.1\r\n\r\nPOST /p1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /p2 HTTP/1.1\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_STR(r.body, "slow");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_STR(r.body, "POST /p1 3:abc");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_STR(r.body, "GET /p2 0:");
+  client_close(c);
+}
+
+TEST(chunked_body_with_extension_and_trailer) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n");
+  usleep(20000);
+  sendstr(c, "6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_STR(r.body, "POST /c 11:hello world");
+  client_close(c);
+}
+
+TEST(content_length_body_in_pieces) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "POST /s HTTP/1.1\r\nContent-Length: 10\r\n\r\n01");
+  usleep(20000);
+  sendstr(c, "2345");
+  usleep(20000);
+  sendstr(c, "6789");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_STR(r.body, "POST /s 10:0123456789");
+  client_close(c);
+}
+
+TEST(expect_100_continue) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "POST /e HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 100);
+  sendstr(c, "data");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 200);
+  CHECK_EQ_STR(r.body, "POST /e 4:data");
+  client_close(c);
+}
+
+TEST(expect_100_rejected_early_closes) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "POST /reject HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 403);
+  CHECK_EQ_INT(r.close, 1);
+  CHECK(closed_by_server(c));
+  client_close(c);
+}
+
+TEST(early_answer_without_expect_keeps_connection) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "POST /reject HTTP/1.1\r\nContent-Length: 4\r\n\r\ndataGET /after HTTP/1.1\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 403);
+  CHECK_EQ_INT(r.close, 0);
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_STR(r.body, "GET /after 0:");
+  client_close(c);
+}
+
+TEST(header_too_large_431) {
+  client_t *c = connect_client();
+  response_t r;
+  char *big = malloc(HS_MAX_HEADER_BYTES + 100);
+  memset(big, 'a', HS_MAX_HEADER_BYTES + 99);
+  big[HS_MAX_HEADER_BYTES + 99] = 0;
+  sendstr(c, "GET / HTTP/1.1\r\nX-Big: ");
+  sendstr(c, big);
+  sendstr(c, "\r\n\r\n");
+  free(big);
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 431);
+  CHECK_EQ_INT(r.close, 1);
+  client_close(c);
+}
+
+TEST(too_many_headers_431) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "GET / HTTP/1.1\r\n");
+  for (int i = 0; i < HS_MAX_HEADERS + 1; i++) {
+    char h[32];
+    snprintf(h, sizeof h, "X-H%d: v\r\n", i);
+    sendstr(c, h);
+  }
+  sendstr(c, "\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 431);
+  client_close(c);
+}
+
+TEST(exactly_max_headers_ok) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "GET /m HTTP/1.1\r\n");
+  for (int i = 0; i < HS_MAX_HEADERS; i++) {
+    char h[32];
+    snprintf(h, sizeof h, "X-H%d: v\r\n", i);
+    sendstr(c, h);
+  }
+  sendstr(c, "\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 200);
+  client_close(c);
+}
+
+TEST(content_length_over_limit_413) {
+  client_t *c = connect_client();
+  response_t r;
+  char req[128];
+  snprintf(req, sizeof req, "POST /big HTTP/1.1\r\nContent-Length: %d\r\n\r\n", MAX_BODY + 1);
+  sendstr(c, req);
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 413);
+  CHECK_EQ_INT(r.close, 1);
+  client_close(c);
+}
+
+TEST(body_exactly_at_limit_ok) {
+  client_t *c = connect_client();
+  response_t r;
+  char req[128];
+  snprintf(req, sizeof req, "POST /lim HTTP/1.1\r\nContent-Length: %d\r\n\r\n", MAX_BODY);
+  sendstr(c, req);
+  char *body = malloc(MAX_BODY + 1);
+  memset(body, 'x', MAX_BODY);
+  body[MAX_BODY] = 0;
+  sendstr(c, body);
+  free(body);
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 200);
+  CHECK_CONTAINS(r.body, "POST /lim 1024:");
+  client_close(c);
+}
+
+TEST(chunked_over_limit_413) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "POST /cbig HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+  char chunk[700];
+  memset(chunk, 'y', sizeof chunk);
+  for (int i = 0; i < 2; i++) {
+    char h[16];
+    snprintf(h, sizeof h, "%zx\r\n", sizeof chunk);
+    sendstr(c, h);
+    CHECK_EQ_INT(send(c->fd, chunk, sizeof chunk, MSG_NOSIGNAL), (long long)sizeof chunk);
+    sendstr(c, "\r\n");
+  }
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 413);
+  client_close(c);
+}
+
+TEST(malformed_request_400) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "THIS IS NOT HTTP\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 400);
+  CHECK_EQ_INT(r.close, 1);
+  CHECK(closed_by_server(c));
+  client_close(c);
+}
+
+TEST(bad_content_length_400) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "POST / HTTP/1.1\r\nContent-Length: 12abc\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 400);
+  client_close(c);
+}
+
+TEST(both_content_length_and_chunked_400) {
+  client_t *c = connect_client();
+  response_t r;
+  /* Request smuggling guard: llhttp refuses both framings at once. */
+  sendstr(c, "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 400);
+  client_close(c);
+}
+
+TEST(trickling_client_408) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "POST /t HTTP/1.1\r\nContent-Length: 100\r\n\r\n");
+  int got = -1;
+  for (int i = 0; i < 20; i++) { /* one byte every 50 ms: slower than the 300 ms whole-request deadline */
+    if (send(c->fd, "z", 1, MSG_NOSIGNAL) != 1) break;
+    usleep(50000);
+    struct timeval tv = {0, 1000};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char peek[16];
+    if (recv(c->fd, peek, sizeof peek, MSG_PEEK) > 0) { got = 1; break; }
+  }
+  struct timeval tv = {.tv_sec = 3};
+  setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  CHECK_EQ_INT(got, 1);
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 408);
+  CHECK_EQ_INT(r.close, 1);
+  client_close(c);
+}
+
+TEST(idle_connection_closed) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "GET /i HTTP/1.1\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK(closed_by_server(c)); /* idle_timeout is 500 ms, the receive timeout 3 s */
+  client_close(c);
+}
+
+TEST(http10_closes) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "GET /old HTTP/1.0\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.status, 200);
+  CHECK_EQ_INT(r.close, 1);
+  CHECK(closed_by_server(c));
+  client_close(c);
+}
+
+TEST(connection_close_header_honoured) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "GET /bye HTTP/1.1\r\nConnection: close\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_INT(r.close, 1);
+  CHECK(closed_by_server(c));
+  client_close(c);
+}
+
+TEST(max_connections_503) {
+  client_t *cs[8];
+  response_t r;
+  for (int i = 0; i < 8; i++) cs[i] = connect_client();
+  /* Make sure all 8 are accepted before the 9th arrives. */
+  for (int i = 0; i < 8; i++) {
+    sendstr(cs[i], "GET /x HTTP/1.1\r\n\r\n");
+    CHECK_EQ_INT(read_response(cs[i], &r), 0);
+    CHECK_EQ_INT(r.status, 200);
+  }
+  client_t *extra = connect_client();
+  CHECK_EQ_INT(read_response(extra, &r), 0);
+  CHECK_EQ_INT(r.status, 503);
+  CHECK_EQ_INT(r.close, 1);
+  client_close(extra);
+  for (int i = 0; i < 8; i++) client_close(cs[i]);
+  usleep(50000);
+}
+
+TEST(client_gone_while_pending) {
+  client_t *c = connect_client();
+  sendstr(c, "GET /slow HTTP/1.1\r\n\r\n");
+  client_close(c); /* the answer comes 100 ms later to a closed connection: must not crash or leak */
+  usleep(200000);
+  client_t *d = connect_client();
+  response_t r;
+  sendstr(d, "GET /ok HTTP/1.1\r\n\r\n");
+  CHECK_EQ_INT(read_response(d, &r), 0);
+  CHECK_EQ_INT(r.status, 200);
+  client_close(d);
+}
+
+TEST(many_pipelined_requests) {
+  client_t *c = connect_client();
+  char req[64 * 40];
+  size_t n = 0;
+  for (int i = 0; i < 40; i++) n += (size_t)snprintf(req + n, sizeof req - n, "GET /n%d HTTP/1.1\r\n\r\n", i);
+  sendstr(c, req);
+  for (int i = 0; i < 40; i++) {
+    response_t r;
+    char want[32];
+    snprintf(want, sizeof want, "GET /n%d 0:", i);
+    CHECK_EQ_INT(read_response(c, &r), 0);
+    CHECK_EQ_STR(r.body, want);
+  }
+  client_close(c);
+}
+
+/* Every test shares one server, started before the first test and stopped after the last. */
+TEST_MAIN_WITH(start_server, stop_server)
