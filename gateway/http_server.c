@@ -367,10 +367,17 @@ static void conn_answer_error(hs_conn_t *c, int status, const char *msg) {
   s->stats.framing_errors++;
   c->close_after = 1;
   timer_stop(c);
+  int answered = c->req && c->req->answered;
   if (c->req) {
     hs_req_t *r = c->req;
     c->req = NULL;
     req_release(r);
+  }
+  if (answered) {
+    /* The request already has its (early) answer: never a second response, just end the connection. */
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (c->writes == 0) conn_linger(c);
+    return;
   }
   char head[512];
   size_t ml = strlen(msg);

@@ -229,8 +229,10 @@ class Conn:
         self.s.settimeout(timeout)
         try:
             while True:
-                if not self.s.recv(65536):
+                data = self.s.recv(65536)
+                if not data:
                     return True
+                self.buf += data  # kept, so a caller can check nothing else was sent
         except ConnectionResetError:
             return True
         except socket.timeout:

@@ -1,0 +1,108 @@
+"""The otlp-gateway command line: --version, --help, --check-config (exit codes and FILE:LINE:COL errors),
+OTLP_GATEWAY_CONFIG, OTLP_GATEWAY_BACKENDS, no backends, SIGHUP with a bad config, SIGTERM."""
+import os
+import re
+import signal
+import subprocess
+import time
+
+from harness import Gateway, args, gateway_config, http_request, run_tests, write_config
+
+
+def gw(*argv, env=None):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("OTLP_GATEWAY_")}
+    e.update(env or {})
+    return subprocess.run([args().gateway] + list(argv), capture_output=True, text=True, env=e, timeout=20)
+
+
+def test_version_and_help():
+    r = gw("--version")
+    assert r.returncode == 0 and re.match(r"otlp-gateway \d+\.\d+\.\d+", r.stdout), r.stdout
+    r = gw("--help")
+    assert r.returncode == 0 and "--check-config" in r.stdout and "OTLP_GATEWAY_BACKENDS" in r.stdout
+    r = gw("--bogus")
+    assert r.returncode == 2
+
+
+def test_check_config_ok():
+    path = write_config(gateway_config(), "ok.yaml")
+    r = gw("--check-config", "--config", path)
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
+
+
+def test_check_config_errors_have_position():
+    cases = {
+        "server:\n  listn: \"x\"\n": r":2:3: .*unknown key",
+        "server:\n  read_timeout: 3x\n": r":2:17: .*read_timeout",
+        "backends:\n  static:\n    - {endpoint: \"ftp://a:1\"}\n": r":3:\d+: .*endpoint",
+        "server: [1, 2\n": r":\d+:\d+: ",
+    }
+    for i, (text, rx) in enumerate(cases.items()):
+        path = write_config(text, "bad%d.yaml" % i)
+        r = gw("--check-config", "--config", path)
+        assert r.returncode == 1, (text, r.returncode)
+        line = r.stderr.strip()
+        assert "\n" not in line, line
+        assert line.startswith(path + ":"), line
+        assert re.search(rx, line), (rx, line)
+
+
+def test_check_config_missing_file_and_no_backends():
+    r = gw("--check-config", "--config", "/nonexistent/gw.yaml")
+    assert r.returncode == 1 and r.stderr.startswith("/nonexistent/gw.yaml"), r.stderr
+    path = write_config("server:\n  listen: \"127.0.0.1:0\"\n", "nobackends.yaml")
+    r = gw("--check-config", "--config", path)
+    assert r.returncode == 1 and "no backends" in r.stderr, r.stderr
+
+
+def test_env_config_and_env_backends():
+    path = write_config(gateway_config(), "env.yaml")
+    r = gw("--check-config", env={"OTLP_GATEWAY_CONFIG": path})
+    assert r.returncode == 0 and path in r.stdout, (r.stdout, r.stderr)
+    r = gw("--check-config", env={"OTLP_GATEWAY_BACKENDS": "http://c1:4318, http://c2:4318"})
+    assert r.returncode == 0 and "2 static backends" in r.stdout, (r.stdout, r.stderr)
+    r = gw("--check-config", env={"OTLP_GATEWAY_BACKENDS": "http://c1:4318,https://c2"})
+    assert r.returncode == 1 and "OTLP_GATEWAY_BACKENDS" in r.stderr, r.stderr
+    r = gw()  # no config, no env: one line and exit 1
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "no backends" in r.stderr, r.stderr
+
+
+def test_env_expansion_in_config():
+    text = gateway_config(backends=("${env:GW_TEST_BACKEND}",), tokens=["${env:GW_TEST_TOKEN:-fallback}"])
+    path = write_config(text, "expand.yaml")
+    r = gw("--check-config", "--config", path, env={"GW_TEST_BACKEND": "http://127.0.0.1:4999"})
+    assert r.returncode == 0, r.stderr
+    r = gw("--check-config", "--config", path)
+    assert r.returncode == 1 and "GW_TEST_BACKEND" in r.stderr, r.stderr
+
+
+def test_listen_failure_is_reported():
+    g = Gateway(gateway_config())
+    try:
+        text = gateway_config().replace('listen: "127.0.0.1:0"\n  max_request', 'listen: "127.0.0.1:%d"\n  max_request' % g.port, 1)
+        path = write_config(text, "busy.yaml")
+        r = gw("--config", path)
+        assert r.returncode == 1 and "cannot listen" in r.stderr, r.stderr
+    finally:
+        g.stop()
+
+
+def test_sighup_bad_config_keeps_running_and_sigterm_exits_zero():
+    g = Gateway(gateway_config())
+    with open(g.config_path, "w") as f:
+        f.write("server:\n  bogus: 1\n")
+    g.signal(signal.SIGHUP)
+    g.wait_line(r"config reload failed.*unknown key")
+    assert http_request(g.port, "POST", "/v1/traces", b"", {"Content-Type": "application/x-protobuf"})[0] == 200
+    with open(g.config_path, "w") as f:
+        f.write(gateway_config())
+    g.signal(signal.SIGHUP)
+    g.wait_line(r"msg=\"config reloaded\"")
+    t0 = time.time()
+    g.signal(signal.SIGTERM)
+    assert g.wait(timeout=10) == 0
+    assert time.time() - t0 < 5
+
+
+run_tests(globals())

@@ -1,0 +1,193 @@
+"""HTTP/1.1 framing through the real gateway binary: keep-alive, pipelining, chunked bodies,
+Expect: 100-continue, idle and read timeouts, connection limits, HTTP/1.0, garbage."""
+import time
+
+from harness import Conn, Gateway, build_request, gateway_config, gz, run_tests, trace_request
+
+PB = {"Content-Type": "application/x-protobuf"}
+gw = None
+
+
+def setup():
+    global gw
+    if gw is None:
+        gw = Gateway(gateway_config(idle_timeout="1s", read_timeout="2s", max_connections=20))
+    return gw
+
+
+def test_keep_alive_many_requests_one_connection():
+    g = setup()
+    c = Conn(g.port)
+    for i in range(50):
+        c.send(build_request("POST", "/v1/traces", b"" if i % 2 else trace_request(3), PB))
+        st, h, _ = c.read_response()
+        assert st == (200 if i % 2 else 503), (i, st)
+        assert h.get("connection") != "close"
+    c.close()
+
+
+def test_pipelining_responses_in_order():
+    g = setup()
+    c = Conn(g.port)
+    plan = []
+    data = b""
+    for i in range(30):
+        kind = i % 3
+        if kind == 0:
+            data += build_request("POST", "/v1/traces", trace_request(2), PB)
+            plan.append(503)
+        elif kind == 1:
+            data += build_request("POST", "/v1/logs", b"", PB)
+            plan.append(200)
+        else:
+            data += build_request("POST", "/v1/nope", b"xyz", PB)
+            plan.append(404)
+    c.send(data)
+    got = [c.read_response()[0] for _ in plan]
+    assert got == plan, got
+    c.close()
+
+
+def test_chunked_bodies():
+    g = setup()
+    c = Conn(g.port)
+    c.send(build_request("POST", "/v1/traces", trace_request(20, 4), PB, chunked=True))
+    assert c.read_response()[0] == 503  # valid, non-empty
+    c.send(build_request("POST", "/v1/traces", b"", PB, chunked=True))
+    assert c.read_response()[0] == 200  # valid, empty
+    c.send(build_request("POST", "/v1/traces", gz(trace_request(20, 4)), dict(PB, **{"Content-Encoding": "gzip"}),
+                         chunked=True))
+    assert c.read_response()[0] == 503
+    c.close()
+
+
+def test_expect_100_continue():
+    g = setup()
+    c = Conn(g.port)
+    body = trace_request(4)
+    c.send(build_request("POST", "/v1/traces", None, dict(PB, **{"Content-Length": str(len(body)),
+                                                                 "Expect": "100-continue"})))
+    st, _, _ = c.read_response()
+    assert st == 100, st
+    c.send(body)
+    st, _, _ = c.read_response()
+    assert st == 503, st
+    # refused from the headers: no 100, a final answer, and the connection closes (the body never comes)
+    c.send(build_request("POST", "/v1/wrong", None, dict(PB, **{"Content-Length": "10", "Expect": "100-continue"})))
+    st, h, _ = c.read_response()
+    assert st == 404 and h.get("connection") == "close", (st, h)
+    assert c.closed_by_peer()
+    c.close()
+
+
+def test_idle_connection_closed_after_idle_timeout():
+    g = setup()
+    c = Conn(g.port)
+    c.send(build_request("POST", "/v1/traces", b"", PB))
+    assert c.read_response()[0] == 200
+    t0 = time.time()
+    assert c.closed_by_peer(timeout=5)
+    assert time.time() - t0 >= 0.5
+    c.close()
+
+
+def test_trickled_headers_cut_off():
+    g = setup()
+    c = Conn(g.port)
+    c.send(b"POST /v1/traces HTTP/1.1\r\n")
+    st = None
+    for i in range(40):  # one header line every 100 ms, never finishing: the 2 s read_timeout must end it
+        try:
+            c.send(b"X-Slow-%d: v\r\n" % i)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        time.sleep(0.1)
+        c.s.settimeout(0.01)
+        try:
+            c._fill()
+            break
+        except (TimeoutError, OSError):
+            pass
+    c.s.settimeout(5)
+    st, h, _ = c.read_response()
+    assert st == 408, st
+    c.close()
+
+
+def test_max_connections():
+    g = setup()
+    conns = []
+    for _ in range(20):
+        c = Conn(g.port)
+        c.send(build_request("POST", "/v1/traces", b"", PB))
+        assert c.read_response()[0] == 200
+        conns.append(c)
+    extra = Conn(g.port)
+    st, h, body = extra.read_response()
+    assert st == 503 and b"too many connections" in body, (st, body)
+    extra.close()
+    for c in conns:
+        c.close()
+    time.sleep(0.2)
+    c = Conn(g.port)  # room again
+    c.send(build_request("POST", "/v1/traces", b"", PB))
+    assert c.read_response()[0] == 200
+    c.close()
+
+
+def test_http10_and_connection_close():
+    g = setup()
+    c = Conn(g.port)
+    c.send(b"POST /v1/traces HTTP/1.0\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n")
+    st, h, _ = c.read_response()
+    assert st == 200 and h.get("connection") == "close"
+    assert c.closed_by_peer()
+    c.close()
+    c = Conn(g.port)
+    c.send(build_request("POST", "/v1/traces", b"", dict(PB, Connection="close")))
+    st, h, _ = c.read_response()
+    assert st == 200 and h.get("connection") == "close"
+    assert c.closed_by_peer()
+    c.close()
+
+
+def test_garbage_is_400_and_closed():
+    g = setup()
+    for junk in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,  # a TLS ClientHello
+                 b"GET / HTTP/9.9\r\n\r\n", b"POST /v1/traces HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                 b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"):
+        c = Conn(g.port)
+        c.send(junk)
+        st, h, _ = c.read_response()
+        assert st == 400 and h.get("connection") == "close", (junk, st)
+        assert c.closed_by_peer()
+        c.close()
+    # answered early (415 from the headers), then a framing error in the body: one answer only, then close
+    c = Conn(g.port)
+    c.send(b"POST /v1/traces HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    st, h, _ = c.read_response()
+    assert st == 415, st
+    assert c.closed_by_peer() and c.buf == b"", c.buf
+    c.close()
+    # the gateway is still fine
+    c = Conn(g.port)
+    c.send(build_request("POST", "/v1/traces", b"", PB))
+    assert c.read_response()[0] == 200
+    c.close()
+
+
+def test_client_disconnect_mid_body_is_harmless():
+    g = setup()
+    for _ in range(20):
+        c = Conn(g.port)
+        c.send(b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\nabc")
+        c.close()
+    c = Conn(g.port)
+    c.send(build_request("POST", "/v1/traces", b"", PB))
+    assert c.read_response()[0] == 200
+    c.close()
+    assert g.p.poll() is None
+
+
+run_tests(globals())
