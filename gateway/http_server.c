@@ -47,7 +47,11 @@ struct hs_server {
 enum { TIMER_NONE, TIMER_IDLE, TIMER_READ, TIMER_LINGER };
 
 struct hs_conn {
-  uv_tcp_t tcp;
+  union {
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;   /* hs_server_adopt_fd: tests and fuzzers */
+    uv_stream_t stream;
+  } h;
   uv_timer_t timer;
   uv_shutdown_t shutdown_req;
   hs_server_t *srv;
@@ -238,7 +242,7 @@ static void conn_close(hs_conn_t *c) {
     c->req = NULL;
     req_release(r);
   }
-  uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+  uv_close((uv_handle_t *)&c->h.stream, on_handle_closed);
   uv_close((uv_handle_t *)&c->timer, on_handle_closed);
   maybe_shutdown_done(s);
 }
@@ -263,12 +267,12 @@ static void conn_linger(hs_conn_t *c) {
   if (c->closed || c->lingering) return;
   c->lingering = 1;
   c->shutdown_req.data = c;
-  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+  if (uv_shutdown(&c->shutdown_req, &c->h.stream, on_shutdown) != 0) {
     conn_close(c);
     return;
   }
-  uv_read_stop((uv_stream_t *)&c->tcp);
-  uv_read_start((uv_stream_t *)&c->tcp, linger_alloc_cb, on_linger_read);
+  uv_read_stop(&c->h.stream);
+  uv_read_start(&c->h.stream, linger_alloc_cb, on_linger_read);
   timer_arm(c, TIMER_LINGER, HS_LINGER_MS);
 }
 
@@ -298,7 +302,7 @@ static int conn_write(hs_conn_t *c, const char *head, size_t head_len, const voi
   hw->len = head_len + body_len;
   hw->conn = c;
   uv_buf_t buf = uv_buf_init(hw->data, (unsigned)hw->len);
-  int rc = uv_write(&hw->w, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
+  int rc = uv_write(&hw->w, &c->h.stream, &buf, 1, on_write);
   if (rc < 0) {
     free(hw);
     return rc;
@@ -375,7 +379,7 @@ static void conn_answer_error(hs_conn_t *c, int status, const char *msg) {
   }
   if (answered) {
     /* The request already has its (early) answer: never a second response, just end the connection. */
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_read_stop(&c->h.stream);
     if (c->writes == 0) conn_linger(c);
     return;
   }
@@ -385,7 +389,7 @@ static void conn_answer_error(hs_conn_t *c, int status, const char *msg) {
   char body[512];
   snprintf(body, sizeof body, "%s\n", msg);
   if (hl < 0 || conn_write(c, head, (size_t)hl, body, ml + 1) < 0) conn_close(c);
-  else uv_read_stop((uv_stream_t *)&c->tcp);
+  else uv_read_stop(&c->h.stream);
 }
 
 /* ---- llhttp callbacks ----------------------------------------------------------------------------------- */
@@ -616,7 +620,7 @@ static void resume_reading(hs_conn_t *c) {
     conn_close(c);
     return;
   }
-  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+  uv_read_start(&c->h.stream, alloc_cb, on_read);
   if (!c->req) timer_arm(c, TIMER_IDLE, s->cfg.idle_timeout_ms);
 }
 
@@ -638,7 +642,7 @@ static void conn_execute(hs_conn_t *c, const char *data, size_t len) {
       c->leftover_len = len - used;
     }
     c->paused = 1;
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_read_stop(&c->h.stream);
     hs_req_t *r = c->pending;
     s->cfg.on_request(&r->pub, s->cfg.ud);
     return;
@@ -647,7 +651,7 @@ static void conn_execute(hs_conn_t *c, const char *data, size_t len) {
    * on_headers_complete, as HPE_CB_HEADERS_COMPLETE; the flags say what happened. */
   if (c->stop_quiet) {
     /* An early answer that ends the connection: its write is queued; drain until it is out. */
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_read_stop(&c->h.stream);
     if (c->writes == 0) conn_linger(c);
     return;
   }
@@ -670,27 +674,25 @@ static void conn_execute(hs_conn_t *c, const char *data, size_t len) {
 
 /* ---- accepting ------------------------------------------------------------------------------------------ */
 
-static void on_connection(uv_stream_t *ls, int status) {
-  hs_server_t *s = ls->data;
-  if (status < 0) return;
+static hs_conn_t *conn_new(hs_server_t *s) {
   hs_conn_t *c = calloc(1, sizeof *c);
-  if (!c) return;
+  if (!c) return NULL;
   c->srv = s;
   c->refs = 2;
-  uv_tcp_init(s->loop, &c->tcp);
   uv_timer_init(s->loop, &c->timer);
-  c->tcp.data = c;
   c->timer.data = c;
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;
   s->conns = c;
   s->stats.connections_open++;
-  if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
-    conn_close(c);
-    return;
-  }
+  return c;
+}
+
+/* Starts serving an accepted connection, or turns it away when over max_connections. */
+static void conn_start(hs_conn_t *c) {
+  hs_server_t *s = c->srv;
+  c->h.stream.data = c;
   s->stats.connections_accepted++;
-  uv_tcp_nodelay(&c->tcp, 1);
   llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
   c->parser.data = c;
   if (s->cfg.max_connections && s->stats.connections_open > s->cfg.max_connections) {
@@ -699,12 +701,41 @@ static void on_connection(uv_stream_t *ls, int status) {
     static const char busy[] = "too many connections\n";
     char head[256];
     int hl = format_head(s, head, sizeof head, 503, "text/plain", NULL, 0, sizeof busy - 1, 1);
-    uv_read_start((uv_stream_t *)&c->tcp, linger_alloc_cb, on_read);
+    uv_read_start(&c->h.stream, linger_alloc_cb, on_read);
     if (conn_write(c, head, (size_t)hl, busy, sizeof busy - 1) < 0) conn_close(c);
     return;
   }
-  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+  uv_read_start(&c->h.stream, alloc_cb, on_read);
   timer_arm(c, TIMER_IDLE, s->cfg.idle_timeout_ms);
+}
+
+static void on_connection(uv_stream_t *ls, int status) {
+  hs_server_t *s = ls->data;
+  if (status < 0) return;
+  hs_conn_t *c = conn_new(s);
+  if (!c) return;
+  uv_tcp_init(s->loop, &c->h.tcp);
+  c->h.stream.data = c;
+  if (uv_accept(ls, &c->h.stream) != 0) {
+    conn_close(c);
+    return;
+  }
+  uv_tcp_nodelay(&c->h.tcp, 1);
+  conn_start(c);
+}
+
+int hs_server_adopt_fd(hs_server_t *s, int fd) {
+  hs_conn_t *c = conn_new(s);
+  if (!c) return UV_ENOMEM;
+  uv_pipe_init(s->loop, &c->h.pipe, 0);
+  c->h.stream.data = c;
+  int rc = uv_pipe_open(&c->h.pipe, fd);
+  if (rc != 0) {
+    conn_close(c);
+    return rc;
+  }
+  conn_start(c);
+  return 0;
 }
 
 int hs_server_create(uv_loop_t *loop, const hs_config_t *cfg, hs_server_t **out) {

@@ -81,6 +81,10 @@ int hs_server_listen(hs_server_t *s, const char *host, uint16_t port);
 const char *hs_server_address(const hs_server_t *s);
 uint16_t hs_server_port(const hs_server_t *s);
 
+/* Serves one already connected stream socket (e.g. one end of a socketpair) as if it had been accepted.
+ * The server takes the fd. For tests and fuzzers, which drive the server without a listener. */
+int hs_server_adopt_fd(hs_server_t *s, int fd);
+
 const hs_stats_t *hs_server_stats(const hs_server_t *s);
 
 /* Stops accepting; idle connections are closed, busy ones close after their current response.
