@@ -522,7 +522,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
     r->discarded += len;
     return 0;
   }
-  if ((const uint8_t *)at == q->body + q->body_len && q->body_len + len <= r->body_cap) {
+  if (q->body && (const uint8_t *)at == q->body + q->body_len && q->body_len + len <= r->body_cap) {
     q->body_len += len; /* read straight into the body buffer (see alloc_cb) */
     return 0;
   }

@@ -15,6 +15,14 @@ def setup():
     return gw
 
 
+def wait_client_connections(g, n, timeout=10):
+    """Waits (bounded) until the gateway reports at most n open client connections."""
+    deadline = time.time() + timeout
+    while g.metric('otlp_gateway_connections{side="client"}') > n:
+        assert time.time() < deadline, "client connections not released"
+        time.sleep(0.02)
+
+
 def test_keep_alive_many_requests_one_connection():
     g = setup()
     c = Conn(g.port)
@@ -128,7 +136,7 @@ def test_max_connections():
     extra.close()
     for c in conns:
         c.close()
-    time.sleep(0.2)
+    wait_client_connections(g, 0)
     c = Conn(g.port)  # room again
     c.send(build_request("POST", "/v1/traces", b"", PB))
     assert c.read_response()[0] == 200
@@ -183,6 +191,7 @@ def test_client_disconnect_mid_body_is_harmless():
         c = Conn(g.port)
         c.send(b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\nabc")
         c.close()
+    wait_client_connections(g, 0)  # every cut-short connection is released (max_connections is 20)
     c = Conn(g.port)
     c.send(build_request("POST", "/v1/traces", b"", PB))
     assert c.read_response()[0] == 200
