@@ -162,6 +162,20 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
          NULL, 0);
 }
 
+/* Errors the HTTP server answers itself (framing, timeouts, limits) get a google.rpc.Status body in the
+ * request's encoding too, and are counted like every other answer. */
+static size_t ingest_error_body(const hs_request_t *req, int status, const char *msg, char *out, size_t cap,
+                                const char **content_type, void *ud) {
+  gw_app_t *app = ud;
+  int enc = req ? otlp_encoding_from_content_type(hs_request_header(req, "Content-Type")) : -1;
+  int sig = req && req->path.base ? otlp_signal_from_path(req->path) : -1;
+  otlp_encoding_t e = enc == OTLP_ENC_JSON ? OTLP_ENC_JSON : OTLP_ENC_PROTOBUF;
+  double secs = req ? (double)(uv_hrtime() - req->start_ns) / 1e9 : 0;
+  gw_metrics_request(&app->metrics, sig < 0 ? GW_SIGNAL_NONE : sig, status, secs);
+  *content_type = otlp_content_type(e);
+  return otlp_status_body(e, status, msg, out, cap);
+}
+
 /* ---- telemetry listener ---------------------------------------------------------------------------------- */
 
 static void telemetry_on_request(hs_request_t *req, void *ud) {
@@ -229,6 +243,7 @@ int gw_app_start(uv_loop_t *loop, cfg_t *cfg, gw_app_t **out, char *err, size_t 
       .idle_timeout_ms = app->cfg.server.idle_timeout_ms,
       .on_headers = ingest_on_headers,
       .on_request = ingest_on_request,
+      .error_body = ingest_error_body,
       .ud = app,
   };
   hs_config_t tc = {

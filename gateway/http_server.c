@@ -371,24 +371,33 @@ static void conn_answer_error(hs_conn_t *c, int status, const char *msg) {
   s->stats.framing_errors++;
   c->close_after = 1;
   timer_stop(c);
-  int answered = c->req && c->req->answered;
+  if (c->req && c->req->answered) {
+    /* The request already has its (early) answer: never a second response, just end the connection. */
+    hs_req_t *r = c->req;
+    c->req = NULL;
+    req_release(r);
+    uv_read_stop(&c->h.stream);
+    if (c->writes == 0) conn_linger(c);
+    return;
+  }
+  char body[1200];
+  const char *ctype = "text/plain";
+  size_t bl = 0;
+  if (s->cfg.error_body)
+    bl = s->cfg.error_body(c->req ? &c->req->pub : NULL, status, msg, body, sizeof body, &ctype, s->cfg.ud);
+  if (bl == 0) {
+    ctype = "text/plain";
+    int n = snprintf(body, sizeof body, "%s\n", msg);
+    bl = n < 0 ? 0 : (size_t)n >= sizeof body ? sizeof body - 1 : (size_t)n;
+  }
   if (c->req) {
     hs_req_t *r = c->req;
     c->req = NULL;
     req_release(r);
   }
-  if (answered) {
-    /* The request already has its (early) answer: never a second response, just end the connection. */
-    uv_read_stop(&c->h.stream);
-    if (c->writes == 0) conn_linger(c);
-    return;
-  }
   char head[512];
-  size_t ml = strlen(msg);
-  int hl = format_head(s, head, sizeof head, status, "text/plain", NULL, 0, ml + 1, 1);
-  char body[512];
-  snprintf(body, sizeof body, "%s\n", msg);
-  if (hl < 0 || conn_write(c, head, (size_t)hl, body, ml + 1) < 0) conn_close(c);
+  int hl = format_head(s, head, sizeof head, status, ctype, NULL, 0, bl, 1);
+  if (hl < 0 || conn_write(c, head, (size_t)hl, body, bl) < 0) conn_close(c);
   else uv_read_stop(&c->h.stream);
 }
 
@@ -418,6 +427,7 @@ static int on_message_begin(llhttp_t *p) {
   r->conn = c;
   r->pub.start_ns = uv_hrtime();
   r->pub.content_length = HS_LEN_NONE;
+  r->pub.path.base = r->hdr; /* the URL is the first thing stored; its length grows in on_url */
   c->req = r;
   c->refs++;
   timer_arm(c, TIMER_READ, c->srv->cfg.read_timeout_ms);

@@ -60,6 +60,12 @@ typedef struct hs_config {
   int (*on_headers)(hs_request_t *req, void *ud);
   /* Called with the complete request. Must lead to exactly one hs_respond(). */
   void (*on_request)(hs_request_t *req, void *ud);
+  /* Optional: the body of an error the server answers itself (400 bad framing, 408, 413, 431), called
+   * once per such answer. req is the request as far as it was parsed (n_headers counts only complete
+   * headers; path may be empty) or NULL. Writes at most cap bytes into out, sets *content_type and
+   * returns the length; 0 = the default text/plain message. */
+  size_t (*error_body)(const hs_request_t *req, int status, const char *msg, char *out, size_t cap,
+                       const char **content_type, void *ud);
   void *ud;
 } hs_config_t;
 

@@ -105,4 +105,12 @@ def test_sighup_bad_config_keeps_running_and_sigterm_exits_zero():
     assert time.time() - t0 < 5
 
 
+def test_docs_config_reference_matches_code():
+    r = gw("--print-config-reference")
+    assert r.returncode == 0 and r.stdout.startswith("| key |")
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "config.md")).read()
+    table = doc[doc.index("| key |"):]
+    assert table == r.stdout, "docs/config.md is stale: regenerate it with otlp-gateway --print-config-reference"
+
+
 run_tests(globals())

@@ -122,7 +122,13 @@ def test_413_body_too_large():
     c = Conn(g.port)
     c.send(build_request("POST", "/v1/traces", big, PB))
     st, h, body = c.read_response()
-    assert st == 413 and h.get("connection") == "close", (st, h)
+    assert h.get("connection") == "close", h
+    expect(st, h, body, 413, 8, "too large")
+    c.close()
+    c = Conn(g.port)
+    c.send(build_request("POST", "/v1/traces", big, {"Content-Type": "application/json"}))
+    st, h, body = c.read_response()
+    expect(st, h, body, 413, 8, "too large", ctype="application/json")
     c.close()
 
 
@@ -131,7 +137,7 @@ def test_413_chunked_too_large():
     c = Conn(g.port)
     c.send(build_request("POST", "/v1/traces", b"\x00" * (70 * 1024), PB, chunked=True))
     st, h, body = c.read_response()
-    assert st == 413, st
+    expect(st, h, body, 413, 8, "too large")
     c.close()
 
 
@@ -160,7 +166,7 @@ def test_431_header_too_large():
     c = Conn(g.port)
     c.send(build_request("POST", "/v1/traces", b"", dict(PB, **{"X-Big": "a" * 20000})))
     st, h, body = c.read_response()
-    assert st == 431, st
+    expect(st, h, body, 431, 3, "header")
     c.close()
 
 
@@ -171,11 +177,28 @@ def test_408_read_timeout():
         c.send(b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: 100\r\n\r\nab")
         t0 = time.time()
         st, h, body = c.read_response()
-        assert st == 408 and h.get("connection") == "close", st
+        assert h.get("connection") == "close", h
+        expect(st, h, body, 408, 4, "read_timeout")
         assert time.time() - t0 < 10
         assert c.closed_by_peer()
     finally:
         assert g.stop() == 0
+
+
+def test_400_bad_framing():
+    g = setup()
+    c = Conn(g.port)
+    c.send(b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 1x\r\n\r\n")
+    st, h, body = c.read_response()
+    expect(st, h, body, 400, 3, "malformed HTTP request", ctype="application/json")
+    c.close()
+    before = g.metric('otlp_gateway_requests_total{signal="none",code="400"}')
+    c = Conn(g.port)
+    c.send(b"NOT HTTP AT ALL\r\n\r\n")
+    st, h, body = c.read_response()
+    expect(st, h, body, 400, 3, "malformed HTTP request")
+    c.close()
+    assert g.metric('otlp_gateway_requests_total{signal="none",code="400"}') == before + 1
 
 
 def test_telemetry_endpoints_and_counters():
