@@ -59,8 +59,16 @@ class Proc:
         _procs.append(self.p)
         self.out, self.err = [], []
         self._cv = threading.Condition()
+        self._threads = []
         for stream, sink in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
-            threading.Thread(target=self._drain, args=(stream, sink), daemon=True).start()
+            t = threading.Thread(target=self._drain, args=(stream, sink), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _join_output(self):
+        """After exit: waits (bounded) until every line the process wrote has been collected."""
+        for t in self._threads:
+            t.join(timeout=5)
 
     def _drain(self, stream, sink):
         for line in stream:
@@ -94,7 +102,9 @@ class Proc:
         self.p.send_signal(sig)
 
     def wait(self, timeout=15):
-        return self.p.wait(timeout=timeout)
+        rc = self.p.wait(timeout=timeout)
+        self._join_output()
+        return rc
 
     def stop(self):
         if self.p.poll() is None:
@@ -104,6 +114,7 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()
+        self._join_output()
         return self.p.returncode
 
 
