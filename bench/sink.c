@@ -26,6 +26,7 @@ typedef struct sink {
   unsigned retry_after;
   uint64_t delay_ms;
   uint64_t max_body;
+  int no_decode;         /* answer 200 without decoding: benchmarks of the HTTP layer alone */
   FILE *trace_file;
   uint64_t requests[OTLP_N_SIGNALS];
   uint64_t items[OTLP_N_SIGNALS];
@@ -51,7 +52,8 @@ static const char usage[] =
     "  --retry-after  add Retry-After: SECONDS to non-200 answers\n"
     "  --delay        answer after MS milliseconds\n"
     "  --trace-file   append \"<trace_id hex> <span count>\" for every trace of every accepted request\n"
-    "  --max-body     largest request body accepted (default 64MiB)\n";
+    "  --max-body     largest request body accepted (default 64MiB)\n"
+    "  --no-decode    count requests and bytes only; answer 200 without decoding (HTTP-layer benchmarks)\n";
 
 static int cmp_id16(const void *a, const void *b) { return memcmp(a, b, 16); }
 
@@ -154,6 +156,12 @@ static void on_request(hs_request_t *req, void *ud) {
     respond(s, req, s->status, renc);
     return;
   }
+  if (s->no_decode) {
+    s->requests[sig]++;
+    s->bytes[sig] += req->body_len;
+    respond(s, req, 200, renc);
+    return;
+  }
   if (enc != OTLP_ENC_PROTOBUF) {
     otlp_respond_status(req, renc, 415, "otlp-sink decodes application/x-protobuf only", 0, NULL, 0);
     return;
@@ -206,7 +214,8 @@ int main(int argc, char **argv) {
       {"listen", required_argument, NULL, 'l'},      {"status", required_argument, NULL, 's'},
       {"retry-after", required_argument, NULL, 'r'}, {"delay", required_argument, NULL, 'd'},
       {"trace-file", required_argument, NULL, 't'},  {"max-body", required_argument, NULL, 'm'},
-      {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0},
+      {"no-decode", no_argument, NULL, 'n'},         {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
   };
   sink_t s = {0};
   s.status = 200;
@@ -225,6 +234,7 @@ int main(int argc, char **argv) {
           return 2;
         }
         break;
+      case 'n': s.no_decode = 1; break;
       case 'h': fputs(usage, stdout); return 0;
       default: fputs(usage, stderr); return 2;
     }
