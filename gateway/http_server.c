@@ -604,7 +604,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (c->lingering || c->close_after) return; /* draining */
-  if (!c->req && c->timer_mode == TIMER_IDLE) timer_stop(c);
+  /* The idle timer keeps running until a request begins (on_message_begin swaps it for the read
+   * deadline), so bytes that start no request, such as CRLFs, do not keep a connection alive. */
   conn_execute(c, buf->base, (size_t)nread);
 }
 

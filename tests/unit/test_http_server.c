@@ -398,6 +398,21 @@ TEST(idle_connection_closed) {
   client_close(c);
 }
 
+TEST(crlf_only_client_still_idles_out) {
+  client_t *c = connect_client();
+  int closed = 0;
+  for (int i = 0; i < 40 && !closed; i++) { /* CRLFs every 50 ms for up to 2 s; idle_timeout is 500 ms */
+    if (send(c->fd, "\r\n", 2, MSG_NOSIGNAL) != 2) closed = 1;
+    usleep(50000);
+    char b[16];
+    struct timeval tv = {0, 1000};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (recv(c->fd, b, sizeof b, 0) == 0) closed = 1;
+  }
+  CHECK(closed);
+  client_close(c);
+}
+
 TEST(http10_closes) {
   client_t *c = connect_client();
   response_t r;
