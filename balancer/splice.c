@@ -1,0 +1,883 @@
+/*
+ * balancer/splice — see splice.h for the contract.
+ *
+ * Pass 1 (scan_*) walks the request once: it validates every field of the scanned levels, and records for each
+ * resource entry, scope entry and routing unit its byte range, plus each unit's owner (ring index), in three
+ * growable arrays of the split's arena (offsets are uint32: requests are capped far below 4 GiB). Items are
+ * walked field by field at their top level only (to find the last key field and reject bad wire types);
+ * everything below is skipped by length. If every unit has the same owner, the split is that one target and
+ * the whole buffer: nothing else is built.
+ *
+ * Otherwise pass 2 (count_*) sizes every (scope entry, backend) and (resource entry, backend) envelope and
+ * every part, and pass 3 (fill_*) writes the iovecs: a new tag+length header per emitted envelope (in the
+ * arena), and verbatim slices for the rest. The bytes of an envelope that are not units or child envelopes
+ * ("gaps": resource, scope, schema_url, unknown fields, wherever they sit) are copied to every backend that
+ * gets the envelope, in their original order, so each part parses as the merge protobuf defines.
+ *
+ * Choices the header leaves open: service.name is the first attribute with key "service.name" and a string
+ * value (several resource fields in one entry are searched in order, as their merge would list them; the
+ * fallback hash is over the last one's bytes); a key field is checked (wire type 2, length 0 or 16) at every
+ * occurrence and the last one routes; for metrics, items counts Metric records. Error offsets point at the
+ * tag of the offending field, or at the varint (length, value) that is bad.
+ */
+#include "balancer/splice.h"
+
+#include <assert.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const bl_shape_t bl_shape_traces = {"ExportTraceServiceRequest", 1, 0, "resource_spans", "scope_spans", "spans",
+                                    "trace_id"};
+const bl_shape_t bl_shape_logs = {"ExportLogsServiceRequest", 9, 0, "resource_logs", "scope_logs", "log_records",
+                                  "trace_id"};
+const bl_shape_t bl_shape_metrics = {"ExportMetricsServiceRequest", 0, 1, "resource_metrics", "scope_metrics",
+                                     "metrics", "-"};
+
+enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
+
+/* Where a field sits, for error paths. */
+enum level { L_REQ, L_RES, L_SCOPE, L_ITEM, L_RESOURCE, L_KV, L_ANY };
+
+typedef struct unit {
+  uint32_t start, end; /* the item's whole record: tag .. end of value */
+  uint32_t owner;
+} unit_t;
+
+typedef struct scope_rec {
+  uint32_t start, cstart, end; /* record start, content start, end */
+  uint32_t first_unit, n_units;
+  uint32_t n_other;            /* non-item fields: an upper bound on gap slices */
+  uint32_t first_emit, n_emits;
+} scope_rec;
+
+typedef struct res_rec {
+  uint32_t start, cstart, end;
+  uint32_t first_scope, n_scopes;
+  uint32_t n_other;
+  uint32_t first_emit, n_emits;
+  uint32_t owner;              /* BL_RING_NONE until the service key was looked up */
+  uint32_t svc_off, svc_len;   /* service.name string, when has_svc */
+  uint32_t rb_off, rb_len;     /* the (last) resource message, hashed when there is no service.name */
+  uint8_t has_svc;
+  uint8_t pending;             /* some units wait for the resource's owner */
+  uint64_t items;
+} res_rec;
+
+typedef struct emit {
+  uint32_t part;
+  uint32_t clen; /* content length of the rebuilt envelope for that part */
+} emit_t;
+
+/* Everything a split owns; bl_split_t.arena points here. */
+typedef struct arena {
+  unit_t *units;
+  size_t n_units, cap_units;
+  scope_rec *scopes;
+  size_t n_scopes, cap_scopes;
+  res_rec *res;
+  size_t n_res, cap_res;
+  emit_t *emits;            /* pass 2: per scope entry then per resource entry, one per part it goes to */
+  size_t n_emits;
+  uint64_t top_gaps;        /* bytes of the request's own non-resource fields, copied to every part */
+  void *out;                /* pass 3: every part's iovecs, then the new headers (<= 11 bytes per emit) */
+  uint8_t *hdr;
+  struct iovec one;         /* the single-target iovec */
+  /* per-part scratch, allocated with the arena (n_parts of each) */
+  uint64_t *acc_s, *acc_r;  /* byte counts of the current scope / resource per part */
+  uint32_t *stamp_s, *stamp_r, *list_s, *list_r, *targets, *iov_cap;
+  emit_t *targets_emit;     /* the targets as an emit list, for the request's own fields */
+  bl_part_t parts[];
+} arena_t;
+
+typedef struct scan {
+  const bl_shape_t *shape;
+  bl_route_t route;
+  const uint8_t *buf;
+  const bl_ring_t *ring;
+  arena_t *a;
+  bl_error_t *err;
+  uint32_t key_field;
+  uint32_t ri, si, ii, ai; /* indices for error paths: current resource entry, scope entry, item, attribute */
+  uint32_t first_owner;
+  int mixed;
+  int oom;
+  uint8_t last_tid[16];    /* one-entry cache: consecutive items usually share a trace */
+  uint32_t last_tid_owner;
+  uint64_t items;
+} scan_t;
+
+/* ------------------------------------------------------------------------------------------- errors */
+
+/* snprintf at out+*n, never past cap; *n stays <= cap - 1. */
+__attribute__((format(printf, 4, 5))) static void appendf(char *out, size_t cap, size_t *n, const char *fmt, ...) {
+  if (*n + 1 >= cap) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int k = vsnprintf(out + *n, cap - *n, fmt, ap);
+  va_end(ap);
+  if (k > 0) *n = *n + (size_t)k < cap ? *n + (size_t)k : cap - 1;
+}
+
+/* "ExportTraceServiceRequest.resource_spans[2].scope_spans[0].spans[5]" for the message at level lv. */
+static size_t path(const scan_t *sc, enum level lv, char *out, size_t cap) {
+  const bl_shape_t *s = sc->shape;
+  size_t n = 0;
+  out[0] = '\0';
+  appendf(out, cap, &n, "%s", s->name);
+  if (lv >= L_RES) appendf(out, cap, &n, ".%s[%u]", s->resources_name, sc->ri);
+  if (lv >= L_RESOURCE) {
+    appendf(out, cap, &n, ".resource");
+    if (lv >= L_KV) appendf(out, cap, &n, ".attributes[%u]", sc->ai);
+    if (lv >= L_ANY) appendf(out, cap, &n, ".value");
+    return n;
+  }
+  if (lv >= L_SCOPE) appendf(out, cap, &n, ".%s[%u]", s->scopes_name, sc->si);
+  if (lv >= L_ITEM) appendf(out, cap, &n, ".%s[%u]", s->items_name, sc->ii);
+  return n;
+}
+
+/* Name of field num of a message at level lv, for "parent.child: ..." messages. */
+static void child_name(const scan_t *sc, enum level lv, uint64_t num, char *out, size_t cap) {
+  const bl_shape_t *s = sc->shape;
+  const char *n = NULL;
+  switch (lv) {
+  case L_REQ: if (num == 1) { snprintf(out, cap, "%s[%u]", s->resources_name, sc->ri); return; } break;
+  case L_RES:
+    if (num == 1) n = "resource";
+    else if (num == 2) { snprintf(out, cap, "%s[%u]", s->scopes_name, sc->si); return; }
+    else if (num == 3) n = "schema_url";
+    break;
+  case L_SCOPE:
+    if (num == 1) n = "scope";
+    else if (num == 2) { snprintf(out, cap, "%s[%u]", s->items_name, sc->ii); return; }
+    else if (num == 3) n = "schema_url";
+    break;
+  case L_ITEM: if (num == sc->key_field) n = s->key_name; break;
+  case L_RESOURCE: if (num == 1) { snprintf(out, cap, "attributes[%u]", sc->ai); return; } break;
+  case L_KV: n = num == 1 ? "key" : num == 2 ? "value" : NULL; break;
+  case L_ANY: if (num == 1) n = "string_value"; break;
+  }
+  if (n) snprintf(out, cap, "%s", n);
+  else snprintf(out, cap, "(field %llu)", (unsigned long long)num);
+}
+
+/* Fills sc->err with "<path of lv><fmt> at byte N" and returns -1. Cold: only malformed requests get here. */
+__attribute__((cold, noinline, format(printf, 4, 5))) static int fail(scan_t *sc, enum level lv, const uint8_t *at,
+                                                                     const char *fmt, ...) {
+  char *m = sc->err->msg;
+  size_t cap = sizeof sc->err->msg;
+  size_t n = path(sc, lv, m, cap);
+  if (n + 1 < cap) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(m + n, cap - n, fmt, ap);
+    va_end(ap);
+    if (k > 0) n = n + (size_t)k < cap ? n + (size_t)k : cap - 1;
+  }
+  size_t off = (size_t)(at - sc->buf);
+  appendf(m, cap, &n, " at byte %zu", off);
+  sc->err->offset = off;
+  return -1;
+}
+
+__attribute__((cold, noinline)) static int fail_field(scan_t *sc, enum level lv, uint64_t num, const uint8_t *at,
+                                                      const char *what) {
+  char c[64];
+  child_name(sc, lv, num, c, sizeof c);
+  return fail(sc, lv, at, ".%s: %s", c, what);
+}
+
+__attribute__((cold, noinline)) static int fail_len(scan_t *sc, enum level lv, uint64_t num, const uint8_t *at,
+                                                    uint64_t len, const uint8_t *end) {
+  char c[64];
+  child_name(sc, lv, num, c, sizeof c);
+  return fail(sc, lv, at, ".%s: length %llu runs past its parent (ends at %zu)", c, (unsigned long long)len,
+              (size_t)(end - sc->buf));
+}
+
+__attribute__((cold, noinline)) static int fail_wt(scan_t *sc, enum level lv, uint64_t num, const uint8_t *at,
+                                                   unsigned wt) {
+  char c[64];
+  child_name(sc, lv, num, c, sizeof c);
+  if (wt == 3 || wt == 4) return fail(sc, lv, at, ".%s: wire type %u (group) is not allowed", c, wt);
+  if (wt == 6 || wt == 7) return fail(sc, lv, at, ".%s: invalid wire type %u", c, wt);
+  return fail(sc, lv, at, ".%s: wire type %u (must be 2, length-delimited)", c, wt);
+}
+
+/* ---------------------------------------------------------------------------------------------- wire */
+
+/* Slow path of rd_varint: returns 0, -1 (runs past end) or -2 (more than 10 bytes). */
+static int rd_varint_slow(const uint8_t **pp, const uint8_t *end, uint64_t *v) {
+  const uint8_t *p = *pp;
+  uint64_t x = 0;
+  for (unsigned i = 0; i < 10; i++) {
+    if (p + i >= end) return -1;
+    uint8_t b = p[i];
+    x |= (uint64_t)(b & 0x7f) << (7 * i);
+    if (!(b & 0x80)) {
+      *v = x;
+      *pp = p + i + 1;
+      return 0;
+    }
+  }
+  return -2;
+}
+
+/* Reads the varint at *pp (which may equal end) and advances. Tags and lengths are 1-2 bytes almost always. */
+static inline int rd_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v) {
+  const uint8_t *p = *pp;
+  if (__builtin_expect(p < end && p[0] < 0x80, 1)) {
+    *v = p[0];
+    *pp = p + 1;
+    return 0;
+  }
+  if (end - p >= 2 && p[1] < 0x80) {
+    *v = (uint64_t)(p[0] & 0x7f) | ((uint64_t)p[1] << 7);
+    *pp = p + 2;
+    return 0;
+  }
+  return rd_varint_slow(pp, end, v);
+}
+
+static inline int skip_varint(const uint8_t **pp, const uint8_t *end) {
+  const uint8_t *p = *pp;
+  if (__builtin_expect(p < end && p[0] < 0x80, 1)) {
+    *pp = p + 1;
+    return 0;
+  }
+  uint64_t v;
+  return rd_varint_slow(pp, end, &v);
+}
+
+__attribute__((cold, noinline)) static int fail_varint(scan_t *sc, enum level lv, const uint8_t *at, int rc,
+                                                       const char *what) {
+  return fail(sc, lv, at, ": %s %s", rc == -2 ? "varint longer than 10 bytes in" : "truncated", what);
+}
+
+typedef struct field {
+  uint64_t num;
+  unsigned wt;
+  const uint8_t *tag;
+  const uint8_t *val; /* WT_LEN: the payload */
+  size_t len;
+} field_t;
+
+/* Reads one field of a message at level lv ending at end, validating tag, wire type and bounds, and advances
+ * *pp past it. Returns 0 or -1 with sc->err filled. */
+static inline int next_field(scan_t *sc, enum level lv, const uint8_t **pp, const uint8_t *end, field_t *f) {
+  const uint8_t *p = *pp;
+  uint64_t t;
+  int rc;
+  f->tag = p;
+  if ((rc = rd_varint(&p, end, &t))) return fail_varint(sc, lv, f->tag, rc, "field tag");
+  if (__builtin_expect(t < 8 || t > 0xffffffffu, 0)) return fail(sc, lv, f->tag, ": invalid field number %llu", (unsigned long long)(t >> 3));
+  f->num = t >> 3;
+  f->wt = (unsigned)(t & 7);
+  switch (f->wt) {
+  case WT_VARINT:
+    if ((rc = skip_varint(&p, end))) return fail_varint(sc, lv, p, rc, "varint field");
+    break;
+  case WT_I64:
+    if (end - p < 8) return fail_field(sc, lv, f->num, f->tag, "truncated fixed64");
+    p += 8;
+    break;
+  case WT_I32:
+    if (end - p < 4) return fail_field(sc, lv, f->num, f->tag, "truncated fixed32");
+    p += 4;
+    break;
+  case WT_LEN: {
+    uint64_t len;
+    const uint8_t *lp = p;
+    if ((rc = rd_varint(&p, end, &len))) return fail_varint(sc, lv, lp, rc, "length");
+    if (len > (uint64_t)(end - p)) return fail_len(sc, lv, f->num, lp, len, end);
+    f->val = p;
+    f->len = (size_t)len;
+    p += len;
+    break;
+  }
+  default: return fail_wt(sc, lv, f->num, f->tag, f->wt);
+  }
+  *pp = p;
+  return 0;
+}
+
+/* Appends a tag byte (field 1 or 2, wire type 2) and a varint length to out; returns bytes written (<= 11). */
+static size_t put_header(uint8_t *out, uint8_t tag, uint64_t len) {
+  size_t n = 0;
+  out[n++] = tag;
+  while (len >= 0x80) {
+    out[n++] = (uint8_t)(len | 0x80);
+    len >>= 7;
+  }
+  out[n++] = (uint8_t)len;
+  return n;
+}
+
+static inline size_t varint_size(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
+}
+
+/* ------------------------------------------------------------------------------------- pass 1: scan */
+
+#define GROW(sc, arr, n, cap)                                                                       \
+  do {                                                                                              \
+    if ((n) == (cap)) {                                                                             \
+      size_t nc_ = (cap) ? (cap) * 2 : 16;                                                          \
+      void *np_ = realloc((arr), nc_ * sizeof *(arr));                                              \
+      if (!np_) {                                                                                   \
+        (sc)->oom = 1;                                                                              \
+        return -1;                                                                                  \
+      }                                                                                             \
+      (arr) = np_;                                                                                  \
+      (cap) = nc_;                                                                                  \
+    }                                                                                               \
+  } while (0)
+
+static const char SERVICE_NAME[] = "service.name";
+
+/* AnyValue: sets *str to its string_value when the last oneof member (protobuf merge semantics) is one. */
+static int scan_anyvalue(scan_t *sc, const uint8_t *p, const uint8_t *end, int *last, const uint8_t **str,
+                         size_t *slen) {
+  field_t f;
+  while (p < end) {
+    if (next_field(sc, L_ANY, &p, end, &f)) return -1;
+    if (f.num == 1) {
+      if (f.wt != WT_LEN) return fail_wt(sc, L_ANY, 1, f.tag, f.wt);
+      *str = f.val;
+      *slen = f.len;
+    }
+    if (f.num >= 1 && f.num <= 7) *last = (int)f.num;
+  }
+  return 0;
+}
+
+/* KeyValue: returns 1 (service.name found, *svc set), 0 (some other attribute) or -1 (malformed). */
+static int scan_kv(scan_t *sc, const uint8_t *p, const uint8_t *end, const uint8_t **svc, size_t *svc_len) {
+  const uint8_t *key = NULL, *str = NULL;
+  size_t klen = 0, slen = 0;
+  int last = 0;
+  field_t f;
+  while (p < end) {
+    if (next_field(sc, L_KV, &p, end, &f)) return -1;
+    if (f.num == 1 || f.num == 2) {
+      if (f.wt != WT_LEN) return fail_wt(sc, L_KV, f.num, f.tag, f.wt);
+      if (f.num == 1) {
+        key = f.val;
+        klen = f.len;
+      } else if (scan_anyvalue(sc, f.val, f.val + f.len, &last, &str, &slen)) {
+        return -1;
+      }
+    }
+  }
+  if (key && klen == sizeof SERVICE_NAME - 1 && memcmp(key, SERVICE_NAME, klen) == 0 && last == 1) {
+    *svc = str;
+    *svc_len = slen;
+    return 1;
+  }
+  return 0;
+}
+
+/* Resource: finds the first string-valued service.name attribute (once found, later attributes are only
+ * skipped); validates the Resource's own fields. */
+static int scan_resource(scan_t *sc, res_rec *r, const uint8_t *p, const uint8_t *end) {
+  field_t f;
+  while (p < end) {
+    if (next_field(sc, L_RESOURCE, &p, end, &f)) return -1;
+    if (f.num != 1) continue;
+    if (f.wt != WT_LEN) return fail_wt(sc, L_RESOURCE, 1, f.tag, f.wt);
+    if (!r->has_svc) {
+      const uint8_t *svc = NULL;
+      size_t slen = 0;
+      int rc = scan_kv(sc, f.val, f.val + f.len, &svc, &slen);
+      if (rc < 0) return -1;
+      if (rc == 1) {
+        r->has_svc = 1;
+        r->svc_off = svc ? (uint32_t)(svc - sc->buf) : 0;
+        r->svc_len = (uint32_t)slen;
+      }
+    }
+    sc->ai++;
+  }
+  return 0;
+}
+
+/* The owner of units routed by the resource (service.name, else resource bytes); looked up once per entry. */
+static uint32_t resource_owner(scan_t *sc, res_rec *r) {
+  if (r->owner == BL_RING_NONE) {
+    uint64_t h = r->has_svc ? bl_hash(sc->buf + r->svc_off, r->svc_len) : bl_hash(sc->buf + r->rb_off, r->rb_len);
+    r->owner = bl_ring_lookup(sc->ring, h);
+  }
+  return r->owner;
+}
+
+static inline void note_owner(scan_t *sc, uint32_t o) {
+  if (sc->first_owner == BL_RING_NONE) sc->first_owner = o;
+  else if (o != sc->first_owner) sc->mixed = 1;
+}
+
+/* One item's top-level fields (the hot loop): validates them and returns the last key field in *key and *klen
+ * (*key NULL when absent). */
+static inline int scan_item(scan_t *sc, const uint8_t *p, const uint8_t *end, const uint8_t **key, size_t *klen) {
+  const uint32_t kf = sc->key_field;
+  const uint8_t *k = NULL;
+  size_t kl = 0;
+  while (p < end) {
+    const uint8_t *tag = p;
+    uint64_t t;
+    int rc;
+    if (__builtin_expect((rc = rd_varint(&p, end, &t)) != 0, 0)) return fail_varint(sc, L_ITEM, tag, rc, "field tag");
+    if (__builtin_expect(t < 8 || t > 0xffffffffu, 0))
+      return fail(sc, L_ITEM, tag, ": invalid field number %llu", (unsigned long long)(t >> 3));
+    uint32_t num = (uint32_t)(t >> 3);
+    switch (t & 7) {
+    case WT_LEN: {
+      uint64_t len;
+      const uint8_t *lp = p;
+      if (__builtin_expect((rc = rd_varint(&p, end, &len)) != 0, 0)) return fail_varint(sc, L_ITEM, lp, rc, "length");
+      if (__builtin_expect(len > (uint64_t)(end - p), 0)) return fail_len(sc, L_ITEM, num, lp, len, end);
+      if (num == kf) {
+        if (len != 16 && len != 0)
+          return fail(sc, L_ITEM, tag, ".%s: length %llu (must be 16 or empty)", sc->shape->key_name,
+                      (unsigned long long)len);
+        k = p;
+        kl = (size_t)len;
+      }
+      p += len;
+      continue;
+    }
+    case WT_VARINT:
+      if (__builtin_expect((rc = skip_varint(&p, end)) != 0, 0)) return fail_varint(sc, L_ITEM, p, rc, "varint field");
+      break;
+    case WT_I64:
+      if (end - p < 8) return fail_field(sc, L_ITEM, num, tag, "truncated fixed64");
+      p += 8;
+      break;
+    case WT_I32:
+      if (end - p < 4) return fail_field(sc, L_ITEM, num, tag, "truncated fixed32");
+      p += 4;
+      break;
+    default: return fail_wt(sc, L_ITEM, num, tag, (unsigned)(t & 7));
+    }
+    if (__builtin_expect(num == kf, 0)) return fail_wt(sc, L_ITEM, num, tag, (unsigned)(t & 7));
+  }
+  *key = k;
+  *klen = kl;
+  return 0;
+}
+
+static inline int all_zero16(const uint8_t *k) {
+  uint64_t a, b;
+  memcpy(&a, k, 8);
+  memcpy(&b, k + 8, 8);
+  return (a | b) == 0;
+}
+
+/* Scope entry: records it and its units (item shapes), or only counts items (route_resource). */
+static int scan_scope(scan_t *sc, size_t ridx, const uint8_t *tag, const uint8_t *p, const uint8_t *end) {
+  arena_t *a = sc->a;
+  const int by_unit = !sc->shape->route_resource;
+  const int by_trace = sc->route == BL_ROUTE_TRACE_ID && sc->key_field != 0;
+  size_t sidx = a->n_scopes;
+  if (by_unit) {
+    GROW(sc, a->scopes, a->n_scopes, a->cap_scopes);
+    scope_rec *s = &a->scopes[a->n_scopes++];
+    memset(s, 0, sizeof *s);
+    s->start = (uint32_t)(tag - sc->buf);
+    s->cstart = (uint32_t)(p - sc->buf);
+    s->end = (uint32_t)(end - sc->buf);
+    s->first_unit = (uint32_t)a->n_units;
+  }
+  uint32_t n_other = 0;
+  uint64_t n_items = 0;
+  sc->ii = 0;
+  while (p < end) {
+    const uint8_t *rec = p;
+    field_t f;
+    if (next_field(sc, L_SCOPE, &p, end, &f)) return -1;
+    if (f.num > 3) {
+      n_other++;
+      continue;
+    }
+    if (f.wt != WT_LEN) return fail_wt(sc, L_SCOPE, f.num, f.tag, f.wt);
+    if (f.num != 2) {
+      n_other++;
+      continue;
+    }
+    const uint8_t *key = NULL;
+    size_t klen = 0;
+    if (scan_item(sc, f.val, f.val + f.len, &key, &klen)) return -1;
+    n_items++;
+    sc->ii++;
+    if (!by_unit) continue;
+    uint32_t owner;
+    if (by_trace && klen == 16 && !all_zero16(key)) {
+      if (memcmp(key, sc->last_tid, 16) == 0 && sc->last_tid_owner != BL_RING_NONE) {
+        owner = sc->last_tid_owner;
+      } else {
+        owner = bl_ring_lookup(sc->ring, bl_hash(key, 16));
+        memcpy(sc->last_tid, key, 16);
+        sc->last_tid_owner = owner;
+      }
+      note_owner(sc, owner);
+    } else {
+      owner = BL_RING_NONE; /* resolved at the end of the resource entry */
+      a->res[ridx].pending = 1;
+    }
+    GROW(sc, a->units, a->n_units, a->cap_units);
+    unit_t *u = &a->units[a->n_units++];
+    u->start = (uint32_t)(rec - sc->buf);
+    u->end = (uint32_t)(p - sc->buf);
+    u->owner = owner;
+  }
+  sc->items += n_items;
+  a->res[ridx].items += n_items;
+  if (by_unit) {
+    scope_rec *s = &a->scopes[sidx];
+    s->n_units = (uint32_t)(a->n_units - s->first_unit);
+    s->n_other = n_other;
+  }
+  return 0;
+}
+
+/* Resource entry. Units without a usable trace_id are routed by the resource, whose field may come after the
+ * scope entries: they are recorded as pending (BL_RING_NONE) and resolved once the entry is walked. */
+static int scan_res_entry(scan_t *sc, const uint8_t *tag, const uint8_t *p, const uint8_t *end) {
+  arena_t *a = sc->a;
+  GROW(sc, a->res, a->n_res, a->cap_res);
+  size_t ridx = a->n_res++;
+  res_rec *r = &a->res[ridx];
+  memset(r, 0, sizeof *r);
+  r->start = (uint32_t)(tag - sc->buf);
+  r->cstart = (uint32_t)(p - sc->buf);
+  r->end = (uint32_t)(end - sc->buf);
+  r->first_scope = (uint32_t)a->n_scopes;
+  r->owner = BL_RING_NONE;
+  r->rb_off = r->cstart; /* no resource field: hash of zero bytes */
+  size_t first_unit = a->n_units;
+  uint32_t n_other = 0;
+  sc->ai = 0;
+  sc->si = 0;
+  while (p < end) {
+    field_t f;
+    if (next_field(sc, L_RES, &p, end, &f)) return -1;
+    if (f.num > 3) {
+      n_other++;
+      continue;
+    }
+    if (f.wt != WT_LEN) return fail_wt(sc, L_RES, f.num, f.tag, f.wt);
+    if (f.num == 2) {
+      if (scan_scope(sc, ridx, f.tag, f.val, f.val + f.len)) return -1;
+      sc->si++;
+    } else if (f.num == 1) {
+      /* Several resource fields merge: service.name is the first across them, the hashed bytes the last. */
+      if (scan_resource(sc, &a->res[ridx], f.val, f.val + f.len)) return -1;
+      a->res[ridx].rb_off = (uint32_t)(f.val - sc->buf);
+      a->res[ridx].rb_len = (uint32_t)f.len;
+      n_other++;
+    } else {
+      n_other++;
+    }
+  }
+  r = &a->res[ridx];
+  r->n_scopes = (uint32_t)(a->n_scopes - r->first_scope);
+  r->n_other = n_other;
+  if (sc->shape->route_resource) {
+    if (r->items > 0) note_owner(sc, resource_owner(sc, r));
+  } else if (r->pending) {
+    uint32_t o = resource_owner(sc, r);
+    note_owner(sc, o);
+    for (size_t i = first_unit; i < a->n_units; i++)
+      if (a->units[i].owner == BL_RING_NONE) a->units[i].owner = o;
+  }
+  return 0;
+}
+
+static int scan_request(scan_t *sc, const uint8_t *p, const uint8_t *end, uint32_t *n_other) {
+  while (p < end) {
+    field_t f;
+    if (next_field(sc, L_REQ, &p, end, &f)) return -1;
+    if (f.num != 1) {
+      (*n_other)++;
+      continue;
+    }
+    if (f.wt != WT_LEN) return fail_wt(sc, L_REQ, 1, f.tag, f.wt);
+    if (scan_res_entry(sc, f.tag, f.val, f.val + f.len)) return -1;
+    sc->ri++;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------------ pass 2: envelope sizes */
+
+/* Item shapes: one emit per (scope entry, part) and per (resource entry, part) that has units; sizes every
+ * envelope and part, and bounds each part's iovec count (before coalescing). */
+static int count_units(scan_t *sc, size_t len) {
+  arena_t *a = sc->a;
+  bl_part_t *parts = a->parts;
+  a->emits = malloc(2 * a->n_units * sizeof *a->emits);
+  if (!a->emits) return -2;
+  size_t ne = 0;
+  uint64_t res_bytes = 0;
+  for (size_t ri = 0; ri < a->n_res; ri++) {
+    res_rec *r = &a->res[ri];
+    res_bytes += r->end - r->start;
+    uint32_t nr = 0;
+    uint64_t scope_bytes = 0;
+    for (size_t si = r->first_scope; si < (size_t)r->first_scope + r->n_scopes; si++) {
+      scope_rec *s = &a->scopes[si];
+      scope_bytes += s->end - s->start;
+      if (!s->n_units) continue;
+      uint32_t ns = 0;
+      uint64_t unit_bytes = 0;
+      for (const unit_t *u = &a->units[s->first_unit], *ue = u + s->n_units; u < ue; u++) {
+        uint32_t b = u->owner, ul = u->end - u->start;
+        unit_bytes += ul;
+        if (a->stamp_s[b] != si + 1) {
+          a->stamp_s[b] = (uint32_t)si + 1;
+          a->acc_s[b] = 0;
+          a->list_s[ns++] = b;
+        }
+        a->acc_s[b] += ul;
+        parts[b].items++;
+      }
+      uint64_t gaps = (uint64_t)(s->end - s->cstart) - unit_bytes;
+      s->first_emit = (uint32_t)ne;
+      s->n_emits = ns;
+      for (uint32_t k = 0; k < ns; k++) {
+        uint32_t b = a->list_s[k];
+        uint64_t clen = gaps + a->acc_s[b];
+        a->emits[ne++] = (emit_t){b, (uint32_t)clen};
+        a->iov_cap[b] += 1 + s->n_other;
+        if (a->stamp_r[b] != ri + 1) {
+          a->stamp_r[b] = (uint32_t)ri + 1;
+          a->acc_r[b] = 0;
+          a->list_r[nr++] = b;
+        }
+        a->acc_r[b] += 1 + varint_size(clen) + clen;
+      }
+    }
+    uint64_t gaps = (uint64_t)(r->end - r->cstart) - scope_bytes;
+    r->first_emit = (uint32_t)ne;
+    r->n_emits = nr;
+    for (uint32_t k = 0; k < nr; k++) {
+      uint32_t b = a->list_r[k];
+      uint64_t clen = gaps + a->acc_r[b];
+      a->emits[ne++] = (emit_t){b, (uint32_t)clen};
+      parts[b].len += 1 + varint_size(clen) + clen;
+      a->iov_cap[b] += 1 + r->n_other;
+    }
+  }
+  a->n_emits = ne;
+  a->top_gaps = len - res_bytes;
+  return 0;
+}
+
+/* route_resource: whole entries, one slice each. */
+static void count_resources(scan_t *sc, size_t len) {
+  arena_t *a = sc->a;
+  uint64_t res_bytes = 0;
+  for (size_t ri = 0; ri < a->n_res; ri++) {
+    const res_rec *r = &a->res[ri];
+    res_bytes += r->end - r->start;
+    if (!r->items) continue;
+    a->parts[r->owner].len += r->end - r->start;
+    a->parts[r->owner].items += r->items;
+    a->iov_cap[r->owner] += 1;
+  }
+  a->n_emits = 0;
+  a->top_gaps = len - res_bytes;
+}
+
+/* ---------------------------------------------------------------------------------- pass 3: iovecs */
+
+/* Appends a slice to a part, merged into the previous iovec when the bytes are adjacent. */
+static inline void put(bl_part_t *pt, const uint8_t *base, size_t n) {
+  if (!n) return;
+  if (pt->n_iov) {
+    struct iovec *l = &pt->iov[pt->n_iov - 1];
+    if ((const uint8_t *)l->iov_base + l->iov_len == base) {
+      l->iov_len += n;
+      return;
+    }
+  }
+  pt->iov[pt->n_iov++] = (struct iovec){(void *)base, n};
+}
+
+static inline void put_emits(arena_t *a, const emit_t *e, uint32_t ne, const uint8_t *base, size_t n) {
+  if (!n) return;
+  for (uint32_t k = 0; k < ne; k++) put(&a->parts[e[k].part], base, n);
+}
+
+static uint8_t *put_headers(arena_t *a, const emit_t *e, uint32_t ne, uint8_t tag, uint8_t *h) {
+  for (uint32_t k = 0; k < ne; k++) {
+    size_t n = put_header(h, tag, e[k].clen);
+    put(&a->parts[e[k].part], h, n);
+    h += n;
+  }
+  return h;
+}
+
+static void fill(scan_t *sc, size_t len, uint32_t nt) {
+  arena_t *a = sc->a;
+  const uint8_t *buf = sc->buf;
+  const emit_t *all = a->targets_emit;
+  uint8_t *h = a->hdr;
+  uint32_t prev = 0;
+  for (size_t ri = 0; ri < a->n_res; ri++) {
+    const res_rec *r = &a->res[ri];
+    put_emits(a, all, nt, buf + prev, r->start - prev);
+    prev = r->end;
+    if (sc->shape->route_resource) {
+      if (r->items) put(&a->parts[r->owner], buf + r->start, r->end - r->start);
+      continue;
+    }
+    if (!r->n_emits) continue;
+    const emit_t *er = &a->emits[r->first_emit];
+    h = put_headers(a, er, r->n_emits, 0x0a, h);
+    uint32_t pr = r->cstart;
+    for (size_t si = r->first_scope; si < (size_t)r->first_scope + r->n_scopes; si++) {
+      const scope_rec *s = &a->scopes[si];
+      put_emits(a, er, r->n_emits, buf + pr, s->start - pr);
+      pr = s->end;
+      if (!s->n_units) continue;
+      const emit_t *es = &a->emits[s->first_emit];
+      h = put_headers(a, es, s->n_emits, 0x12, h);
+      uint32_t ps = s->cstart;
+      for (const unit_t *u = &a->units[s->first_unit], *ue = u + s->n_units; u < ue; u++) {
+        put_emits(a, es, s->n_emits, buf + ps, u->start - ps);
+        put(&a->parts[u->owner], buf + u->start, u->end - u->start);
+        ps = u->end;
+      }
+      put_emits(a, es, s->n_emits, buf + ps, s->end - ps);
+    }
+    put_emits(a, er, r->n_emits, buf + pr, r->end - pr);
+  }
+  put_emits(a, all, nt, buf + prev, len - prev);
+}
+
+/* ------------------------------------------------------------------------------------------ public */
+
+static void arena_free(arena_t *a) {
+  if (!a) return;
+  free(a->units);
+  free(a->scopes);
+  free(a->res);
+  free(a->emits);
+  free(a->out);
+  free(a);
+}
+
+void bl_split_dispose(bl_split_t *s) {
+  if (!s) return;
+  arena_free(s->arena);
+  memset(s, 0, sizeof *s);
+}
+
+static arena_t *arena_new(size_t np, size_t len) {
+  size_t sz = sizeof(arena_t) + np * (sizeof(bl_part_t) + 2 * sizeof(uint64_t) + 6 * sizeof(uint32_t) +
+                                      sizeof(emit_t));
+  arena_t *a = calloc(1, sz);
+  if (!a) return NULL;
+  uint8_t *p = (uint8_t *)(a->parts + np);
+  a->acc_s = (uint64_t *)p;
+  a->acc_r = a->acc_s + np;
+  a->stamp_s = (uint32_t *)(a->acc_r + np);
+  a->stamp_r = a->stamp_s + np;
+  a->list_s = a->stamp_r + np;
+  a->list_r = a->list_s + np;
+  a->targets = a->list_r + np;
+  a->iov_cap = a->targets + np;
+  a->targets_emit = (emit_t *)(a->iov_cap + np);
+  /* A typical item is a few hundred bytes: size the unit array for the usual case in one go. */
+  a->cap_units = len / 128 + 16;
+  a->units = malloc(a->cap_units * sizeof *a->units);
+  a->cap_scopes = a->cap_res = 8;
+  a->scopes = malloc(a->cap_scopes * sizeof *a->scopes);
+  a->res = malloc(a->cap_res * sizeof *a->res);
+  if (!a->units || !a->scopes || !a->res) {
+    arena_free(a);
+    return NULL;
+  }
+  return a;
+}
+
+int bl_split(const bl_shape_t *shape, bl_route_t route, const uint8_t *buf, size_t len, const bl_ring_t *ring,
+             bl_split_t *out, bl_error_t *err) {
+  memset(out, 0, sizeof *out);
+  err->offset = 0;
+  err->msg[0] = '\0';
+  size_t np = ring ? bl_ring_size(ring) : 0;
+  if (np == 0) {
+    snprintf(err->msg, sizeof err->msg, "%s: no backend to split over", shape->name);
+    return -1;
+  }
+  if (len > UINT32_MAX - 1) {
+    snprintf(err->msg, sizeof err->msg, "%s: request of %zu bytes is too large to split", shape->name, len);
+    return -1;
+  }
+  arena_t *a = arena_new(np, len);
+  if (!a) return -2;
+  scan_t sc = {.shape = shape, .route = route, .buf = buf, .ring = ring, .a = a, .err = err,
+               .key_field = shape->route_resource ? 0 : shape->item_key_field,
+               .first_owner = BL_RING_NONE, .last_tid_owner = BL_RING_NONE};
+  uint32_t top_other = 0;
+  if (len && scan_request(&sc, buf, buf + len, &top_other)) {
+    arena_free(a);
+    if (sc.oom) return -2;
+    return -1;
+  }
+  out->arena = a;
+  out->parts = a->parts;
+  out->n_parts = np;
+  out->items = sc.items;
+  out->resources = a->n_res;
+  if (sc.first_owner == BL_RING_NONE) return 0; /* no units: nothing to send */
+  if (!sc.mixed) {
+    bl_part_t *pt = &a->parts[sc.first_owner];
+    a->one = (struct iovec){(void *)buf, len};
+    pt->iov = &a->one;
+    pt->n_iov = 1;
+    pt->len = len;
+    pt->items = sc.items;
+    out->n_targets = 1;
+    out->single_target = sc.first_owner;
+    return 0;
+  }
+
+  if (shape->route_resource) count_resources(&sc, len);
+  else if (count_units(&sc, len)) goto oom;
+  uint32_t nt = 0;
+  size_t total_iov = 0;
+  for (uint32_t b = 0; b < np; b++) {
+    if (!a->parts[b].items) continue;
+    a->targets[nt] = b;
+    a->targets_emit[nt++] = (emit_t){b, 0};
+    a->parts[b].len += a->top_gaps;
+    if (!shape->route_resource) a->iov_cap[b] += (uint32_t)a->parts[b].items;
+    a->iov_cap[b] += top_other + 1;
+    total_iov += a->iov_cap[b];
+  }
+  a->out = malloc(total_iov * sizeof(struct iovec) + a->n_emits * 11);
+  if (!a->out) goto oom;
+  a->hdr = (uint8_t *)((struct iovec *)a->out + total_iov);
+  struct iovec *iov = a->out;
+  for (uint32_t k = 0; k < nt; k++) {
+    a->parts[a->targets[k]].iov = iov;
+    iov += a->iov_cap[a->targets[k]];
+  }
+  fill(&sc, len, nt);
+  for (uint32_t k = 0; k < nt; k++) assert(a->parts[a->targets[k]].n_iov <= a->iov_cap[a->targets[k]]);
+  out->n_targets = nt;
+  out->single_target = a->targets[0];
+  return 0;
+oom:
+  bl_split_dispose(out);
+  return -2;
+}
