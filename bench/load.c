@@ -130,6 +130,7 @@ typedef struct conn {
   bool closing;
   bool connected;
   bool busy;             /* holds a claimed request that has not completed */
+  uint64_t req_no;       /* global number of the claimed request: seeds its trace IDs */
   bool sent;             /* ... and it has been written on the current connection */
   bool writing;          /* write_req in use */
   bool next_after_write; /* response came before the write callback: continue from there */
@@ -329,6 +330,9 @@ static void on_write(uv_write_t *req, int status) {
 static void conn_send(conn *c) {
   load *ld = c->ld;
   pl_payload *p = &c->payload;
+  /* Trace IDs depend on the request's global number, not on which connection carries it, so equal seeds
+   * give equal trace IDs whatever the connection count and timing (tests rely on it). */
+  pl_rng_seed(&p->rng, pl_mix64(ld->cfg.payload.seed ^ pl_mix64(c->req_no + 1)));
   pl_payload_rerandomize(p);
   const uint8_t *body = p->body;
   size_t len = p->len;
@@ -471,6 +475,7 @@ static void conn_next(conn *c) {
   load *ld = c->ld;
   uint64_t slot;
   if (c->finished) return;
+  c->req_no = ld->issued;
   if (!claim(ld, &slot)) {
     conn_finish(c);
     return;

@@ -1,11 +1,13 @@
 /*
- * gateway/gateway — ingest and telemetry listeners wired to the config.
+ * gateway/gateway — ingest and telemetry listeners, backend pools and the routing ring, wired to the config.
  *
  * Ingest answers, in this order: 404 unknown path, 405 not POST, 401 missing/wrong bearer token, 411 no
  * body framing, 415 unsupported Content-Type / Content-Encoding (all from the headers, before the body is
- * read), then 413 body too large (decompressed), 400 bad gzip / bad protobuf, 200 for an empty request.
- * Routing to backends is not built yet (balancer/ issue), so every other valid request is 503
- * "no backends" with Retry-After: the gateway never acknowledges data it cannot deliver.
+ * read), then 413 body too large (decompressed), 400 bad gzip / malformed protobuf (with the byte offset),
+ * 200 for an empty request. Every other request is split by balancer/ over the ring and its parts are
+ * sent to their backends; the client is answered once every part is answered: all delivered -> 200 (with
+ * the backends' partial_success summed, plus items of parts a backend refused as bad); any retryable
+ * failure (transport, 429/502/503/504) -> 503 with Retry-After. Retry queues replace that 503 later.
  */
 #include "gateway/gateway.h"
 
@@ -14,16 +16,30 @@
 #include <string.h>
 #include <strings.h>
 
+#include "balancer/ring.h"
+#include "balancer/splice.h"
+#include "gateway/backend.h"
 #include "gateway/http_server.h"
 #include "gateway/log.h"
 #include "gateway/metrics.h"
 #include "gateway/otlp_http.h"
 
 #define NO_BACKEND_RETRY_AFTER_S 5
+#define BACKEND_RETRY_AFTER_S 1
+
+typedef struct gw_backend {
+  char *endpoint;
+  be_pool_t *pool;
+  gw_backend_metrics_t m;
+} gw_backend_t;
 
 struct gw_app {
   uv_loop_t *loop;
   cfg_t cfg;
+  gw_backend_t *backends;
+  size_t n_backends;
+  bl_ring_t *ring;       /* current snapshot; members' ud are gw_backend_t* */
+  uint64_t ring_rebuilds;
   hs_server_t *ingest;
   hs_server_t *telemetry;
   gw_metrics_t metrics; /* one worker for now */
@@ -116,17 +132,97 @@ static int ingest_on_headers(hs_request_t *req, void *ud) {
   return 0;
 }
 
+/* One client request being forwarded: its parts are in flight to their backends. */
+typedef struct fwd fwd_t;
+typedef struct fwd_part {
+  fwd_t *f;
+  gw_backend_t *be;
+  uint64_t items;
+  uint64_t start_ns;
+} fwd_part_t;
+
+struct fwd {
+  gw_app_t *app;
+  hs_request_t *req;
+  int sig;
+  otlp_encoding_t enc;
+  uint8_t *plain;         /* decompressed body, when the client sent gzip */
+  bl_split_t split;
+  bl_ring_t *ring;        /* the snapshot the split was made on (referenced) */
+  struct iovec whole;     /* pass-through: the body exactly as received */
+  uint32_t pending;
+  int retryable_failure;
+  char failure[200];
+  int64_t rejected;
+  char message[256];
+  fwd_part_t parts[];
+};
+
+static void fwd_free(fwd_t *f) {
+  bl_split_dispose(&f->split);
+  bl_ring_unref(f->ring);
+  free(f->plain);
+  free(f);
+}
+
+static void fwd_finish(fwd_t *f) {
+  gw_app_t *app = f->app;
+  if (f->retryable_failure) {
+    answer(app, f->req, f->sig, f->enc, 503, f->failure, BACKEND_RETRY_AFTER_S, NULL, 0);
+  } else {
+    double secs = (double)(uv_hrtime() - f->req->start_ns) / 1e9;
+    gw_metrics_request(&app->metrics, f->sig, 200, secs);
+    otlp_respond_partial(f->req, f->sig, f->enc, f->rejected, f->message);
+  }
+  fwd_free(f);
+}
+
+static void on_part_done(void *ud, int status, const uint8_t *body, size_t len) {
+  fwd_part_t *p = ud;
+  fwd_t *f = p->f;
+  gw_backend_t *be = p->be;
+  int outcome = gw_outcome(status);
+  be->m.requests[outcome]++;
+  gw_histogram_observe(&be->m.duration, (double)(uv_hrtime() - p->start_ns) / 1e9);
+  if (outcome == GW_OUTCOME_SUCCESS) {
+    be->m.items[f->sig] += p->items;
+    int64_t rej = 0;
+    char msg[200];
+    if (len && otlp_parse_partial_success(body, len, &rej, msg, sizeof msg) == 0 && (rej > 0 || msg[0])) {
+      f->rejected += rej;
+      if (!f->message[0]) snprintf(f->message, sizeof f->message, "%s", msg);
+    }
+  } else if (outcome == GW_OUTCOME_REJECTED) {
+    /* The backend refused the part as bad: retrying cannot help. Dropped, counted, reported. */
+    f->rejected += (int64_t)p->items;
+    f->app->metrics.dropped_items[f->sig][GW_DROP_REJECTED] += p->items;
+    if (!f->message[0])
+      snprintf(f->message, sizeof f->message, "backend %s rejected %llu %s with HTTP %d", be->endpoint,
+               (unsigned long long)p->items, otlp_signal(f->sig)->items, status);
+  } else if (!f->retryable_failure) {
+    f->retryable_failure = 1;
+    if (status < 0)
+      snprintf(f->failure, sizeof f->failure, "backend %s unavailable: %s", be->endpoint, uv_strerror(status));
+    else
+      snprintf(f->failure, sizeof f->failure, "backend %s answered HTTP %d", be->endpoint, status);
+  }
+  if (--f->pending == 0) fwd_finish(f);
+}
+
+static const bl_shape_t *const shapes[OTLP_N_SIGNALS] = {&bl_shape_traces, &bl_shape_logs, &bl_shape_metrics};
+
 static void ingest_on_request(hs_request_t *req, void *ud) {
   gw_app_t *app = ud;
-  req_facts_t f = {.ptr = req->user};
-  int sig = f.f.signal;
-  otlp_encoding_t enc = f.f.encoding;
-  app->metrics.received_bytes[sig][f.f.content_encoding] += req->body_len;
+  req_facts_t facts = {.ptr = req->user};
+  int sig = facts.f.signal;
+  otlp_encoding_t enc = facts.f.encoding;
+  int gzipped = facts.f.content_encoding == OTLP_CE_GZIP;
+  app->metrics.received_bytes[sig][facts.f.content_encoding] += req->body_len;
 
   const uint8_t *body = req->body;
   size_t len = req->body_len;
   uint8_t *plain = NULL;
-  if (f.f.content_encoding == OTLP_CE_GZIP) {
+  if (gzipped) {
     int rc = otlp_gunzip(req->body, req->body_len, app->cfg.server.max_request_bytes, &plain, &len);
     if (rc == OTLP_ETOOBIG) {
       answer(app, req, sig, enc, 413, "decompressed body exceeds server.max_request_bytes", 0, NULL, 0);
@@ -144,22 +240,75 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
     answer(app, req, sig, enc, 415, "OTLP/JSON is not routed yet: send application/x-protobuf", 0, NULL, 0);
     return;
   }
-  uint64_t items = 0, resources = 0;
-  int rc = otlp_count_items(sig, body, len, &items, &resources);
-  free(plain);
-  if (rc != OTLP_OK) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "body is not a valid protobuf %s", otlp_signal(sig)->request->name);
-    answer(app, req, sig, enc, 400, msg, 0, NULL, 0);
+  if (!app->ring || bl_ring_size(app->ring) == 0) {
+    free(plain);
+    answer(app, req, sig, enc, 503, "no backends available", NO_BACKEND_RETRY_AFTER_S, NULL, 0);
     return;
   }
-  app->metrics.received_items[sig] += items;
-  if (resources == 0) {
-    answer(app, req, sig, enc, 200, NULL, 0, NULL, 0); /* an empty request is a success (OTLP/HTTP) */
+  bl_route_t route = BL_ROUTE_TRACE_ID;
+  if (sig == OTLP_TRACES && app->cfg.routing.traces == CFG_ROUTE_SERVICE) route = BL_ROUTE_SERVICE;
+  if (sig == OTLP_LOGS && app->cfg.routing.logs == CFG_ROUTE_SERVICE) route = BL_ROUTE_SERVICE;
+
+  size_t n = bl_ring_size(app->ring);
+  fwd_t *f = calloc(1, sizeof *f + n * sizeof(fwd_part_t));
+  if (!f) {
+    free(plain);
+    answer(app, req, sig, enc, 500, "out of memory", 0, NULL, 0);
     return;
   }
-  answer(app, req, sig, enc, 503, "no backends: routing to collectors is not available", NO_BACKEND_RETRY_AFTER_S,
-         NULL, 0);
+  f->app = app;
+  f->req = req;
+  f->sig = sig;
+  f->enc = enc;
+  f->plain = plain;
+  f->ring = app->ring;
+  bl_ring_ref(f->ring);
+  bl_error_t err;
+  int rc = bl_split(shapes[sig], route, body, len, f->ring, &f->split, &err);
+  if (rc != 0) {
+    char msg[300];
+    if (rc == -1) snprintf(msg, sizeof msg, "%s", err.msg);
+    memset(&f->split, 0, sizeof f->split); /* nothing to dispose after a failed split */
+    bl_ring_unref(f->ring);
+    f->ring = NULL;
+    fwd_free(f);
+    answer(app, req, sig, enc, rc == -1 ? 400 : 500, rc == -1 ? msg : "out of memory", 0, NULL, 0);
+    return;
+  }
+  app->metrics.received_items[sig] += f->split.items;
+  if (f->split.n_targets == 0) { /* an empty request is a success (OTLP/HTTP) */
+    fwd_free(f);
+    answer(app, req, sig, enc, 200, NULL, 0, NULL, 0);
+    return;
+  }
+  const char *path = otlp_signal(sig)->path;
+  const char *ctype = otlp_content_type(OTLP_ENC_PROTOBUF);
+  uint64_t now = uv_hrtime();
+  f->pending = 1; /* held while sending, so a synchronous failure cannot finish f under our feet */
+  for (uint32_t i = 0; i < n; i++) {
+    bl_part_t *part = &f->split.parts[i];
+    if (part->len == 0) continue;
+    fwd_part_t *fp = &f->parts[i];
+    fp->f = f;
+    fp->be = bl_ring_member_ud(f->ring, i);
+    fp->items = part->items;
+    fp->start_ns = now;
+    const struct iovec *iov = part->iov;
+    size_t n_iov = part->n_iov;
+    const char *ce = NULL;
+    if (f->split.n_targets == 1 && gzipped) {
+      /* Pass-through: every item has one owner, so the body goes on exactly as it came, still gzip. */
+      f->whole.iov_base = req->body;
+      f->whole.iov_len = req->body_len;
+      iov = &f->whole;
+      n_iov = 1;
+      ce = "gzip";
+    }
+    f->pending++;
+    int src = be_send(fp->be->pool, path, ctype, ce, iov, n_iov, on_part_done, fp);
+    if (src < 0) on_part_done(fp, src, NULL, 0);
+  }
+  if (--f->pending == 0) fwd_finish(f);
 }
 
 /* Errors the HTTP server answers itself (framing, timeouts, limits) get a google.rpc.Status body in the
@@ -188,12 +337,25 @@ static void telemetry_on_request(hs_request_t *req, void *ud) {
   if (hs_slice_eq(req->path, "/healthz")) {
     hs_respond(req, 200, "text/plain", NULL, 0, "ok\n", 3);
   } else if (hs_slice_eq(req->path, "/readyz")) {
-    /* Ready means "can accept data": with no routing there is no backend to deliver to. */
-    static const char nr[] = "not ready: no backend is up\n";
-    hs_respond(req, 503, "text/plain", NULL, 0, nr, sizeof nr - 1);
+    /* Ready means "can accept data": at least one backend in the ring. */
+    if (app->ring && bl_ring_size(app->ring) > 0) {
+      hs_respond(req, 200, "text/plain", NULL, 0, "ready\n", 6);
+    } else {
+      static const char nr[] = "not ready: no backend is up\n";
+      hs_respond(req, 503, "text/plain", NULL, 0, nr, sizeof nr - 1);
+    }
   } else if (hs_slice_eq(req->path, "/metrics")) {
     gw_metrics_gauges_t g = {0};
     g.client_connections = hs_server_stats(app->ingest)->connections_open;
+    gw_backend_view_t views[app->n_backends ? app->n_backends : 1];
+    for (size_t i = 0; i < app->n_backends; i++) {
+      views[i] = (gw_backend_view_t){app->backends[i].endpoint, &app->backends[i].m, 1};
+      g.backend_connections += be_pool_stats(app->backends[i].pool)->connections_open;
+    }
+    g.backends = views;
+    g.n_backends = app->n_backends;
+    g.ring_backends = app->ring ? bl_ring_size(app->ring) : 0;
+    g.ring_rebuilds = app->ring_rebuilds;
     char *text = NULL;
     size_t len = gw_metrics_render(&app->metrics, 1, &g, &text);
     if (!len) {
@@ -222,6 +384,48 @@ static int listen_on(hs_server_t *s, const char *hostport, const char *what, cha
     snprintf(err, errlen, "%s: cannot listen on %s: %s", what, hostport, uv_strerror(rc));
     return -1;
   }
+  return 0;
+}
+
+/* Creates a connection pool per static backend and the first ring over all of them. Health checks are not
+ * built yet, so every configured backend is in the ring. */
+static int start_backends(gw_app_t *app, char *err, size_t errlen) {
+  size_t n = app->cfg.backends.n_statics;
+  app->backends = calloc(n ? n : 1, sizeof *app->backends);
+  bl_ring_member_t *members = calloc(n ? n : 1, sizeof *members);
+  if (!app->backends || !members) {
+    free(members);
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  for (size_t i = 0; i < n; i++) {
+    const cfg_backend_t *cb = &app->cfg.backends.statics[i];
+    gw_backend_t *be = &app->backends[i];
+    be_pool_config_t pc = {
+        .host = cb->host,
+        .port = cb->port,
+        .max_connections = app->cfg.backends.max_connections_per_backend,
+        .request_timeout_ms = app->cfg.backends.request_timeout_ms,
+        .headers = app->cfg.backends.headers,
+        .n_headers = app->cfg.backends.n_headers,
+    };
+    be->endpoint = cb->endpoint;
+    if (be_pool_create(app->loop, &pc, &be->pool) != 0) {
+      free(members);
+      snprintf(err, errlen, "out of memory");
+      return -1;
+    }
+    app->n_backends++;
+    members[i] = (bl_ring_member_t){cb->endpoint, cb->weight, be};
+  }
+  app->ring = bl_ring_create(members, n);
+  free(members);
+  if (!app->ring) {
+    snprintf(err, errlen, "cannot build the routing ring");
+    return -1;
+  }
+  app->ring_rebuilds++;
+  gw_log(GW_LOG_INFO, "ring built", "backends", gw_log_u64(n), NULL);
   return 0;
 }
 
@@ -255,6 +459,7 @@ int gw_app_start(uv_loop_t *loop, cfg_t *cfg, gw_app_t **out, char *err, size_t 
       .on_request = telemetry_on_request,
       .ud = app,
   };
+  if (start_backends(app, err, errlen) != 0) goto fail;
   if (hs_server_create(loop, &ic, &app->ingest) != 0 || hs_server_create(loop, &tc, &app->telemetry) != 0) {
     snprintf(err, errlen, "out of memory");
     goto fail;
@@ -279,6 +484,11 @@ fail:
 static void server_done(void *ud) {
   gw_app_t *app = ud;
   if (--app->pending_servers > 0) return;
+  /* Every client request has been answered, so no part is in flight any more. */
+  for (size_t i = 0; i < app->n_backends; i++) {
+    be_pool_destroy(app->backends[i].pool);
+    app->backends[i].pool = NULL;
+  }
   if (app->shutdown_timer_live) {
     uv_timer_stop(&app->shutdown_timer);
     uv_close((uv_handle_t *)&app->shutdown_timer, NULL);
@@ -331,6 +541,9 @@ void gw_app_reload(gw_app_t *app, const char *path) {
 
 void gw_app_destroy(gw_app_t *app) {
   if (!app) return;
+  for (size_t i = 0; i < app->n_backends; i++) be_pool_destroy(app->backends[i].pool);
+  free(app->backends);
+  bl_ring_unref(app->ring);
   hs_server_destroy(app->ingest);
   hs_server_destroy(app->telemetry);
   cfg_dispose(&app->cfg);

@@ -25,6 +25,15 @@ static const int status_codes[] = {
 
 static const char *const signal_labels[GW_N_SIGNAL_LABELS] = {"traces", "logs", "metrics", "none"};
 static const char *const ce_labels[OTLP_N_CONTENT_ENCODINGS] = {"identity", "gzip"};
+static const char *const outcome_labels[GW_N_OUTCOMES] = {"success", "retryable", "rejected", "error"};
+static const char *const drop_labels[GW_N_DROP_REASONS] = {"rejected"};
+
+int gw_outcome(int status) {
+  if (status < 0) return GW_OUTCOME_ERROR;
+  if (status >= 200 && status < 300) return GW_OUTCOME_SUCCESS;
+  if (status == 429 || status == 502 || status == 503 || status == 504) return GW_OUTCOME_RETRYABLE;
+  return GW_OUTCOME_REJECTED;
+}
 
 int gw_status_index(int status) {
   for (int i = 0; i < GW_CODE_OTHER; i++)
@@ -73,14 +82,49 @@ static void header(sb_t *b, const char *name, const char *type, const char *help
   sb_printf(b, "# HELP otlp_gateway_%s %s\n# TYPE otlp_gateway_%s %s\n", name, help, name, type);
 }
 
-static void render_histogram(sb_t *b, const char *name, const gw_histogram_t *h) {
+/* labels: "" or e.g. "backend=\"http://a:1\"," (with the trailing comma). */
+static void render_histogram(sb_t *b, const char *name, const char *labels, const gw_histogram_t *h) {
   uint64_t cum = 0;
+  size_t ll = strlen(labels);
   for (int i = 0; i < GW_HIST_BUCKETS; i++) {
     cum += h->buckets[i];
-    sb_printf(b, "otlp_gateway_%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, gw_duration_buckets[i], cum);
+    sb_printf(b, "otlp_gateway_%s_bucket{%sle=\"%g\"} %" PRIu64 "\n", name, labels, gw_duration_buckets[i], cum);
   }
-  sb_printf(b, "otlp_gateway_%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, h->count);
-  sb_printf(b, "otlp_gateway_%s_sum %.9g\notlp_gateway_%s_count %" PRIu64 "\n", name, h->sum, name, h->count);
+  sb_printf(b, "otlp_gateway_%s_bucket{%sle=\"+Inf\"} %" PRIu64 "\n", name, labels, h->count);
+  if (ll) {
+    sb_printf(b, "otlp_gateway_%s_sum{%.*s} %.9g\n", name, (int)ll - 1, labels, h->sum);
+    sb_printf(b, "otlp_gateway_%s_count{%.*s} %" PRIu64 "\n", name, (int)ll - 1, labels, h->count);
+  } else {
+    sb_printf(b, "otlp_gateway_%s_sum %.9g\notlp_gateway_%s_count %" PRIu64 "\n", name, h->sum, name, h->count);
+  }
+}
+
+static void render_backends(sb_t *b, const gw_metrics_gauges_t *g) {
+  size_t n = g ? g->n_backends : 0;
+  header(b, "backend_up", "gauge", "1 when the backend is in the ring, 0 when it is down.");
+  for (size_t i = 0; i < n; i++)
+    sb_printf(b, "otlp_gateway_backend_up{backend=\"%s\"} %d\n", g->backends[i].endpoint, g->backends[i].up);
+  header(b, "backend_items_total", "counter", "Items delivered to a backend (answered 2xx), by signal.");
+  for (size_t i = 0; i < n; i++)
+    for (int s = 0; s < OTLP_N_SIGNALS; s++)
+      sb_printf(b, "otlp_gateway_backend_items_total{backend=\"%s\",signal=\"%s\"} %" PRIu64 "\n",
+                g->backends[i].endpoint, signal_labels[s], g->backends[i].m->items[s]);
+  header(b, "backend_requests_total", "counter",
+         "Requests to a backend by outcome: success (2xx), retryable (429/502/503/504), rejected (other), error (transport).");
+  for (size_t i = 0; i < n; i++)
+    for (int o = 0; o < GW_N_OUTCOMES; o++)
+      sb_printf(b, "otlp_gateway_backend_requests_total{backend=\"%s\",outcome=\"%s\"} %" PRIu64 "\n",
+                g->backends[i].endpoint, outcome_labels[o], g->backends[i].m->requests[o]);
+  header(b, "backend_request_duration_seconds", "histogram", "Time from sending a part to its backend's answer.");
+  for (size_t i = 0; i < n; i++) {
+    char labels[400];
+    snprintf(labels, sizeof labels, "backend=\"%s\",", g->backends[i].endpoint);
+    render_histogram(b, "backend_request_duration_seconds", labels, &g->backends[i].m->duration);
+  }
+  header(b, "ring_backends", "gauge", "Backends in the current routing ring.");
+  sb_printf(b, "otlp_gateway_ring_backends %" PRIu64 "\n", g ? g->ring_backends : 0);
+  header(b, "ring_rebuilds_total", "counter", "Routing ring snapshots built.");
+  sb_printf(b, "otlp_gateway_ring_rebuilds_total %" PRIu64 "\n", g ? g->ring_rebuilds : 0);
 }
 
 static void render_process(sb_t *b) {
@@ -134,6 +178,7 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
     for (int s = 0; s < GW_N_SIGNAL_LABELS; s++)
       for (int c = 0; c < GW_N_CODES; c++) sum.requests[s][c] += w[k].requests[s][c];
     for (int s = 0; s < OTLP_N_SIGNALS; s++) {
+      for (int r = 0; r < GW_N_DROP_REASONS; r++) sum.dropped_items[s][r] += w[k].dropped_items[s][r];
       sum.received_items[s] += w[k].received_items[s];
       for (int e = 0; e < OTLP_N_CONTENT_ENCODINGS; e++) sum.received_bytes[s][e] += w[k].received_bytes[s][e];
     }
@@ -171,7 +216,14 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
                 signal_labels[s], ce_labels[e], sum.received_bytes[s][e]);
 
   header(&b, "request_duration_seconds", "histogram", "Time from a request's first byte to its answer.");
-  render_histogram(&b, "request_duration_seconds", &sum.request_duration);
+  render_histogram(&b, "request_duration_seconds", "", &sum.request_duration);
+
+  header(&b, "dropped_items_total", "counter", "Items dropped, by signal and reason (rejected: a backend refused them as bad).");
+  for (int s = 0; s < OTLP_N_SIGNALS; s++)
+    for (int r = 0; r < GW_N_DROP_REASONS; r++)
+      sb_printf(&b, "otlp_gateway_dropped_items_total{signal=\"%s\",reason=\"%s\"} %" PRIu64 "\n", signal_labels[s],
+                drop_labels[r], sum.dropped_items[s][r]);
+  render_backends(&b, g);
 
   header(&b, "connections", "gauge", "Open connections, by side (client: ingest; backend: to collectors).");
   sb_printf(&b, "otlp_gateway_connections{side=\"client\"} %" PRIu64 "\n", g ? g->client_connections : 0);

@@ -35,8 +35,27 @@ typedef struct gw_histogram {
   double sum;
 } gw_histogram_t;
 
+/* Outcome of one request to a backend (backend_requests_total{outcome}). */
+enum { GW_OUTCOME_SUCCESS = 0, GW_OUTCOME_RETRYABLE, GW_OUTCOME_REJECTED, GW_OUTCOME_ERROR, GW_N_OUTCOMES };
+/* Why items were dropped (dropped_items_total{reason}). */
+enum { GW_DROP_REJECTED = 0, GW_N_DROP_REASONS };
+
+typedef struct gw_backend_metrics {
+  uint64_t items[OTLP_N_SIGNALS];  /* items delivered (2xx) */
+  uint64_t requests[GW_N_OUTCOMES];
+  gw_histogram_t duration;
+} gw_backend_metrics_t;
+
+/* What a scrape shows of one backend: its endpoint, counters (summed over workers by the caller), state. */
+typedef struct gw_backend_view {
+  const char *endpoint;
+  const gw_backend_metrics_t *m;
+  int up;
+} gw_backend_view_t;
+
 typedef struct gw_metrics {
   uint64_t requests[GW_N_SIGNAL_LABELS][GW_N_CODES];
+  uint64_t dropped_items[OTLP_N_SIGNALS][GW_N_DROP_REASONS];
   uint64_t received_items[OTLP_N_SIGNALS];
   uint64_t received_bytes[OTLP_N_SIGNALS][OTLP_N_CONTENT_ENCODINGS]; /* bytes on the wire */
   gw_histogram_t request_duration;
@@ -46,7 +65,13 @@ typedef struct gw_metrics {
 typedef struct gw_metrics_gauges {
   uint64_t client_connections;
   uint64_t backend_connections;
+  uint64_t ring_backends;
+  uint64_t ring_rebuilds;
+  const gw_backend_view_t *backends;
+  size_t n_backends;
 } gw_metrics_gauges_t;
+
+int gw_outcome(int status); /* HTTP status or negative transport error -> GW_OUTCOME_* */
 
 int gw_status_index(int status);
 void gw_histogram_observe(gw_histogram_t *h, double seconds);

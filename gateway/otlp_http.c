@@ -12,6 +12,10 @@
 #include "opentelemetry/proto/collector/metrics/v1/metrics_service.pb-c.h"
 #include "opentelemetry/proto/collector/trace/v1/trace_service.pb-c.h"
 
+/* JSON names of the partial_success count, per signal. */
+static const char *const rejected_json[OTLP_N_SIGNALS] = {"rejectedSpans", "rejectedLogRecords",
+                                                           "rejectedDataPoints"};
+
 static const otlp_signal_info_t signals[OTLP_N_SIGNALS] = {
     [OTLP_TRACES] = {"traces", "/v1/traces", "spans",
                      &opentelemetry__proto__collector__trace__v1__export_trace_service_request__descriptor,
@@ -228,4 +232,112 @@ int otlp_respond_status(hs_request_t *req, otlp_encoding_t enc, int http_status,
 int otlp_respond_success(hs_request_t *req, otlp_encoding_t enc) {
   if (enc == OTLP_ENC_JSON) return hs_respond(req, 200, "application/json", NULL, 0, "{}", 2);
   return hs_respond(req, 200, "application/x-protobuf", NULL, 0, NULL, 0);
+}
+
+/* Minimal protobuf reading for the two-level partial_success message. Returns bytes used, 0 on error. */
+static size_t read_varint(const uint8_t *p, const uint8_t *end, uint64_t *v) {
+  uint64_t x = 0;
+  for (size_t i = 0; i < 10 && p + i < end; i++) {
+    x |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+    if (!(p[i] & 0x80)) {
+      *v = x;
+      return i + 1;
+    }
+  }
+  return 0;
+}
+
+/* Skips one field of wire type wt at p; returns the new position or NULL when malformed. */
+static const uint8_t *skip_field(const uint8_t *p, const uint8_t *end, unsigned wt, const uint8_t **val,
+                                 uint64_t *num) {
+  uint64_t v = 0;
+  size_t n;
+  switch (wt) {
+    case 0:
+      if (!(n = read_varint(p, end, &v))) return NULL;
+      *num = v;
+      return p + n;
+    case 1: return end - p >= 8 ? p + 8 : NULL;
+    case 5: return end - p >= 4 ? p + 4 : NULL;
+    case 2:
+      if (!(n = read_varint(p, end, &v)) || v > (uint64_t)(end - p - (ptrdiff_t)n)) return NULL;
+      *val = p + n;
+      *num = v;
+      return p + n + v;
+    default: return NULL;
+  }
+}
+
+int otlp_parse_partial_success(const uint8_t *body, size_t len, int64_t *rejected, char *msg, size_t msg_cap) {
+  *rejected = 0;
+  if (msg_cap) msg[0] = 0;
+  const uint8_t *p = body, *end = body + len;
+  while (p < end) {
+    uint64_t tag, num = 0;
+    const uint8_t *val = NULL;
+    size_t n = read_varint(p, end, &tag);
+    if (!n || !(p = skip_field(p + n, end, (unsigned)(tag & 7), &val, &num))) return -1;
+    if (tag != ((1 << 3) | 2)) continue; /* partial_success = 1, length-delimited */
+    const uint8_t *q = val, *qend = val + num;
+    while (q < qend) {
+      uint64_t t2, n2 = 0;
+      const uint8_t *v2 = NULL;
+      size_t m = read_varint(q, qend, &t2);
+      if (!m || !(q = skip_field(q + m, qend, (unsigned)(t2 & 7), &v2, &n2))) return -1;
+      if (t2 == ((1 << 3) | 0)) *rejected = (int64_t)n2;
+      else if (t2 == ((2 << 3) | 2) && msg_cap) {
+        size_t k = n2 < msg_cap - 1 ? (size_t)n2 : msg_cap - 1;
+        memcpy(msg, v2, k);
+        msg[k] = 0;
+      }
+    }
+  }
+  return 0;
+}
+
+static size_t write_varint(uint8_t *out, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    out[n++] = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  out[n++] = (uint8_t)v;
+  return n;
+}
+
+int otlp_respond_partial(hs_request_t *req, otlp_signal_t sig, otlp_encoding_t enc, int64_t rejected,
+                         const char *message) {
+  if (rejected == 0 && (!message || !*message)) return otlp_respond_success(req, enc);
+  char out[1400];
+  size_t len = 0;
+  size_t ml = message ? strlen(message) : 0;
+  if (ml > 1000) ml = 1000;
+  if (enc == OTLP_ENC_JSON) {
+    char esc[1024] = "", tmp[1001];
+    memcpy(tmp, message ? message : "", ml);
+    tmp[ml] = 0;
+    size_t el = json_escape(tmp, esc, sizeof esc);
+    if (el == (size_t)-1) el = 0;
+    int n = snprintf(out, sizeof out, "{\"partialSuccess\":{\"%s\":\"%lld\",\"errorMessage\":\"%.*s\"}}",
+                     rejected_json[sig], (long long)rejected, (int)el, esc);
+    len = n < 0 ? 0 : (size_t)n;
+  } else {
+    uint8_t inner[1100];
+    size_t il = 0;
+    if (rejected) {
+      inner[il++] = 0x08;
+      il += write_varint(inner + il, (uint64_t)rejected);
+    }
+    if (ml) {
+      inner[il++] = 0x12;
+      il += write_varint(inner + il, ml);
+      memcpy(inner + il, message, ml);
+      il += ml;
+    }
+    out[len++] = 0x0a;
+    len += write_varint((uint8_t *)out + len, il);
+    memcpy(out + len, inner, il);
+    len += il;
+  }
+  return hs_respond(req, 200, otlp_content_type(enc), NULL, 0, out, len);
 }

@@ -65,6 +65,16 @@ int otlp_respond_status(hs_request_t *req, otlp_encoding_t enc, int http_status,
 /* Answers req 200 with an empty Export*ServiceResponse in enc (zero bytes for protobuf, "{}" for JSON). */
 int otlp_respond_success(hs_request_t *req, otlp_encoding_t enc);
 
+/* Reads Export*ServiceResponse.partial_success from a backend's protobuf response body: rejected count and
+ * error message (truncated to msg_cap). Returns 0 (absent fields are 0/""), or -1 when the body is not a
+ * valid response. */
+int otlp_parse_partial_success(const uint8_t *body, size_t len, int64_t *rejected, char *msg, size_t msg_cap);
+
+/* Answers req 200 with Export*ServiceResponse{partial_success{rejected, message}} in enc (an empty
+ * response when rejected == 0 and message is empty). */
+int otlp_respond_partial(hs_request_t *req, otlp_signal_t sig, otlp_encoding_t enc, int64_t rejected,
+                         const char *message);
+
 /* Writes the Status body into out (cap bytes); returns its length, or 0 when it does not fit. */
 size_t otlp_status_body(otlp_encoding_t enc, int http_status, const char *message, char *out, size_t cap);
 

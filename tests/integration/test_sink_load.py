@@ -1,6 +1,6 @@
 """The bench tools against each other and against the gateway: otlp-load -> otlp-sink must agree on every
-request, span and trace (the sink's trace file is what later routing tests rely on), and the gateway must
-never acknowledge what it cannot deliver."""
+request, span and trace (the sink's trace file is what the routing tests rely on), and the gateway must
+never acknowledge what it could not deliver."""
 import collections
 import os
 
@@ -94,7 +94,7 @@ def test_sink_health_and_bad_input():
         s.stop()
 
 
-def test_gateway_acknowledges_nothing_without_routing():
+def test_gateway_acknowledges_nothing_when_its_backend_is_down():
     g = Gateway(gateway_config(backends=("http://127.0.0.1:9",)))
     try:
         res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "200", "--connections", "8", "--spans", "20")

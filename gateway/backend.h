@@ -1,0 +1,60 @@
+/*
+ * gateway/backend — an HTTP/1.1 client for one backend collector: a keep-alive connection pool
+ * (max_connections_per_backend), requests written with one writev (caller's iovecs), responses parsed with
+ * llhttp, a deadline per request (request_timeout, connect included).
+ *
+ * A request on a reused keep-alive connection that fails before any response byte arrived (the backend
+ * closed the idle connection) is retried once on a fresh connection: OTLP exports may be delivered twice
+ * (at-least-once), never silently lost.
+ *
+ * Ownership: the iovecs and the bytes they point to must stay valid until the done callback. The callback
+ * runs exactly once per accepted be_send, from the loop, never inside be_send.
+ */
+#ifndef OTLPGW_BACKEND_H
+#define OTLPGW_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include <uv.h>
+
+#include "config/config.h"
+
+typedef struct be_pool be_pool_t;
+
+typedef struct be_pool_config {
+  const char *host;
+  uint16_t port;
+  uint32_t max_connections;
+  uint64_t request_timeout_ms;
+  const cfg_header_t *headers; /* added to every request; copied */
+  size_t n_headers;
+} be_pool_config_t;
+
+/* status: the HTTP status (>= 100), or a negative libuv error (UV_ECONNREFUSED, UV_ETIMEDOUT,
+ * UV_ECONNRESET, UV_EOF, UV_ECANCELED, ...). body: the response body (up to 64 KiB kept), valid only during
+ * the call. */
+typedef void (*be_done_cb)(void *ud, int status, const uint8_t *body, size_t body_len);
+
+typedef struct be_stats {
+  uint64_t connections_open;
+  uint64_t connects;
+  uint64_t requests;
+} be_stats_t;
+
+int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out);
+
+/* Queues a POST. content_encoding may be NULL. Returns 0 (cb will run) or a negative errno (it won't). */
+int be_send(be_pool_t *p, const char *path, const char *content_type, const char *content_encoding,
+            const struct iovec *iov, size_t n_iov, be_done_cb cb, void *ud);
+
+const be_stats_t *be_pool_stats(const be_pool_t *p);
+
+/* Fails queued and in-flight requests with UV_ECANCELED, closes every connection, and frees the pool once
+ * all handles are closed (after the loop runs). */
+void be_pool_destroy(be_pool_t *p);
+
+/* "Retryable" per OTLP/HTTP: transport errors and 429, 502, 503, 504. */
+int be_status_retryable(int status);
+
+#endif

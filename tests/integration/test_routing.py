@@ -1,0 +1,203 @@
+"""Trace-ID routing end to end: the real gateway in front of three real otlp-sink processes. otlp-load
+records every trace it got a 2xx for; each sink records every trace it received. Every acknowledged span
+must arrive exactly once, every trace on exactly one sink, and the shares must be about equal."""
+import collections
+import os
+
+from harness import (TMP, Gateway, Sink, gateway_config, http_request, parse_fields, run_load, run_tests,
+                     trace_request)
+
+PB = {"Content-Type": "application/x-protobuf"}
+
+
+def read_traces(path):
+    c = collections.Counter()
+    if os.path.exists(path):
+        with open(path) as f:
+            for ln in f:
+                t, n = ln.split()
+                c[t] += int(n)
+    return c
+
+
+class Pool:
+    """Three sinks recording trace IDs into their own files."""
+
+    def __init__(self, name, n=3, *extra):
+        self.files = [os.path.join(TMP, "%s.sink%d.txt" % (name, i)) for i in range(n)]
+        for f in self.files:
+            if os.path.exists(f):
+                os.unlink(f)
+        self.sinks = [Sink("--trace-file", f, *extra) for f in self.files]
+        self.endpoints = ["http://127.0.0.1:%d" % s.port for s in self.sinks]
+
+    def traces(self):
+        return [read_traces(f) for f in self.files]
+
+    def stop(self):
+        for s in self.sinks:
+            s.stop()
+
+
+def check_delivery(acked, per_sink, expect_spans=None, share_tolerance=0.10):
+    """Every acknowledged span arrived exactly once; every trace on one sink; shares about equal."""
+    owners = collections.defaultdict(list)
+    total = collections.Counter()
+    for i, c in enumerate(per_sink):
+        for t, n in c.items():
+            owners[t].append(i)
+            total[t] += n
+    split = [t for t, o in owners.items() if len(o) > 1]
+    assert not split, "%d traces split across sinks, e.g. %s -> %s" % (len(split), split[0], owners[split[0]])
+    missing = {t: n for t, n in acked.items() if total.get(t, 0) < n}
+    extra = {t: n for t, n in total.items() if n > acked.get(t, 0)}
+    assert not missing, "%d acknowledged traces missing spans" % len(missing)
+    assert not extra, "%d traces with more spans than acknowledged (duplicates)" % len(extra)
+    spans = [sum(c.values()) for c in per_sink]
+    if expect_spans is not None:
+        assert sum(spans) == expect_spans, (spans, expect_spans)
+    mean = sum(spans) / len(spans)
+    for s in spans:
+        assert abs(s - mean) <= share_tolerance * mean, ("uneven shares", spans)
+    return spans
+
+
+def test_100k_spans_10k_traces_three_sinks():
+    pool = Pool("plain")
+    g = Gateway(gateway_config(backends=pool.endpoints))
+    try:
+        acked_file = os.path.join(TMP, "plain.acked.txt")
+        res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "1000", "--spans", "100", "--traces", "10",
+                            "--connections", "16", "--trace-file", acked_file)
+        assert res["ok"] == 1000 and res["spans_acked"] == 100000, out
+        acked = read_traces(acked_file)
+        assert len(acked) == 10000
+        spans = check_delivery(acked, pool.traces(), expect_spans=100000)
+        print("    spans per sink: %s" % spans)
+        assert g.metric('otlp_gateway_received_items_total{signal="traces"}') == 100000
+        delivered = sum(g.metric('otlp_gateway_backend_items_total{backend="%s",signal="traces"}' % e)
+                        for e in pool.endpoints)
+        assert delivered == 100000, delivered
+        assert http_request(g.telemetry_port, "GET", "/readyz")[0] == 200
+    finally:
+        g.stop()
+        pool.stop()
+
+
+def test_gzip_requests():
+    pool = Pool("gzip")
+    g = Gateway(gateway_config(backends=pool.endpoints))
+    try:
+        acked_file = os.path.join(TMP, "gzip.acked.txt")
+        res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "1000", "--spans", "100", "--traces", "10",
+                            "--connections", "16", "--gzip", "--gzip-level", "1", "--trace-file", acked_file)
+        assert res["ok"] == 1000, out
+        check_delivery(read_traces(acked_file), pool.traces(), expect_spans=100000)
+    finally:
+        g.stop()
+        pool.stop()
+
+
+def test_single_trace_requests_pass_through_gzip():
+    """100 spans of one trace per request: one owner, so the body is forwarded as is (still gzip)."""
+    pool = Pool("pass")
+    g = Gateway(gateway_config(backends=pool.endpoints))
+    try:
+        acked_file = os.path.join(TMP, "pass.acked.txt")
+        res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "600", "--spans", "100", "--traces", "1",
+                            "--resources", "1", "--gzip", "--gzip-level", "1", "--trace-file", acked_file)
+        assert res["ok"] == 600, out
+        check_delivery(read_traces(acked_file), pool.traces(), expect_spans=60000, share_tolerance=0.25)
+        # each sink saw gzip bodies: its wire bytes are well below 100 spans of ~390 bytes per request
+        for s in pool.sinks:
+            st = s.stats()["traces"]
+            assert st["requests"] > 0 and st["bytes"] / st["requests"] < 20000, st
+    finally:
+        g.stop()
+        pool.stop()
+
+
+def test_two_gateways_route_identically():
+    pool = Pool("twin")
+    ga = Gateway(gateway_config(backends=pool.endpoints), name="a.yaml")
+    gb = Gateway(gateway_config(backends=list(reversed(pool.endpoints))), name="b.yaml")  # other config order
+    try:
+        for g in (ga, gb):  # the same seed: the same trace IDs through both gateways
+            res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "300", "--spans", "50", "--traces", "10",
+                                "--seed", "42")
+            assert res["ok"] == 300, out
+        per_sink = pool.traces()
+        owners = collections.defaultdict(set)
+        for i, c in enumerate(per_sink):
+            for t in c:
+                owners[t].add(i)
+        assert len(owners) == 3000
+        assert all(len(o) == 1 for o in owners.values()), "a trace went to different sinks via the two gateways"
+        assert all(n == 10 for c in per_sink for n in c.values())  # 5 spans per trace, twice
+    finally:
+        ga.stop()
+        gb.stop()
+        pool.stop()
+
+
+def test_logs_and_metrics_are_routed():
+    pool = Pool("signals")
+    g = Gateway(gateway_config(backends=pool.endpoints))
+    try:
+        for sig in ("logs", "metrics"):
+            res, out = run_load("http://127.0.0.1:%d" % g.port, "--signal", sig, "--requests", "100", "--spans", "20")
+            assert res["ok"] == 100, out
+        stats = [s.stats() for s in pool.sinks]
+        assert sum(st["logs"]["items"] for st in stats) == 100 * 20
+        assert sum(st["metrics"]["requests"] for st in stats) >= 100
+    finally:
+        g.stop()
+        pool.stop()
+
+
+def test_malformed_protobuf_names_the_offset():
+    pool = Pool("bad", 1)
+    g = Gateway(gateway_config(backends=pool.endpoints))
+    try:
+        good = trace_request(3, 1)
+        st, h, body = http_request(g.port, "POST", "/v1/traces", good[:-3], PB)
+        assert st == 400, st
+        msg = parse_fields(body)[2][0].decode()
+        assert "byte" in msg, msg
+        assert pool.sinks[0].stats()["traces"]["requests"] == 0  # nothing forwarded
+    finally:
+        g.stop()
+        pool.stop()
+
+
+def test_backend_failure_gives_503_and_rejection_gives_partial_success():
+    down = Sink("--status", "503")
+    bad = Sink("--status", "400")
+    g = Gateway(gateway_config(backends=["http://127.0.0.1:%d" % down.port]), name="down.yaml")
+    g2 = Gateway(gateway_config(backends=["http://127.0.0.1:%d" % bad.port]), name="bad.yaml")
+    try:
+        st, h, body = http_request(g.port, "POST", "/v1/traces", trace_request(5, 2), PB)
+        assert st == 503 and "retry-after" in h, (st, h)
+        st, h, body = http_request(g2.port, "POST", "/v1/traces", trace_request(5, 2), PB)
+        assert st == 200, st
+        ps = parse_fields(parse_fields(body)[1][0])
+        assert ps[1][0] == 5 and b"rejected" in ps[2][0], ps
+        assert g2.metric('otlp_gateway_dropped_items_total{signal="traces",reason="rejected"}') == 5
+    finally:
+        g.stop()
+        g2.stop()
+        down.stop()
+        bad.stop()
+
+
+def test_backend_refusing_connections_gives_503():
+    g = Gateway(gateway_config(backends=["http://127.0.0.1:9"]))
+    try:
+        st, h, body = http_request(g.port, "POST", "/v1/traces", trace_request(5, 2), PB)
+        assert st == 503, st
+        assert g.metric('otlp_gateway_backend_requests_total{backend="http://127.0.0.1:9",outcome="error"}') >= 1
+    finally:
+        g.stop()
+
+
+run_tests(globals())
