@@ -139,6 +139,8 @@ typedef struct fwd_part {
   gw_backend_t *be;
   uint64_t items;
   uint64_t start_ns;
+  uint8_t *gz;           /* backends.compression: gzip, the part compressed */
+  struct iovec gz_iov;
 } fwd_part_t;
 
 struct fwd {
@@ -159,6 +161,8 @@ struct fwd {
 };
 
 static void fwd_free(fwd_t *f) {
+  size_t n = f->ring ? bl_ring_size(f->ring) : 0;
+  for (size_t i = 0; i < n; i++) free(f->parts[i].gz);
   bl_split_dispose(&f->split);
   bl_ring_unref(f->ring);
   free(f->plain);
@@ -303,6 +307,16 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
       iov = &f->whole;
       n_iov = 1;
       ce = "gzip";
+    } else if (f->split.n_targets > 1 && app->cfg.backends.compression == CFG_COMPRESSION_GZIP) {
+      /* A re-assembled part follows backends.compression. */
+      size_t zl;
+      if (otlp_gzip_iov(iov, n_iov, &fp->gz, &zl) == OTLP_OK) {
+        fp->gz_iov.iov_base = fp->gz;
+        fp->gz_iov.iov_len = zl;
+        iov = &fp->gz_iov;
+        n_iov = 1;
+        ce = "gzip";
+      }
     }
     f->pending++;
     int src = be_send(fp->be->pool, path, ctype, ce, iov, n_iov, on_part_done, fp);

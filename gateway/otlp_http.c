@@ -120,6 +120,38 @@ int otlp_gunzip(const uint8_t *in, size_t in_len, size_t max_out, uint8_t **out,
   return OTLP_OK;
 }
 
+static _Thread_local struct libdeflate_compressor *tl_compressor;
+
+int otlp_gzip_iov(const struct iovec *iov, size_t n_iov, uint8_t **out, size_t *out_len) {
+  *out = NULL;
+  *out_len = 0;
+  if (!tl_compressor && !(tl_compressor = libdeflate_alloc_compressor(1))) return OTLP_ENOMEM;
+  size_t len = 0;
+  for (size_t i = 0; i < n_iov; i++) len += iov[i].iov_len;
+  uint8_t *plain = malloc(len ? len : 1);
+  size_t cap = libdeflate_gzip_compress_bound(tl_compressor, len);
+  uint8_t *z = malloc(cap);
+  if (!plain || !z) {
+    free(plain);
+    free(z);
+    return OTLP_ENOMEM;
+  }
+  size_t off = 0;
+  for (size_t i = 0; i < n_iov; i++) {
+    memcpy(plain + off, iov[i].iov_base, iov[i].iov_len);
+    off += iov[i].iov_len;
+  }
+  size_t zl = libdeflate_gzip_compress(tl_compressor, plain, len, z, cap);
+  free(plain);
+  if (zl == 0) { /* cannot happen with the bound, but never send a truncated body */
+    free(z);
+    return OTLP_ENOMEM;
+  }
+  *out = z;
+  *out_len = zl;
+  return OTLP_OK;
+}
+
 static uint64_t count_metric_points(const Opentelemetry__Proto__Metrics__V1__Metric *m) {
   switch (m->data_case) {
     case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_GAUGE: return m->gauge->n_data_points;

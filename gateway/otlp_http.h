@@ -9,6 +9,7 @@
 #include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "gateway/http_server.h"
 
@@ -48,6 +49,10 @@ int otlp_content_encoding(const hs_slice_t *content_encoding);
  * *out owns (free()). A body that would decompress past max_out fails with OTLP_ETOOBIG after having
  * allocated at most max_out bytes, whatever the gzip header claims. */
 int otlp_gunzip(const uint8_t *in, size_t in_len, size_t max_out, uint8_t **out, size_t *out_len);
+
+/* Gathers iov into one buffer and gzips it (libdeflate level 1: backend links favour speed) into a new
+ * buffer *out owns (free()). Returns OTLP_OK or OTLP_ENOMEM. */
+int otlp_gzip_iov(const struct iovec *iov, size_t n_iov, uint8_t **out, size_t *out_len);
 
 /* Validates body as the signal's Export*ServiceRequest and counts its items (spans, log records, data
  * points) and resource entries. Returns OTLP_OK or OTLP_EINVALID. Interim: decodes with protobuf-c; the

@@ -98,6 +98,22 @@ def test_gzip_requests():
         pool.stop()
 
 
+def test_backend_compression_gzip_for_reassembled_parts():
+    pool = Pool("bgz")
+    g = Gateway(gateway_config(backends=pool.endpoints, extra="  compression: gzip\n"))
+    try:
+        acked_file = os.path.join(TMP, "bgz.acked.txt")
+        res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "300", "--spans", "100", "--traces", "10",
+                            "--trace-file", acked_file)
+        assert res["ok"] == 300, out
+        check_delivery(read_traces(acked_file), pool.traces(), expect_spans=30000, share_tolerance=0.15)
+        wire = sum(s.stats()["traces"]["bytes"] for s in pool.sinks)
+        assert wire < res["bytes"] / 2, (wire, res["bytes"])  # parts arrived gzip-compressed
+    finally:
+        g.stop()
+        pool.stop()
+
+
 def test_single_trace_requests_pass_through_gzip():
     """100 spans of one trace per request: one owner, so the body is forwarded as is (still gzip)."""
     pool = Pool("pass")
