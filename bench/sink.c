@@ -26,7 +26,9 @@ typedef struct sink {
   unsigned retry_after;
   uint64_t delay_ms;
   uint64_t max_body;
-  int no_decode;         /* answer 200 without decoding: benchmarks of the HTTP layer alone */
+  int no_decode;
+  const char *require_name;   /* --require-header: requests without it are answered 401 */
+  const char *require_value;         /* answer 200 without decoding: benchmarks of the HTTP layer alone */
   FILE *trace_file;
   uint64_t requests[OTLP_N_SIGNALS];
   uint64_t items[OTLP_N_SIGNALS];
@@ -53,7 +55,8 @@ static const char usage[] =
     "  --delay        answer after MS milliseconds\n"
     "  --trace-file   append \"<trace_id hex> <span count>\" for every trace of every accepted request\n"
     "  --max-body     largest request body accepted (default 64MiB)\n"
-    "  --no-decode    count requests and bytes only; answer 200 without decoding (HTTP-layer benchmarks)\n";
+    "  --no-decode    count requests and bytes only; answer 200 without decoding (HTTP-layer benchmarks)\n"
+    "  --require-header 'NAME: VALUE'  answer 401 to requests without exactly this header\n";
 
 static int cmp_id16(const void *a, const void *b) { return memcmp(a, b, 16); }
 
@@ -152,6 +155,15 @@ static void on_request(hs_request_t *req, void *ud) {
     otlp_respond_status(req, renc, sig < 0 ? 404 : 405, "otlp-sink: POST /v1/{traces,logs,metrics}", 0, NULL, 0);
     return;
   }
+  if (s->require_name) {
+    const hs_slice_t *h = hs_request_header(req, s->require_name);
+    size_t vl = strlen(s->require_value);
+    if (!h || h->len != vl || memcmp(h->base, s->require_value, vl) != 0) {
+      s->rejected++;
+      otlp_respond_status(req, renc, 401, "otlp-sink: required header missing", 0, NULL, 0);
+      return;
+    }
+  }
   if (s->status != 200) {
     respond(s, req, s->status, renc);
     return;
@@ -215,6 +227,7 @@ int main(int argc, char **argv) {
       {"retry-after", required_argument, NULL, 'r'}, {"delay", required_argument, NULL, 'd'},
       {"trace-file", required_argument, NULL, 't'},  {"max-body", required_argument, NULL, 'm'},
       {"no-decode", no_argument, NULL, 'n'},         {"help", no_argument, NULL, 'h'},
+      {"require-header", required_argument, NULL, 'q'},
       {NULL, 0, NULL, 0},
   };
   sink_t s = {0};
@@ -235,6 +248,18 @@ int main(int argc, char **argv) {
         }
         break;
       case 'n': s.no_decode = 1; break;
+      case 'q': {
+        char *colon = strchr(optarg, ':');
+        if (!colon) {
+          fprintf(stderr, "otlp-sink: --require-header wants 'NAME: VALUE'\n");
+          return 2;
+        }
+        *colon = 0;
+        s.require_name = optarg;
+        s.require_value = colon + 1;
+        while (*s.require_value == ' ') s.require_value++;
+        break;
+      }
       case 'h': fputs(usage, stdout); return 0;
       default: fputs(usage, stderr); return 2;
     }

@@ -206,6 +206,23 @@ def test_backend_failure_gives_503_and_rejection_gives_partial_success():
         bad.stop()
 
 
+def test_backend_headers_are_sent():
+    sink = Sink("--require-header", "X-Scope-OrgID: tenant-1")
+    ep = "http://127.0.0.1:%d" % sink.port
+    with_h = Gateway(gateway_config(backends=[ep], extra='  headers:\n    X-Scope-OrgID: "tenant-1"\n'), name="hdr.yaml")
+    without = Gateway(gateway_config(backends=[ep]), name="nohdr.yaml")
+    try:
+        st, h, body = http_request(with_h.port, "POST", "/v1/traces", trace_request(4, 2), PB)
+        assert st == 200 and body == b"", (st, body)
+        st, h, body = http_request(without.port, "POST", "/v1/traces", trace_request(4, 2), PB)
+        assert st == 200 and parse_fields(parse_fields(body)[1][0])[1][0] == 4  # refused by the backend: rejected
+        assert sink.stats()["traces"]["items"] == 4
+    finally:
+        with_h.stop()
+        without.stop()
+        sink.stop()
+
+
 def test_backend_refusing_connections_gives_503():
     g = Gateway(gateway_config(backends=["http://127.0.0.1:9"]))
     try:
