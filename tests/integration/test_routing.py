@@ -223,6 +223,20 @@ def test_backend_headers_are_sent():
         sink.stop()
 
 
+def test_backend_request_timeout():
+    slow = Sink("--delay", "3000")
+    g = Gateway(gateway_config(backends=["http://127.0.0.1:%d" % slow.port], extra="  request_timeout: 300ms\n"))
+    try:
+        st, h, body = http_request(g.port, "POST", "/v1/traces", trace_request(4, 2), PB)
+        # the sink would answer 200 after 3 s: a 503 means the 300 ms deadline fired first
+        assert st == 503 and "retry-after" in h, st
+        assert g.metric('otlp_gateway_backend_requests_total{backend="http://127.0.0.1:%d",outcome="error"}'
+                        % slow.port) == 1
+    finally:
+        g.stop()
+        slow.stop()
+
+
 def test_backend_refusing_connections_gives_503():
     g = Gateway(gateway_config(backends=["http://127.0.0.1:9"]))
     try:
