@@ -202,9 +202,19 @@ static void conn_close(be_conn_t *c) {
     r->conn = NULL;
     req_finish(r, UV_ECONNRESET, NULL, 0);
   }
+  /* A connection without a TCP handle is still resolving: on_resolved frees it once getaddrinfo returns
+   * (or the caller does, when resolving never started). */
   if (c->tcp_inited) uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
-  else if (c->state == CONN_CLOSED && !was_opening) conn_free_unopened(c);
-  /* a connection still resolving is freed by on_resolved once getaddrinfo returns */
+}
+
+/* Opening c failed: one queued request learns of it now; the others get their own attempts via pump. */
+static void conn_open_failed(be_conn_t *c, int err) {
+  be_pool_t *p = c->pool;
+  be_req_t *r = queue_pop(p);
+  if (r) req_finish(r, err, NULL, 0);
+  int unopened = !c->tcp_inited;
+  conn_close(c);
+  if (unopened) conn_free_unopened(c); /* no handle to close: resolving is over or never started */
 }
 
 /* A request failed on c before any response byte: retry once on a fresh connection if c was a reused
@@ -315,10 +325,7 @@ static void on_connect(uv_connect_t *cr, int status) {
   be_pool_t *p = c->pool;
   if (c->state == CONN_CLOSED) return; /* closed meanwhile (destroy) */
   if (status < 0) {
-    /* One queued request learns of the failure now; the rest get their own attempts via pump. */
-    be_req_t *r = queue_pop(p);
-    if (r) req_finish(r, status, NULL, 0);
-    conn_close(c);
+    conn_open_failed(c, status);
     pump(p);
     return;
   }
@@ -342,10 +349,7 @@ static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res) {
   }
   if (status < 0 || !res) {
     uv_freeaddrinfo(res);
-    be_req_t *r = queue_pop(p);
-    if (r) req_finish(r, status < 0 ? status : UV_EAI_NONAME, NULL, 0);
-    conn_close(c);
-    conn_free_unopened(c);
+    conn_open_failed(c, status < 0 ? status : UV_EAI_NONAME);
     pump(p);
     return;
   }
@@ -354,12 +358,18 @@ static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res) {
   c->tcp_inited = 1;
   c->state = CONN_CONNECTING;
   c->connect_req.data = c;
-  int rc = uv_tcp_connect(&c->connect_req, &c->tcp, res->ai_addr, on_connect);
+  /* One address per attempt; IPv4 first, so "localhost" reaches a collector bound to 127.0.0.1 on hosts
+   * whose resolver lists ::1 first. Trying each address in turn is left for DNS discovery. */
+  const struct addrinfo *ai = res;
+  for (const struct addrinfo *x = res; x; x = x->ai_next)
+    if (x->ai_family == AF_INET) {
+      ai = x;
+      break;
+    }
+  int rc = uv_tcp_connect(&c->connect_req, &c->tcp, ai->ai_addr, on_connect);
   uv_freeaddrinfo(res);
   if (rc < 0) {
-    be_req_t *r = queue_pop(p);
-    if (r) req_finish(r, rc, NULL, 0);
-    conn_close(c);
+    conn_open_failed(c, rc);
     pump(p);
   }
 }
@@ -381,12 +391,7 @@ static void conn_open(be_pool_t *p) {
   snprintf(port, sizeof port, "%u", p->port);
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   int rc = uv_getaddrinfo(p->loop, &c->gai, on_resolved, p->host, port, &hints);
-  if (rc < 0) {
-    be_req_t *r = queue_pop(p);
-    if (r) req_finish(r, rc, NULL, 0);
-    conn_close(c);
-    conn_free_unopened(c);
-  }
+  if (rc < 0) conn_open_failed(c, rc); /* no callback will come: free it here (pump called us) */
 }
 
 /* Hands queued requests to idle connections, opening new ones (up to the limit) for the rest. */

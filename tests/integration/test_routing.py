@@ -158,7 +158,8 @@ def test_two_gateways_route_identically():
 
 def test_logs_and_metrics_are_routed():
     pool = Pool("signals")
-    g = Gateway(gateway_config(backends=pool.endpoints))
+    # backends by name: the pool resolves "localhost" itself
+    g = Gateway(gateway_config(backends=[e.replace("127.0.0.1", "localhost") for e in pool.endpoints]))
     try:
         for sig in ("logs", "metrics"):
             res, out = run_load("http://127.0.0.1:%d" % g.port, "--signal", sig, "--requests", "100", "--spans", "20")
