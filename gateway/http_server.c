@@ -137,16 +137,6 @@ const hs_slice_t *hs_request_header(const hs_request_t *req, const char *name) {
   return NULL;
 }
 
-uint8_t *hs_request_take_body(hs_request_t *req, size_t *len) {
-  hs_req_t *r = (hs_req_t *)req;
-  uint8_t *b = req->body;
-  *len = req->body_len;
-  req->body = NULL;
-  req->body_len = 0;
-  r->body_cap = 0;
-  return b;
-}
-
 int hs_request_gone(const hs_request_t *req) {
   const hs_req_t *r = (const hs_req_t *)req;
   return r->conn == NULL || r->conn->closed;

@@ -43,7 +43,7 @@ typedef struct hs_request {
   hs_header_t headers[HS_MAX_HEADERS];
   size_t n_headers;
   uint64_t content_length; /* value, HS_LEN_CHUNKED or HS_LEN_NONE */
-  uint8_t *body;           /* assembled body; owned by the request unless taken with hs_request_take_body */
+  uint8_t *body;           /* assembled body; owned by the request, valid until hs_respond */
   size_t body_len;
   uint64_t start_ns;       /* uv_hrtime() at the first byte of the request */
   void *user;              /* free for the handler */
@@ -114,9 +114,6 @@ int hs_request_gone(const hs_request_t *req);
 
 /* First header named name (case-insensitive), or NULL. */
 const hs_slice_t *hs_request_header(const hs_request_t *req, const char *name);
-
-/* Transfers the body buffer to the caller (free() it); the request's body becomes NULL/0. */
-uint8_t *hs_request_take_body(hs_request_t *req, size_t *len);
 
 /* Reason phrase for a status code ("Not Found"). */
 const char *hs_status_reason(int status);

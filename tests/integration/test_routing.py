@@ -2,6 +2,7 @@
 records every trace it got a 2xx for; each sink records every trace it received. Every acknowledged span
 must arrive exactly once, every trace on exactly one sink, and the shares must be about equal."""
 import collections
+import contextlib
 import os
 
 from harness import (TMP, Gateway, Sink, gateway_config, http_request, parse_fields, run_load, run_tests,
@@ -62,75 +63,64 @@ def check_delivery(acked, per_sink, expect_spans=None, share_tolerance=0.10):
     return spans
 
 
-def test_100k_spans_10k_traces_three_sinks():
-    pool = Pool("plain")
-    g = Gateway(gateway_config(backends=pool.endpoints))
+@contextlib.contextmanager
+def routed(name, extra=""):
+    """A gateway in front of a fresh pool of three recording sinks; everything stops afterwards."""
+    pool = Pool(name)
+    g = Gateway(gateway_config(backends=pool.endpoints, extra=extra), name=name + ".yaml")
     try:
-        acked_file = os.path.join(TMP, "plain.acked.txt")
-        res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "1000", "--spans", "100", "--traces", "10",
-                            "--connections", "16", "--trace-file", acked_file)
-        assert res["ok"] == 1000 and res["spans_acked"] == 100000, out
-        acked = read_traces(acked_file)
+        yield pool, g
+    finally:
+        g.stop()
+        pool.stop()
+
+
+def load_and_check(pool, g, name, requests, spans, *load_args, share_tolerance=0.10):
+    """Sends requests x spans through g and checks exactly-once, whole-trace delivery; returns the RESULT
+    dict, the acknowledged traces and the spans per sink."""
+    acked_file = os.path.join(TMP, name + ".acked.txt")
+    res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", str(requests), "--spans", str(spans),
+                        "--trace-file", acked_file, *load_args)
+    assert res["ok"] == requests and res["spans_acked"] == requests * spans, out
+    acked = read_traces(acked_file)
+    per_sink = check_delivery(acked, pool.traces(), expect_spans=requests * spans, share_tolerance=share_tolerance)
+    return res, acked, per_sink
+
+
+def test_100k_spans_10k_traces_three_sinks():
+    with routed("plain") as (pool, g):
+        _, acked, spans = load_and_check(pool, g, "plain", 1000, 100, "--traces", "10", "--connections", "16")
         assert len(acked) == 10000
-        spans = check_delivery(acked, pool.traces(), expect_spans=100000)
         print("    spans per sink: %s" % spans)
         assert g.metric('otlp_gateway_received_items_total{signal="traces"}') == 100000
         delivered = sum(g.metric('otlp_gateway_backend_items_total{backend="%s",signal="traces"}' % e)
                         for e in pool.endpoints)
         assert delivered == 100000, delivered
         assert http_request(g.telemetry_port, "GET", "/readyz")[0] == 200
-    finally:
-        g.stop()
-        pool.stop()
 
 
 def test_gzip_requests():
-    pool = Pool("gzip")
-    g = Gateway(gateway_config(backends=pool.endpoints))
-    try:
-        acked_file = os.path.join(TMP, "gzip.acked.txt")
-        res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "1000", "--spans", "100", "--traces", "10",
-                            "--connections", "16", "--gzip", "--gzip-level", "1", "--trace-file", acked_file)
-        assert res["ok"] == 1000, out
-        check_delivery(read_traces(acked_file), pool.traces(), expect_spans=100000)
-    finally:
-        g.stop()
-        pool.stop()
+    with routed("gzip") as (pool, g):
+        load_and_check(pool, g, "gzip", 1000, 100, "--traces", "10", "--connections", "16", "--gzip",
+                       "--gzip-level", "1")
 
 
 def test_backend_compression_gzip_for_reassembled_parts():
-    pool = Pool("bgz")
-    g = Gateway(gateway_config(backends=pool.endpoints, extra="  compression: gzip\n"))
-    try:
-        acked_file = os.path.join(TMP, "bgz.acked.txt")
-        res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "300", "--spans", "100", "--traces", "10",
-                            "--trace-file", acked_file)
-        assert res["ok"] == 300, out
-        check_delivery(read_traces(acked_file), pool.traces(), expect_spans=30000, share_tolerance=0.15)
+    with routed("bgz", extra="  compression: gzip\n") as (pool, g):
+        res, _, _ = load_and_check(pool, g, "bgz", 300, 100, "--traces", "10", share_tolerance=0.15)
         wire = sum(s.stats()["traces"]["bytes"] for s in pool.sinks)
         assert wire < res["bytes"] / 2, (wire, res["bytes"])  # parts arrived gzip-compressed
-    finally:
-        g.stop()
-        pool.stop()
 
 
 def test_single_trace_requests_pass_through_gzip():
     """100 spans of one trace per request: one owner, so the body is forwarded as is (still gzip)."""
-    pool = Pool("pass")
-    g = Gateway(gateway_config(backends=pool.endpoints))
-    try:
-        acked_file = os.path.join(TMP, "pass.acked.txt")
-        res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "600", "--spans", "100", "--traces", "1",
-                            "--resources", "1", "--gzip", "--gzip-level", "1", "--trace-file", acked_file)
-        assert res["ok"] == 600, out
-        check_delivery(read_traces(acked_file), pool.traces(), expect_spans=60000, share_tolerance=0.25)
+    with routed("pass") as (pool, g):
+        load_and_check(pool, g, "pass", 600, 100, "--traces", "1", "--resources", "1", "--gzip", "--gzip-level", "1",
+                       share_tolerance=0.25)
         # each sink saw gzip bodies: its wire bytes are well below 100 spans of ~390 bytes per request
         for s in pool.sinks:
             st = s.stats()["traces"]
             assert st["requests"] > 0 and st["bytes"] / st["requests"] < 20000, st
-    finally:
-        g.stop()
-        pool.stop()
 
 
 def test_two_gateways_route_identically():
