@@ -27,6 +27,7 @@ struct be_req {
   size_t n_bufs;
   uv_buf_t inline_bufs[BE_INLINE_BUFS];
   size_t head_len;
+  size_t body_len;
   char head[];             /* request line + headers */
 };
 
@@ -109,6 +110,7 @@ static void req_finish(be_req_t *r, int status, const uint8_t *body, size_t len)
 
 static void queue_push(be_pool_t *p, be_req_t *r, int front) {
   r->next = NULL;
+  p->stats.queued_bytes += r->body_len;
   if (!p->q_head) {
     p->q_head = p->q_tail = r;
   } else if (front) {
@@ -127,6 +129,7 @@ static be_req_t *queue_pop(be_pool_t *p) {
   p->q_head = r->next;
   if (!p->q_head) p->q_tail = NULL;
   p->q_len--;
+  p->stats.queued_bytes -= r->body_len;
   r->next = NULL;
   return r;
 }
@@ -138,6 +141,7 @@ static int queue_remove(be_pool_t *p, be_req_t *r) {
       *pp = r->next;
       if (p->q_tail == r) p->q_tail = prev;
       p->q_len--;
+      p->stats.queued_bytes -= r->body_len;
       return 1;
     }
   }
@@ -224,6 +228,7 @@ static void conn_fail(be_conn_t *c, int err) {
   be_req_t *r = c->req;
   if (r && c->reused && !c->got_bytes && !r->retried && !p->destroying) {
     r->retried = 1;
+    p->stats.retries++;
     c->req = NULL;
     r->conn = NULL;
     queue_push(p, r, 1);
@@ -460,6 +465,7 @@ int be_send(be_pool_t *p, const char *path, const char *content_type, const char
     return UV_EINVAL;
   }
   r->head_len = (size_t)hl;
+  r->body_len = body_len;
   r->n_bufs = n_iov + 1;
   r->bufs = r->n_bufs <= BE_INLINE_BUFS ? r->inline_bufs : malloc(r->n_bufs * sizeof *r->bufs);
   if (!r->bufs) {

@@ -40,6 +40,8 @@ typedef struct be_stats {
   uint64_t connections_open;
   uint64_t connects;
   uint64_t requests;
+  uint64_t retries;       /* requests re-sent after a stale keep-alive connection failed */
+  uint64_t queued_bytes;  /* body bytes of requests waiting for a connection */
 } be_stats_t;
 
 int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out);

@@ -363,8 +363,9 @@ static void telemetry_on_request(hs_request_t *req, void *ud) {
     g.client_connections = hs_server_stats(app->ingest)->connections_open;
     gw_backend_view_t views[app->n_backends ? app->n_backends : 1];
     for (size_t i = 0; i < app->n_backends; i++) {
-      views[i] = (gw_backend_view_t){app->backends[i].endpoint, &app->backends[i].m, 1};
-      g.backend_connections += be_pool_stats(app->backends[i].pool)->connections_open;
+      const be_stats_t *bs = be_pool_stats(app->backends[i].pool);
+      views[i] = (gw_backend_view_t){app->backends[i].endpoint, &app->backends[i].m, 1, bs->queued_bytes, bs->retries};
+      g.backend_connections += bs->connections_open;
     }
     g.backends = views;
     g.n_backends = app->n_backends;

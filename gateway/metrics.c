@@ -121,6 +121,14 @@ static void render_backends(sb_t *b, const gw_metrics_gauges_t *g) {
     snprintf(labels, sizeof labels, "backend=\"%s\",", g->backends[i].endpoint);
     render_histogram(b, "backend_request_duration_seconds", labels, &g->backends[i].m->duration);
   }
+  header(b, "backend_queue_bytes", "gauge", "Request bytes waiting for a connection to the backend.");
+  for (size_t i = 0; i < n; i++)
+    sb_printf(b, "otlp_gateway_backend_queue_bytes{backend=\"%s\"} %" PRIu64 "\n", g->backends[i].endpoint,
+              g->backends[i].queue_bytes);
+  header(b, "retries_total", "counter", "Backend requests sent again (after a stale keep-alive connection failed).");
+  for (size_t i = 0; i < n; i++)
+    sb_printf(b, "otlp_gateway_retries_total{backend=\"%s\"} %" PRIu64 "\n", g->backends[i].endpoint,
+              g->backends[i].retries);
   header(b, "ring_backends", "gauge", "Backends in the current routing ring.");
   sb_printf(b, "otlp_gateway_ring_backends %" PRIu64 "\n", g ? g->ring_backends : 0);
   header(b, "ring_rebuilds_total", "counter", "Routing ring snapshots built.");

@@ -51,6 +51,8 @@ typedef struct gw_backend_view {
   const char *endpoint;
   const gw_backend_metrics_t *m;
   int up;
+  uint64_t queue_bytes;   /* bytes waiting for a connection to this backend */
+  uint64_t retries;
 } gw_backend_view_t;
 
 typedef struct gw_metrics {

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages otlp-gateway needs that are missing (apt-get update + install).
-# Usage: scripts/deps.sh [--fuzz]   (--fuzz adds clang and its runtimes for libFuzzer builds)
+# Usage: scripts/deps.sh [--tests] [--fuzz]
+#   --tests adds prometheus (server and promtool) for the tests that scrape and check /metrics;
+#   --fuzz adds clang and its runtimes for libFuzzer builds.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config python3 libuv1-dev libprotobuf-c-dev protobuf-c-compiler
       libxxhash-dev libyaml-dev libdeflate-dev node-llhttp)
-[ "${1:-}" = "--fuzz" ] && pkgs+=(clang libclang-rt-14-dev)
+for arg in "$@"; do
+  case "$arg" in
+    --tests) pkgs+=(prometheus) ;;
+    --fuzz) pkgs+=(clang libclang-rt-14-dev) ;;
+    *) echo "usage: scripts/deps.sh [--tests] [--fuzz]" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
