@@ -27,10 +27,14 @@
 #define NO_BACKEND_RETRY_AFTER_S 5
 #define BACKEND_RETRY_AFTER_S 1
 
+#define LOG_REPEAT_NS (10ull * 1000 * 1000 * 1000) /* one line per backend and event kind per 10 s */
+
 typedef struct gw_backend {
   char *endpoint;
   be_pool_t *pool;
   gw_backend_metrics_t m;
+  gw_log_limit_t log_failed;   /* "backend request failed" */
+  gw_log_limit_t log_rejected; /* "items dropped" reason=rejected */
 } gw_backend_t;
 
 struct gw_app {
@@ -200,15 +204,27 @@ static void on_part_done(void *ud, int status, const uint8_t *body, size_t len) 
     /* The backend refused the part as bad: retrying cannot help. Dropped, counted, reported. */
     f->rejected += (int64_t)p->items;
     f->app->metrics.dropped_items[f->sig][GW_DROP_REJECTED] += p->items;
+    uint64_t held;
+    if (gw_log_limit_take(&be->log_rejected, uv_hrtime(), LOG_REPEAT_NS, &held))
+      gw_log(GW_LOG_WARN, "items dropped", "reason", "rejected", "backend", be->endpoint, "signal",
+             otlp_signal(f->sig)->name, "status", gw_log_i64(status), "items", gw_log_u64(p->items),
+             "suppressed_since_last", gw_log_u64(held), NULL);
     if (!f->message[0])
       snprintf(f->message, sizeof f->message, "backend %s rejected %llu %s with HTTP %d", be->endpoint,
                (unsigned long long)p->items, otlp_signal(f->sig)->items, status);
-  } else if (!f->retryable_failure) {
-    f->retryable_failure = 1;
-    if (status < 0)
-      snprintf(f->failure, sizeof f->failure, "backend %s unavailable: %s", be->endpoint, uv_strerror(status));
-    else
-      snprintf(f->failure, sizeof f->failure, "backend %s answered HTTP %d", be->endpoint, status);
+  } else { /* retryable: transport error, timeout, 429/502/503/504 */
+    uint64_t held;
+    if (gw_log_limit_take(&be->log_failed, uv_hrtime(), LOG_REPEAT_NS, &held))
+      gw_log(GW_LOG_WARN, "backend request failed", "backend", be->endpoint, "error",
+             status < 0 ? uv_err_name(status) : gw_log_i64(status), "client_answer", "503",
+             "suppressed_since_last", gw_log_u64(held), NULL);
+    if (!f->retryable_failure) {
+      f->retryable_failure = 1;
+      if (status < 0)
+        snprintf(f->failure, sizeof f->failure, "backend %s unavailable: %s", be->endpoint, uv_strerror(status));
+      else
+        snprintf(f->failure, sizeof f->failure, "backend %s answered HTTP %d", be->endpoint, status);
+    }
   }
   if (--f->pending == 0) fwd_finish(f);
 }

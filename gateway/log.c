@@ -20,6 +20,17 @@ void gw_log_setup(gw_log_level_t level, gw_log_format_t format) {
 
 int gw_log_enabled(gw_log_level_t level) { return level >= g_level; }
 
+int gw_log_limit_take(gw_log_limit_t *l, uint64_t now_ns, uint64_t interval_ns, uint64_t *suppressed) {
+  if (l->last_ns && now_ns - l->last_ns < interval_ns) {
+    l->suppressed++;
+    return 0;
+  }
+  *suppressed = l->suppressed;
+  l->suppressed = 0;
+  l->last_ns = now_ns ? now_ns : 1;
+  return 1;
+}
+
 static _Thread_local char num_bufs[8][24];
 static _Thread_local unsigned num_next;
 

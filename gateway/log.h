@@ -15,6 +15,17 @@
 typedef enum { GW_LOG_DEBUG = 0, GW_LOG_INFO, GW_LOG_WARN, GW_LOG_ERROR } gw_log_level_t;
 typedef enum { GW_LOG_LOGFMT = 0, GW_LOG_JSON } gw_log_format_t;
 
+/* Rate limit for a repeating event (a backend failing, items dropped): at most one line per interval;
+ * the line says how many were suppressed since the previous one. Not thread-safe: one per worker. */
+typedef struct gw_log_limit {
+  uint64_t last_ns;
+  uint64_t suppressed;
+} gw_log_limit_t;
+
+/* Returns 1 when the event may be logged now (and sets *suppressed to the number held back since the last
+ * logged one), 0 when it is counted and suppressed. now_ns: a monotonic clock (uv_hrtime). */
+int gw_log_limit_take(gw_log_limit_t *l, uint64_t now_ns, uint64_t interval_ns, uint64_t *suppressed);
+
 void gw_log_setup(gw_log_level_t level, gw_log_format_t format);
 int gw_log_enabled(gw_log_level_t level);
 void gw_log(gw_log_level_t level, const char *msg, ...) __attribute__((sentinel));

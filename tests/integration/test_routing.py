@@ -231,9 +231,13 @@ def test_backend_request_timeout():
 def test_backend_refusing_connections_gives_503():
     g = Gateway(gateway_config(backends=["http://127.0.0.1:9"]))
     try:
-        st, h, body = http_request(g.port, "POST", "/v1/traces", trace_request(5, 2), PB)
-        assert st == 503, st
-        assert g.metric('otlp_gateway_backend_requests_total{backend="http://127.0.0.1:9",outcome="error"}') >= 1
+        for _ in range(20):
+            st, h, body = http_request(g.port, "POST", "/v1/traces", trace_request(5, 2), PB)
+            assert st == 503, st
+        assert g.metric('otlp_gateway_backend_requests_total{backend="http://127.0.0.1:9",outcome="error"}') == 20
+        # one log line for the repeated failure, not one per request (the rest are counted for the next line)
+        g.wait_line(r'msg="backend request failed" backend=http://127.0.0.1:9 error=ECONNREFUSED')
+        assert sum("backend request failed" in ln for ln in g.err) == 1, g.err[-5:]
     finally:
         g.stop()
 

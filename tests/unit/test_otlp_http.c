@@ -1,6 +1,7 @@
 /* gateway/otlp_http: content negotiation, gzip (incl. bombs and multi-member), Status bodies, item counts. */
 #include <libdeflate.h>
 
+#include "gateway/log.h"
 #include "gateway/metrics.h"
 #include "gateway/otlp_http.h"
 #include "google/rpc/status.pb-c.h"
@@ -182,6 +183,20 @@ TEST(metrics_render_has_help_and_type) {
   CHECK_CONTAINS(text, "otlp_gateway_request_duration_seconds_count 3");
   CHECK_CONTAINS(text, "process_resident_memory_bytes ");
   free(text);
+}
+
+TEST(log_rate_limit) {
+  gw_log_limit_t l = {0, 0};
+  uint64_t held = 99;
+  const uint64_t s = 1000000000ull;
+  CHECK_EQ_INT(gw_log_limit_take(&l, 5 * s, 10 * s, &held), 1);
+  CHECK_EQ_INT(held, 0);
+  CHECK_EQ_INT(gw_log_limit_take(&l, 6 * s, 10 * s, &held), 0);
+  CHECK_EQ_INT(gw_log_limit_take(&l, 14 * s, 10 * s, &held), 0);
+  CHECK_EQ_INT(gw_log_limit_take(&l, 15 * s, 10 * s, &held), 1); /* one interval later: two held back */
+  CHECK_EQ_INT(held, 2);
+  CHECK_EQ_INT(gw_log_limit_take(&l, 26 * s, 10 * s, &held), 1);
+  CHECK_EQ_INT(held, 0);
 }
 
 TEST_MAIN()
