@@ -68,8 +68,13 @@ curl_metrics >"$work/metrics.txt"
 
 echo "== 4/4 results"
 python3 - "$work" "$SINK1_PORT" "$SINK2_PORT" "$SINK3_PORT" <<'PY'
-import collections, json, os, sys, urllib.request
+import collections, json, os, re, sys, urllib.request
 work, ports = sys.argv[1], sys.argv[2:]
+health = {}
+for ln in open(os.path.join(work, "metrics.txt")):
+    m = re.match(r'otlp_gateway_backend_up\{backend="http://127\.0\.0\.1:(\d+)"\} (\d+)', ln)
+    if m:
+        health[m.group(1)] = "up" if m.group(2) == "1" else "down"
 
 def result(path):
     for ln in open(path):
@@ -91,7 +96,8 @@ print("   otlp-load -> gateway: %s requests in %ss (%s spans/s, p50 %s ms, p99 %
     via.get("requests"), via.get("elapsed_s"), via.get("spans_per_s"), via.get("p50_ms"), via.get("p99_ms"),
     codes or "none"))
 print()
-print("   %-8s %-16s %10s %10s %10s %8s" % ("backend", "address", "requests", "spans", "traces", "share"))
+print("   %-8s %-16s %10s %10s %10s %8s  %s" % ("backend", "address", "requests", "spans", "traces", "share",
+                                           "health"))
 owners = collections.defaultdict(set)
 per_sink = []
 for i, port in enumerate(ports, 1):
@@ -102,8 +108,8 @@ for i, port in enumerate(ports, 1):
     per_sink.append((i, port, st, tr))
 total = sum(sum(tr.values()) for _, _, _, tr in per_sink) or 1
 for i, port, st, tr in per_sink:
-    print("   %-8s %-16s %10d %10d %10d %7.1f%%" % ("sink %d" % i, "127.0.0.1:" + port, st["traces"]["requests"],
-          st["traces"]["items"], len(tr), 100.0 * sum(tr.values()) / total))
+    print("   %-8s %-16s %10d %10d %10d %7.1f%%  %s" % ("sink %d" % i, "127.0.0.1:" + port, st["traces"]["requests"],
+          st["traces"]["items"], len(tr), 100.0 * sum(tr.values()) / total, health.get(port, "?")))
 split = [t for t, s in owners.items() if len(s) > 1]
 acked = traces(os.path.join(work, "acked.traces"))
 got = collections.Counter()
