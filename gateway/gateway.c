@@ -377,6 +377,7 @@ static void telemetry_on_request(hs_request_t *req, void *ud) {
   } else if (hs_slice_eq(req->path, "/metrics")) {
     gw_metrics_gauges_t g = {0};
     g.client_connections = hs_server_stats(app->ingest)->connections_open;
+    g.client_connections_rejected = hs_server_stats(app->ingest)->connections_rejected;
     gw_backend_view_t views[app->n_backends ? app->n_backends : 1];
     for (size_t i = 0; i < app->n_backends; i++) {
       const be_stats_t *bs = be_pool_stats(app->backends[i].pool);

@@ -101,7 +101,7 @@ static void render_histogram(sb_t *b, const char *name, const char *labels, cons
 
 static void render_backends(sb_t *b, const gw_metrics_gauges_t *g) {
   size_t n = g ? g->n_backends : 0;
-  header(b, "backend_up", "gauge", "1 when the backend is in the ring, 0 when it is down.");
+  header(b, "backend_up", "gauge", "1 while the backend is in the routing ring (every configured backend until health checks exist), 0 when down.");
   for (size_t i = 0; i < n; i++)
     sb_printf(b, "otlp_gateway_backend_up{backend=\"%s\"} %d\n", g->backends[i].endpoint, g->backends[i].up);
   header(b, "backend_items_total", "counter", "Items delivered to a backend (answered 2xx), by signal.");
@@ -167,13 +167,28 @@ static void render_process(sb_t *b) {
                "# TYPE process_open_fds gauge\nprocess_open_fds %ld\n", fds);
   sb_printf(b, "# HELP process_max_fds Maximum number of open file descriptors.\n"
                "# TYPE process_max_fds gauge\nprocess_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+  /* Start time: /proc/self/stat field 22 (clock ticks after boot) plus the boot time from /proc/stat. */
   static double start_time;
   if (start_time == 0) {
-    /* Process start from /proc/self/stat field 22 (clock ticks after boot) would be exact; the first
-     * scrape's idea of "now minus uptime of the process" is close enough and needs no parsing. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    start_time = (double)ts.tv_sec;
+    char buf[1024];
+    unsigned long long ticks = 0, btime = 0;
+    FILE *st = fopen("/proc/self/stat", "r");
+    if (st) {
+      size_t n = fread(buf, 1, sizeof buf - 1, st);
+      buf[n] = 0;
+      fclose(st);
+      const char *p = strrchr(buf, ')'); /* the command name may hold spaces; fields restart after it */
+      for (int field = 2; p && *p && field < 22; p++)
+        if (*p == ' ') field++;
+      if (p) ticks = strtoull(p, NULL, 10);
+    }
+    FILE *ps = fopen("/proc/stat", "r");
+    if (ps) {
+      while (fgets(buf, sizeof buf, ps))
+        if (sscanf(buf, "btime %llu", &btime) == 1) break;
+      fclose(ps);
+    }
+    start_time = (double)btime + (double)ticks / (double)sysconf(_SC_CLK_TCK);
   }
   sb_printf(b, "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
                "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.0f\n", start_time);
@@ -203,7 +218,8 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
   header(&b, "requests_total", "counter", "OTLP/HTTP requests answered, by signal and HTTP status code.");
   for (int s = 0; s < GW_N_SIGNAL_LABELS; s++)
     for (int c = 0; c < GW_N_CODES; c++) {
-      if (!sum.requests[s][c] && c != GW_CODE_200) continue;
+      /* Zero series exist from the start for 200 of each signal, so rate() sees the first request. */
+      if (!sum.requests[s][c] && !(c == GW_CODE_200 && s != GW_SIGNAL_NONE)) continue;
       if (c == GW_CODE_OTHER)
         sb_printf(&b, "otlp_gateway_requests_total{signal=\"%s\",code=\"other\"} %" PRIu64 "\n", signal_labels[s],
                   sum.requests[s][c]);
@@ -212,7 +228,7 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
                   status_codes[c], sum.requests[s][c]);
     }
 
-  header(&b, "received_items_total", "counter", "Spans, log records and metric data points received in valid requests.");
+  header(&b, "received_items_total", "counter", "Items received in valid requests: spans, log records, and for metrics Metric records.");
   for (int s = 0; s < OTLP_N_SIGNALS; s++)
     sb_printf(&b, "otlp_gateway_received_items_total{signal=\"%s\"} %" PRIu64 "\n", signal_labels[s],
               sum.received_items[s]);
@@ -236,6 +252,8 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
   header(&b, "connections", "gauge", "Open connections, by side (client: ingest; backend: to collectors).");
   sb_printf(&b, "otlp_gateway_connections{side=\"client\"} %" PRIu64 "\n", g ? g->client_connections : 0);
   sb_printf(&b, "otlp_gateway_connections{side=\"backend\"} %" PRIu64 "\n", g ? g->backend_connections : 0);
+  header(&b, "connections_rejected_total", "counter", "Client connections turned away over server.max_connections.");
+  sb_printf(&b, "otlp_gateway_connections_rejected_total %" PRIu64 "\n", g ? g->client_connections_rejected : 0);
 
   render_process(&b);
   if (b.oom) {

@@ -66,6 +66,7 @@ typedef struct gw_metrics {
 /* Gauges owned by other modules, read at scrape time. */
 typedef struct gw_metrics_gauges {
   uint64_t client_connections;
+  uint64_t client_connections_rejected;
   uint64_t backend_connections;
   uint64_t ring_backends;
   uint64_t ring_rebuilds;

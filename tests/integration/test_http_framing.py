@@ -134,6 +134,7 @@ def test_max_connections():
     st, h, body = extra.read_response()
     assert st == 503 and b"too many connections" in body, (st, body)
     extra.close()
+    assert g.metric("otlp_gateway_connections_rejected_total") == 1
     for c in conns:
         c.close()
     wait_client_connections(g, 0)
