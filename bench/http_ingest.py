@@ -4,7 +4,8 @@ flight per connection) into
   - nginx (peer): one worker, `return 200` — a mature C HTTP/1.1 server that reads and discards the body;
   - otlp-sink --no-decode: our server layer (gateway/http_server) answering 200 without looking at the body;
   - otlp-sink: the same plus protobuf-c decoding and counting of every span (what tests use);
-  - otlp-gateway: ingest as it stands (gzip/validation, answers 503 until routing exists).
+  - otlp-gateway: ingest, wire scan and split, with its one backend refusing connections (answers 503);
+    for routing to live backends see bench/routing.py.
 Each target runs alone on 127.0.0.1, in rounds, so every ratio compares runs made minutes apart on the
 same machine. Reports requests/s, server CPU microseconds per request (utime+stime from /proc) and latency.
 
@@ -21,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import cpu_seconds, parse_result
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--build", default="build")
 ap.add_argument("--rounds", type=int, default=3)
@@ -30,7 +33,6 @@ ap.add_argument("--spans", type=int, default=100)
 a = ap.parse_args()
 B = a.build
 TMP = tempfile.mkdtemp(prefix="otlpgw-bench-")
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port():
@@ -39,15 +41,6 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
-
-
-def cpu_seconds(pids):
-    total = 0
-    for pid in pids:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICK
 
 
 def wait_port(port, timeout=10):
@@ -120,8 +113,7 @@ def run_one(start):
     finally:
         p.terminate()
         p.wait(timeout=10)
-    line = [ln for ln in cp.stdout.splitlines() if ln.startswith("RESULT ")][0]
-    r = dict(kv.split("=", 1) for kv in line[7:].split())
+    r = parse_result(cp.stdout)
     n = float(r["requests"])
     return {"rps": float(r["rps"]), "cpu_us": (c1 - c0) / n * 1e6 if n else 0, "p50": float(r["p50_ms"]),
             "p99": float(r["p99_ms"]), "codes": " ".join(k for k in r if k.startswith("status_")),

@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 import time
 
+from benchlib import cpu_seconds, parse_result
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--build", default="build")
 ap.add_argument("--rounds", type=int, default=3)
@@ -26,13 +28,6 @@ ap.add_argument("--gzip", action="store_true")
 a = ap.parse_args()
 B = a.build
 TMP = tempfile.mkdtemp(prefix="otlpgw-bench-")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def port_of(p, rx_prefix):
@@ -56,8 +51,7 @@ def load(url):
     if a.gzip:
         args += ["--gzip", "--gzip-level", "1"]
     cp = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    line = [ln for ln in cp.stdout.splitlines() if ln.startswith("RESULT ")][0]
-    return {k: float(v) for k, v in (kv.split("=", 1) for kv in line[7:].split()) if v.replace(".", "").isdigit()}
+    return {k: float(v) for k, v in parse_result(cp.stdout).items() if v.replace(".", "").isdigit()}
 
 
 rows = {"direct": [], "gateway": []}
@@ -76,9 +70,9 @@ for rnd in range(a.rounds):
     g = subprocess.Popen([B + "/otlp-gateway", "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True)
     gport = port_of(g, "gw")
-    c0 = cpu_seconds(g.pid)
+    c0 = cpu_seconds([g.pid])
     r = load("http://127.0.0.1:%d" % gport)
-    c1 = cpu_seconds(g.pid)
+    c1 = cpu_seconds([g.pid])
     g.terminate()
     g.wait()
     for s, _ in sinks:
