@@ -5,6 +5,15 @@
  * status), optionally after a delay; counts requests, items and bytes per signal; can append every
  * received trace_id with its span count to a file ("<32 hex> <count>" per trace per request), so tests can
  * check where each trace went. GET / is a health check (200); GET /stats returns the counters as JSON.
+ * Trace records are written and flushed before the 200 is sent, so a kill -9 never loses an acknowledged one.
+ *
+ * GET /control?status=CODE&retry_after=S&hang=0|1 changes the behaviour while running (for fault-injection
+ * tests) and answers the new state as JSON; GET /control alone just reports it. status is answered to every
+ * OTLP POST (200 = normal); retry_after adds Retry-After: S to non-200 answers (0 = none). hang=1 turns the
+ * sink into a black hole: OTLP POSTs and health checks (any GET but /control and /stats) are accepted but
+ * never answered (nor recorded); hang=0 answers every held request with 503. A 500 ms sweep answers (and so
+ * frees) held requests whose client is gone as far as hs_request_gone() knows; SIGTERM/SIGINT answer all held
+ * requests before the server shuts down. /control and /stats are always answered at once.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -35,8 +44,22 @@ typedef struct sink {
   uint64_t bytes[OTLP_N_SIGNALS];
   uint64_t rejected;     /* answered with a non-200 status */
   uint64_t invalid;      /* 400: bad gzip or protobuf */
+  int hang;              /* 1: hold OTLP POSTs and health checks unanswered (GET /control?hang=1) */
+  int stopping;          /* a signal arrived: nothing more is held */
+  struct held *held;     /* requests held by hang mode, answered by hang=0, the sweep or shutdown */
+  size_t n_held, cap_held;
+  uint64_t held_total;   /* requests ever held */
+  uv_timer_t sweep;      /* every SWEEP_MS: answers held requests whose client is gone, so they are freed */
   uv_signal_t sig_term, sig_int;
 } sink_t;
+
+#define SWEEP_MS 500
+
+typedef struct held {
+  hs_request_t *req;
+  int otlp;              /* 1: an OTLP POST (answered with a Status body), 0: a health check */
+  otlp_encoding_t enc;
+} held_t;
 
 typedef struct delayed {
   uv_timer_t timer;
@@ -48,15 +71,21 @@ typedef struct delayed {
 
 static const char usage[] =
     "usage: otlp-sink [--listen HOST:PORT] [--status CODE] [--retry-after SECONDS] [--delay MS]\n"
-    "                 [--trace-file PATH] [--max-body SIZE]\n"
+    "                 [--trace-file PATH] [--max-body SIZE] [--no-decode] [--require-header 'NAME: VALUE']\n"
     "  --listen       address to listen on (default 127.0.0.1:0 = ephemeral; the bound address is printed)\n"
-    "  --status       answer every OTLP request with this status instead of 200 (e.g. 503)\n"
-    "  --retry-after  add Retry-After: SECONDS to non-200 answers\n"
+    "  --status       answer every OTLP request with this status instead of 200 (e.g. 503); initial value of\n"
+    "                 the control endpoint's status\n"
+    "  --retry-after  add Retry-After: SECONDS to non-200 answers (initial value of retry_after)\n"
     "  --delay        answer after MS milliseconds\n"
     "  --trace-file   append \"<trace_id hex> <span count>\" for every trace of every accepted request\n"
     "  --max-body     largest request body accepted (default 64MiB)\n"
     "  --no-decode    count requests and bytes only; answer 200 without decoding (HTTP-layer benchmarks)\n"
-    "  --require-header 'NAME: VALUE'  answer 401 to requests without exactly this header\n";
+    "  --require-header 'NAME: VALUE'  answer 401 to requests without exactly this header\n"
+    "HTTP: POST /v1/{traces,logs,metrics}; GET / (health, 200); GET /stats (counters, JSON);\n"
+    "  GET /control[?status=CODE][&retry_after=S][&hang=0|1]  change behaviour while running, answers the state\n"
+    "  as JSON: status for every OTLP POST (200..599), Retry-After for non-200 answers (0 = none), hang=1 holds\n"
+    "  OTLP POSTs and health checks unanswered (a black hole), hang=0 answers the held ones with 503.\n"
+    "  Unknown parameters or bad values -> 400. SIGTERM/SIGINT answer held requests (503) and exit.\n";
 
 static int cmp_id16(const void *a, const void *b) { return memcmp(a, b, 16); }
 
@@ -128,6 +157,143 @@ static void respond(sink_t *s, hs_request_t *req, int status, otlp_encoding_t en
   uv_timer_start(&d->timer, on_delay, s->delay_ms, 0);
 }
 
+/* ---- hang mode: held requests -------------------------------------------------------------------- */
+
+static void answer_held(sink_t *s, const held_t *h) {
+  s->rejected += h->otlp;
+  if (h->otlp) otlp_respond_status(h->req, h->enc, 503, "otlp-sink: released from hang mode", s->retry_after, NULL, 0);
+  else hs_respond(h->req, 503, "text/plain", NULL, 0, "hang\n", 5);
+}
+
+/* Holds req unanswered; 0, or -1 when out of memory (the caller answers it then). */
+static int hold(sink_t *s, hs_request_t *req, int otlp, otlp_encoding_t enc) {
+  if (s->n_held == s->cap_held) {
+    size_t cap = s->cap_held ? 2 * s->cap_held : 64;
+    held_t *n = realloc(s->held, cap * sizeof *n);
+    if (!n) return -1;
+    s->held = n;
+    s->cap_held = cap;
+  }
+  s->held[s->n_held++] = (held_t){req, otlp, enc};
+  s->held_total++;
+  return 0;
+}
+
+/* Answers held requests: all of them (all != 0) or only those whose client is gone. */
+static void release_held(sink_t *s, int all) {
+  size_t keep = 0;
+  for (size_t i = 0; i < s->n_held; i++) {
+    held_t h = s->held[i];
+    if (all || hs_request_gone(h.req)) answer_held(s, &h);
+    else s->held[keep++] = h;
+  }
+  s->n_held = keep;
+}
+
+static void on_sweep(uv_timer_t *t) { release_held(t->data, 0); }
+
+/* ---- GET /control ---------------------------------------------------------------------------------- */
+
+static void state_json(const sink_t *s, char *out, size_t cap) {
+  snprintf(out, cap, "{\"status\":%d,\"retry_after\":%u,\"hang\":%d,\"held\":%zu,\"held_total\":%" PRIu64 "}\n",
+           s->status, s->retry_after, s->hang, s->n_held, s->held_total);
+}
+
+/* Decimal digits only, value <= max; returns 0 and sets *v, or -1. */
+static int parse_uint(const char *p, size_t len, unsigned long max, unsigned long *v) {
+  unsigned long x = 0;
+  if (len == 0 || len > 9) return -1;
+  for (size_t i = 0; i < len; i++) {
+    if (p[i] < '0' || p[i] > '9') return -1;
+    x = x * 10 + (unsigned long)(p[i] - '0');
+  }
+  if (x > max) return -1;
+  *v = x;
+  return 0;
+}
+
+static void control_error(hs_request_t *req, const char *fmt, size_t len, const char *arg) {
+  char msg[400], buf[512];
+  snprintf(msg, sizeof msg, fmt, (int)(len > 200 ? 200 : len), arg);
+  for (char *c = msg; *c; c++)  /* keep the JSON valid whatever the client sent */
+    if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
+  snprintf(buf, sizeof buf, "{\"error\":\"%s\"}\n", msg);
+  hs_respond(req, 400, "application/json", NULL, 0, buf, strlen(buf));
+}
+
+/* The query string of req: the server strips it from req->path but stores the request target first in the
+ * request's header buffer, followed by the header names and values; so the query runs from the end of the
+ * path to the first header's name. Without any header its end is unknown: *len = (size_t)-1. */
+static const char *query_of(const hs_request_t *req, size_t *len) {
+  *len = 0;
+  const char *p = req->path.base + req->path.len;
+  if (req->n_headers == 0) {
+    *len = (size_t)-1;
+    return NULL;
+  }
+  const char *end = req->headers[0].name.base;
+  if (end <= p || *p != '?') return NULL;
+  size_t n = 1;
+  while (p + n < end && p[n] != '#') n++;
+  *len = n - 1;
+  return p + 1;
+}
+
+static void on_control(sink_t *s, hs_request_t *req) {
+  size_t qlen;
+  const char *q = query_of(req, &qlen);
+  if (qlen == (size_t)-1) {
+    control_error(req, "%.*sno headers: cannot find the end of the query string", 0, "");
+    return;
+  }
+  long status = -1, retry_after = -1, hang = -1;
+  for (size_t i = 0; i < qlen;) {
+    size_t j = i;
+    while (j < qlen && q[j] != '&') j++;
+    const char *kv = q + i, *eq = memchr(kv, '=', j - i);
+    size_t klen = eq ? (size_t)(eq - kv) : j - i, vlen = eq ? (size_t)(q + j - eq - 1) : 0;
+    const char *v = eq ? eq + 1 : "";
+    unsigned long x;
+    if (j == i) {
+      /* empty pair ("a=1&&b=2"): ignored */
+    } else if (klen == 6 && memcmp(kv, "status", 6) == 0) {
+      if (parse_uint(v, vlen, 599, &x) != 0 || x < 200) {
+        control_error(req, "status wants 200..599, not '%.*s'", vlen, v);
+        return;
+      }
+      status = (long)x;
+    } else if (klen == 11 && memcmp(kv, "retry_after", 11) == 0) {
+      if (parse_uint(v, vlen, 86400, &x) != 0) {
+        control_error(req, "retry_after wants seconds 0..86400, not '%.*s'", vlen, v);
+        return;
+      }
+      retry_after = (long)x;
+    } else if (klen == 4 && memcmp(kv, "hang", 4) == 0) {
+      if (parse_uint(v, vlen, 1, &x) != 0) {
+        control_error(req, "hang wants 0 or 1, not '%.*s'", vlen, v);
+        return;
+      }
+      hang = (long)x;
+    } else {
+      control_error(req, "unknown parameter '%.*s' (status, retry_after, hang)", klen, kv);
+      return;
+    }
+    i = j + 1;
+  }
+  /* every parameter was valid: apply them together */
+  if (status >= 0) s->status = (int)status;
+  if (retry_after >= 0) s->retry_after = (unsigned)retry_after;
+  if (hang == 0 && s->hang) {
+    s->hang = 0;
+    release_held(s, 1);
+  } else if (hang == 1) {
+    s->hang = 1;
+  }
+  char buf[256];
+  state_json(s, buf, sizeof buf);
+  hs_respond(req, 200, "application/json", NULL, 0, buf, strlen(buf));
+}
+
 static void stats_json(sink_t *s, char *out, size_t cap) {
   int n = snprintf(out, cap, "{");
   for (int i = 0; i < OTLP_N_SIGNALS; i++)
@@ -143,6 +309,10 @@ static void on_request(hs_request_t *req, void *ud) {
       char buf[1024];
       stats_json(s, buf, sizeof buf);
       hs_respond(req, 200, "application/json", NULL, 0, buf, strlen(buf));
+    } else if (hs_slice_eq(req->path, "/control")) {
+      on_control(s, req);
+    } else if (s->hang && !s->stopping && hold(s, req, 0, OTLP_ENC_PROTOBUF) == 0) {
+      /* black hole: the health check is never answered */
     } else {
       hs_respond(req, 200, "text/plain", NULL, 0, "ok\n", 3);
     }
@@ -155,6 +325,7 @@ static void on_request(hs_request_t *req, void *ud) {
     otlp_respond_status(req, renc, sig < 0 ? 404 : 405, "otlp-sink: POST /v1/{traces,logs,metrics}", 0, NULL, 0);
     return;
   }
+  if (s->hang && !s->stopping && hold(s, req, 1, renc) == 0) return; /* black hole: neither answered nor recorded */
   if (s->require_name) {
     const hs_slice_t *h = hs_request_header(req, s->require_name);
     size_t vl = strlen(s->require_value);
@@ -210,6 +381,7 @@ static void on_request(hs_request_t *req, void *ud) {
 
 static void on_closed_done(void *ud) {
   sink_t *s = ud;
+  uv_close((uv_handle_t *)&s->sweep, NULL);
   uv_close((uv_handle_t *)&s->sig_term, NULL);
   uv_close((uv_handle_t *)&s->sig_int, NULL);
 }
@@ -218,6 +390,10 @@ static void on_signal(uv_signal_t *h, int signum) {
   sink_t *s = h->data;
   uv_signal_stop(&s->sig_term);
   uv_signal_stop(&s->sig_int);
+  s->stopping = 1;
+  s->hang = 0;
+  uv_timer_stop(&s->sweep);
+  release_held(s, 1); /* else their connections would keep the shutdown waiting forever */
   hs_server_shutdown(s->srv, on_closed_done, s);
 }
 
@@ -297,12 +473,16 @@ int main(int argc, char **argv) {
   s.sig_term.data = s.sig_int.data = &s;
   uv_signal_start(&s.sig_term, on_signal, SIGTERM);
   uv_signal_start(&s.sig_int, on_signal, SIGINT);
+  uv_timer_init(s.loop, &s.sweep);
+  s.sweep.data = &s;
+  uv_timer_start(&s.sweep, on_sweep, SWEEP_MS, SWEEP_MS);
   uv_run(s.loop, UV_RUN_DEFAULT);
   char buf[1024];
   stats_json(&s, buf, sizeof buf);
   printf("%s", buf);
   hs_server_destroy(s.srv);
   if (s.trace_file) fclose(s.trace_file);
+  free(s.held);
   uv_loop_close(s.loop);
   return 0;
 }

@@ -2,6 +2,7 @@
 #include "gateway/backend.h"
 
 #include <llhttp.h>
+#include <strings.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,8 @@ struct be_conn {
   int reused;              /* carried a request before: a failure may be a stale keep-alive */
   int got_bytes;           /* response bytes seen for the current request */
   int tcp_inited;
+  uint32_t retry_after;    /* Retry-After of the current response, seconds */
+  int in_retry_after;      /* parsing the Retry-After header's value */
   uint8_t *body;
   size_t body_len;
   char read_buf[16384];
@@ -67,6 +70,7 @@ struct be_pool {
   uint32_t n_conns, n_opening;
   be_stats_t stats;
   int destroying;
+  int cancelling;
   int refs;                /* live conns + live requests + 1 until destroy */
   llhttp_settings_t settings;
 };
@@ -98,14 +102,18 @@ static void on_req_timer_closed(uv_handle_t *h) {
 }
 
 /* Completes r once: runs the callback, then frees r when its timer handle has closed. */
-static void req_finish(be_req_t *r, int status, const uint8_t *body, size_t len) {
+static void req_finish_ra(be_req_t *r, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
   if (r->done) return;
   r->done = 1;
   if (r->conn) r->conn->req = NULL;
   r->conn = NULL;
   uv_timer_stop(&r->timer);
-  r->cb(r->ud, status, body, len);
+  r->cb(r->ud, status, body, len, retry_after);
   uv_close((uv_handle_t *)&r->timer, on_req_timer_closed);
+}
+
+static void req_finish(be_req_t *r, int status, const uint8_t *body, size_t len) {
+  req_finish_ra(r, status, body, len, 0);
 }
 
 static void queue_push(be_pool_t *p, be_req_t *r, int front) {
@@ -253,6 +261,24 @@ static int on_body(llhttp_t *h, const char *at, size_t len) {
 
 static int on_message_complete(llhttp_t *h) { return HPE_PAUSED; }
 
+static int on_header_field(llhttp_t *h, const char *at, size_t len) {
+  be_conn_t *c = h->data;
+  c->in_retry_after = len == 11 && strncasecmp(at, "Retry-After", 11) == 0;
+  return 0;
+}
+
+/* Retry-After in its delta-seconds form; an HTTP-date is ignored (0), as are absurd values (capped). */
+static int on_header_value(llhttp_t *h, const char *at, size_t len) {
+  be_conn_t *c = h->data;
+  if (!c->in_retry_after) return 0;
+  uint32_t v = 0;
+  size_t i = 0;
+  while (i < len && at[i] == ' ') i++;
+  for (; i < len && at[i] >= '0' && at[i] <= '9'; i++) v = v > 86400 ? v : v * 10 + (uint32_t)(at[i] - '0');
+  c->retry_after = v > 86400 ? 86400 : v;
+  return 0;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   be_conn_t *c = s->data;
   be_pool_t *p = c->pool;
@@ -287,7 +313,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   be_req_t *r = c->req;
-  req_finish(r, status, c->body, c->body_len);
+  req_finish_ra(r, status, c->body, c->body_len, c->retry_after);
   c->body_len = 0;
   if (!keep || p->destroying) {
     conn_close(c);
@@ -316,6 +342,8 @@ static void conn_assign(be_conn_t *c, be_req_t *r) {
   c->req = r;
   c->got_bytes = 0;
   c->body_len = 0;
+  c->retry_after = 0;
+  c->in_retry_after = 0;
   r->conn = c;
   llhttp_init(&c->parser, HTTP_RESPONSE, &p->settings);
   c->parser.data = c;
@@ -440,13 +468,15 @@ int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out
   llhttp_settings_init(&p->settings);
   p->settings.on_body = on_body;
   p->settings.on_message_complete = on_message_complete;
+  p->settings.on_header_field = on_header_field;
+  p->settings.on_header_value = on_header_value;
   *out = p;
   return 0;
 }
 
 int be_send(be_pool_t *p, const char *path, const char *content_type, const char *content_encoding,
             const struct iovec *iov, size_t n_iov, be_done_cb cb, void *ud) {
-  if (p->destroying) return UV_ECANCELED;
+  if (p->destroying || p->cancelling) return UV_ECANCELED;
   size_t body_len = 0;
   for (size_t i = 0; i < n_iov; i++) body_len += iov[i].iov_len;
   size_t cap = 256 + strlen(path) + strlen(p->host_header) + strlen(content_type) +
@@ -486,9 +516,8 @@ int be_send(be_pool_t *p, const char *path, const char *content_type, const char
   return 0;
 }
 
-void be_pool_destroy(be_pool_t *p) {
-  if (!p || p->destroying) return;
-  p->destroying = 1;
+/* Fails everything queued and in flight with UV_ECANCELED and closes every connection. */
+static void fail_all(be_pool_t *p) {
   for (be_req_t *r; (r = queue_pop(p)) != NULL;) req_finish(r, UV_ECANCELED, NULL, 0);
   while (p->conns) {
     be_conn_t *c = p->conns;
@@ -500,5 +529,18 @@ void be_pool_destroy(be_pool_t *p) {
     }
     conn_close(c);
   }
+}
+
+void be_pool_cancel(be_pool_t *p) {
+  if (!p || p->destroying || p->cancelling) return;
+  p->cancelling = 1;
+  fail_all(p);
+  p->cancelling = 0;
+}
+
+void be_pool_destroy(be_pool_t *p) {
+  if (!p || p->destroying) return;
+  p->destroying = 1;
+  fail_all(p);
   pool_unref(p);
 }

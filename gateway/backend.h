@@ -33,8 +33,8 @@ typedef struct be_pool_config {
 
 /* status: the HTTP status (>= 100), or a negative libuv error (UV_ECONNREFUSED, UV_ETIMEDOUT,
  * UV_ECONNRESET, UV_EOF, UV_ECANCELED, ...). body: the response body (up to 64 KiB kept), valid only during
- * the call. */
-typedef void (*be_done_cb)(void *ud, int status, const uint8_t *body, size_t body_len);
+ * the call. retry_after_s: the response's Retry-After in seconds (delta-seconds form), 0 when absent. */
+typedef void (*be_done_cb)(void *ud, int status, const uint8_t *body, size_t body_len, uint32_t retry_after_s);
 
 typedef struct be_stats {
   uint64_t connections_open;
@@ -51,6 +51,11 @@ int be_send(be_pool_t *p, const char *path, const char *content_type, const char
             const struct iovec *iov, size_t n_iov, be_done_cb cb, void *ud);
 
 const be_stats_t *be_pool_stats(const be_pool_t *p);
+
+/* Fails every queued and in-flight request now with UV_ECANCELED and closes every connection; the pool
+ * stays usable (the backend was marked down: what it held is re-routed by the caller). Callbacks run
+ * inside this call; be_send to this pool from them fails with UV_ECANCELED. */
+void be_pool_cancel(be_pool_t *p);
 
 /* Fails queued and in-flight requests with UV_ECANCELED, closes every connection, and frees the pool once
  * all handles are closed (after the loop runs). */

@@ -23,33 +23,28 @@
 #include "gateway/log.h"
 #include "gateway/metrics.h"
 #include "gateway/otlp_http.h"
+#include "gateway/upstream.h"
 
 #define NO_BACKEND_RETRY_AFTER_S 5
 #define BACKEND_RETRY_AFTER_S 1
-
-#define LOG_REPEAT_NS (10ull * 1000 * 1000 * 1000) /* one line per backend and event kind per 10 s */
-
-typedef struct gw_backend {
-  char *endpoint;
-  be_pool_t *pool;
-  gw_backend_metrics_t m;
-  gw_log_limit_t log_failed;   /* "backend request failed" */
-  gw_log_limit_t log_rejected; /* "items dropped" reason=rejected */
-} gw_backend_t;
+#define QUEUE_FULL_RETRY_AFTER_S 1
+#define DRAIN_POLL_MS 20
 
 struct gw_app {
   uv_loop_t *loop;
-  cfg_t cfg;
-  gw_backend_t *backends;
-  size_t n_backends;
-  bl_ring_t *ring;       /* current snapshot; members' ud are gw_backend_t* */
-  uint64_t ring_rebuilds;
+  cfg_t *cfg;
+  us_set_t *up;          /* backends, health, ring, retry queues */
+  bl_ring_t *validation_ring; /* one stand-in member: validates requests while no backend is up */
   hs_server_t *ingest;
   hs_server_t *telemetry;
   gw_metrics_t metrics; /* one worker for now */
-  uv_timer_t shutdown_timer;
-  int shutdown_timer_live;
-  int pending_servers;
+  uv_timer_t shutdown_timer; /* server.shutdown_timeout */
+  uv_timer_t drain_timer;    /* polls the retry queues while draining */
+  int timers_live;
+  int shutting_down;
+  int ingest_closed;
+  int deadline_passed;
+  int finished;
   void (*done)(void *);
   void *done_ud;
 };
@@ -65,7 +60,7 @@ typedef union {
 } req_facts_t;
 
 static int bearer_ok(const gw_app_t *app, const hs_request_t *req) {
-  size_t n = app->cfg.server.auth.n_bearer_tokens;
+  size_t n = app->cfg->server.auth.n_bearer_tokens;
   if (n == 0) return 1;
   const hs_slice_t *h = hs_request_header(req, "Authorization");
   if (!h || h->len < 7 || strncasecmp(h->base, "Bearer ", 7) != 0) return 0;
@@ -73,7 +68,7 @@ static int bearer_ok(const gw_app_t *app, const hs_request_t *req) {
   size_t tl = h->len - 7;
   int ok = 0;
   for (size_t i = 0; i < n; i++) {
-    const char *want = app->cfg.server.auth.bearer_tokens[i];
+    const char *want = app->cfg->server.auth.bearer_tokens[i];
     size_t wl = strlen(want);
     /* Constant time in the token's content for equal lengths. */
     unsigned char diff = (unsigned char)(wl != tl);
@@ -140,7 +135,8 @@ static int ingest_on_headers(hs_request_t *req, void *ud) {
 typedef struct fwd fwd_t;
 typedef struct fwd_part {
   fwd_t *f;
-  gw_backend_t *be;
+  us_backend_t *be;
+  uint32_t idx;          /* in f->split.parts: the plain bytes, for the retry queue */
   uint64_t items;
   uint64_t start_ns;
   uint8_t *gz;           /* backends.compression: gzip, the part compressed */
@@ -185,15 +181,14 @@ static void fwd_finish(fwd_t *f) {
   fwd_free(f);
 }
 
-static void on_part_done(void *ud, int status, const uint8_t *body, size_t len) {
+static void on_part_done(void *ud, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
   fwd_part_t *p = ud;
   fwd_t *f = p->f;
-  gw_backend_t *be = p->be;
+  us_backend_t *be = p->be;
+  bl_part_t *part = &f->split.parts[p->idx];
   int outcome = gw_outcome(status);
-  be->m.requests[outcome]++;
-  gw_histogram_observe(&be->m.duration, (double)(uv_hrtime() - p->start_ns) / 1e9);
+  us_part_end(be, f->sig, part->len, p->items, status, p->start_ns);
   if (outcome == GW_OUTCOME_SUCCESS) {
-    be->m.items[f->sig] += p->items;
     int64_t rej = 0;
     char msg[200];
     if (len && otlp_parse_partial_success(body, len, &rej, msg, sizeof msg) == 0 && (rej > 0 || msg[0])) {
@@ -204,26 +199,19 @@ static void on_part_done(void *ud, int status, const uint8_t *body, size_t len) 
     /* The backend refused the part as bad: retrying cannot help. Dropped, counted, reported. */
     f->rejected += (int64_t)p->items;
     f->app->metrics.dropped_items[f->sig][GW_DROP_REJECTED] += p->items;
-    uint64_t held;
-    if (gw_log_limit_take(&be->log_rejected, uv_hrtime(), LOG_REPEAT_NS, &held))
-      gw_log(GW_LOG_WARN, "items dropped", "reason", "rejected", "backend", be->endpoint, "signal",
-             otlp_signal(f->sig)->name, "status", gw_log_i64(status), "items", gw_log_u64(p->items),
-             "suppressed_since_last", gw_log_u64(held), NULL);
     if (!f->message[0])
-      snprintf(f->message, sizeof f->message, "backend %s rejected %llu %s with HTTP %d", be->endpoint,
+      snprintf(f->message, sizeof f->message, "backend %s rejected %llu %s with HTTP %d", us_backend_endpoint(be),
                (unsigned long long)p->items, otlp_signal(f->sig)->items, status);
-  } else { /* retryable: transport error, timeout, 429/502/503/504 */
-    uint64_t held;
-    if (gw_log_limit_take(&be->log_failed, uv_hrtime(), LOG_REPEAT_NS, &held))
-      gw_log(GW_LOG_WARN, "backend request failed", "backend", be->endpoint, "error",
-             status < 0 ? uv_err_name(status) : gw_log_i64(status), "client_answer", "503",
-             "suppressed_since_last", gw_log_u64(held), NULL);
+  } else if (us_part_failed(f->app->up, be, f->sig, part->iov, part->n_iov, p->items) != 0) {
+    /* Retryable, but it could not be queued (out of memory, or shutting down past the deadline): the
+     * client must send it again. */
     if (!f->retryable_failure) {
       f->retryable_failure = 1;
       if (status < 0)
-        snprintf(f->failure, sizeof f->failure, "backend %s unavailable: %s", be->endpoint, uv_strerror(status));
+        snprintf(f->failure, sizeof f->failure, "backend %s unavailable: %s", us_backend_endpoint(be),
+                 uv_strerror(status));
       else
-        snprintf(f->failure, sizeof f->failure, "backend %s answered HTTP %d", be->endpoint, status);
+        snprintf(f->failure, sizeof f->failure, "backend %s answered HTTP %d", us_backend_endpoint(be), status);
     }
   }
   if (--f->pending == 0) fwd_finish(f);
@@ -243,7 +231,7 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
   size_t len = req->body_len;
   uint8_t *plain = NULL;
   if (gzipped) {
-    int rc = otlp_gunzip(req->body, req->body_len, app->cfg.server.max_request_bytes, &plain, &len);
+    int rc = otlp_gunzip(req->body, req->body_len, app->cfg->server.max_request_bytes, &plain, &len);
     if (rc == OTLP_ETOOBIG) {
       answer(app, req, sig, enc, 413, "decompressed body exceeds server.max_request_bytes", 0, NULL, 0);
       return;
@@ -260,16 +248,16 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
     answer(app, req, sig, enc, 415, "OTLP/JSON is not routed yet: send application/x-protobuf", 0, NULL, 0);
     return;
   }
-  if (!app->ring || bl_ring_size(app->ring) == 0) {
-    free(plain);
-    answer(app, req, sig, enc, 503, "no backends available", NO_BACKEND_RETRY_AFTER_S, NULL, 0);
-    return;
-  }
+  /* With no backend up, the request is still validated and counted (on a one-member stand-in ring): an
+   * empty request is a 200 and a malformed one a 400 whatever the backends' state. */
+  bl_ring_t *ring = us_ring(app->up);
+  int no_backend = bl_ring_size(ring) == 0;
+  if (no_backend) ring = app->validation_ring;
   bl_route_t route = BL_ROUTE_TRACE_ID;
-  if (sig == OTLP_TRACES && app->cfg.routing.traces == CFG_ROUTE_SERVICE) route = BL_ROUTE_SERVICE;
-  if (sig == OTLP_LOGS && app->cfg.routing.logs == CFG_ROUTE_SERVICE) route = BL_ROUTE_SERVICE;
+  if (sig == OTLP_TRACES && app->cfg->routing.traces == CFG_ROUTE_SERVICE) route = BL_ROUTE_SERVICE;
+  if (sig == OTLP_LOGS && app->cfg->routing.logs == CFG_ROUTE_SERVICE) route = BL_ROUTE_SERVICE;
 
-  size_t n = bl_ring_size(app->ring);
+  size_t n = bl_ring_size(ring);
   fwd_t *f = calloc(1, sizeof *f + n * sizeof(fwd_part_t));
   if (!f) {
     free(plain);
@@ -281,7 +269,7 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
   f->sig = sig;
   f->enc = enc;
   f->plain = plain;
-  f->ring = app->ring;
+  f->ring = ring;
   bl_ring_ref(f->ring);
   bl_error_t err;
   int rc = bl_split(shapes[sig], route, body, len, f->ring, &f->split, &err);
@@ -301,6 +289,20 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
     answer(app, req, sig, enc, 200, NULL, 0, NULL, 0);
     return;
   }
+  if (no_backend) {
+    fwd_free(f);
+    answer(app, req, sig, enc, 503, "no backends available", NO_BACKEND_RETRY_AFTER_S, NULL, 0);
+    return;
+  }
+  const us_backend_t *full;
+  if (us_admit(app->up, f->ring, &f->split, &full) != 0) {
+    /* Refused whole before anything is forwarded, so the client's retry duplicates nothing. */
+    char msg[300];
+    snprintf(msg, sizeof msg, "queue full for backend %s: retry later", us_backend_endpoint(full));
+    fwd_free(f);
+    answer(app, req, sig, enc, 503, msg, QUEUE_FULL_RETRY_AFTER_S, NULL, 0);
+    return;
+  }
   const char *path = otlp_signal(sig)->path;
   const char *ctype = otlp_content_type(OTLP_ENC_PROTOBUF);
   uint64_t now = uv_hrtime();
@@ -311,6 +313,7 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
     fwd_part_t *fp = &f->parts[i];
     fp->f = f;
     fp->be = bl_ring_member_ud(f->ring, i);
+    fp->idx = i;
     fp->items = part->items;
     fp->start_ns = now;
     const struct iovec *iov = part->iov;
@@ -323,7 +326,7 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
       iov = &f->whole;
       n_iov = 1;
       ce = "gzip";
-    } else if (f->split.n_targets > 1 && app->cfg.backends.compression == CFG_COMPRESSION_GZIP) {
+    } else if (f->split.n_targets > 1 && app->cfg->backends.compression == CFG_COMPRESSION_GZIP) {
       /* A re-assembled part follows backends.compression. */
       size_t zl;
       if (otlp_gzip_iov(iov, n_iov, &fp->gz, &zl) == OTLP_OK) {
@@ -335,8 +338,9 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
       }
     }
     f->pending++;
-    int src = be_send(fp->be->pool, path, ctype, ce, iov, n_iov, on_part_done, fp);
-    if (src < 0) on_part_done(fp, src, NULL, 0);
+    us_part_begin(fp->be, part->len);
+    int src = be_send(us_backend_pool(fp->be), path, ctype, ce, iov, n_iov, on_part_done, fp);
+    if (src < 0) on_part_done(fp, src, NULL, 0, 0);
   }
   if (--f->pending == 0) fwd_finish(f);
 }
@@ -368,7 +372,7 @@ static void telemetry_on_request(hs_request_t *req, void *ud) {
     hs_respond(req, 200, "text/plain", NULL, 0, "ok\n", 3);
   } else if (hs_slice_eq(req->path, "/readyz")) {
     /* Ready means "can accept data": at least one backend in the ring. */
-    if (app->ring && bl_ring_size(app->ring) > 0) {
+    if (bl_ring_size(us_ring(app->up)) > 0) {
       hs_respond(req, 200, "text/plain", NULL, 0, "ready\n", 6);
     } else {
       static const char nr[] = "not ready: no backend is up\n";
@@ -378,18 +382,19 @@ static void telemetry_on_request(hs_request_t *req, void *ud) {
     gw_metrics_gauges_t g = {0};
     g.client_connections = hs_server_stats(app->ingest)->connections_open;
     g.client_connections_rejected = hs_server_stats(app->ingest)->connections_rejected;
-    gw_backend_view_t views[app->n_backends ? app->n_backends : 1];
-    for (size_t i = 0; i < app->n_backends; i++) {
-      const be_stats_t *bs = be_pool_stats(app->backends[i].pool);
-      views[i] = (gw_backend_view_t){app->backends[i].endpoint, &app->backends[i].m, 1, bs->queued_bytes, bs->retries};
-      g.backend_connections += bs->connections_open;
+    size_t nb = us_backend_count(app->up);
+    gw_backend_view_t *views = calloc(nb ? nb : 1, sizeof *views);
+    if (!views) {
+      hs_respond(req, 500, "text/plain", NULL, 0, "out of memory\n", 14);
+      return;
     }
     g.backends = views;
-    g.n_backends = app->n_backends;
-    g.ring_backends = app->ring ? bl_ring_size(app->ring) : 0;
-    g.ring_rebuilds = app->ring_rebuilds;
+    g.n_backends = us_backend_views(app->up, views, nb, &g.backend_connections);
+    g.ring_backends = bl_ring_size(us_ring(app->up));
+    g.ring_rebuilds = us_ring_rebuilds(app->up);
     char *text = NULL;
     size_t len = gw_metrics_render(&app->metrics, 1, &g, &text);
+    free(views);
     if (!len) {
       hs_respond(req, 500, "text/plain", NULL, 0, "out of memory\n", 14);
       return;
@@ -419,64 +424,30 @@ static int listen_on(hs_server_t *s, const char *hostport, const char *what, cha
   return 0;
 }
 
-/* Creates a connection pool per static backend and the first ring over all of them. Health checks are not
- * built yet, so every configured backend is in the ring. */
-static int start_backends(gw_app_t *app, char *err, size_t errlen) {
-  size_t n = app->cfg.backends.n_statics;
-  app->backends = calloc(n ? n : 1, sizeof *app->backends);
-  bl_ring_member_t *members = calloc(n ? n : 1, sizeof *members);
-  if (!app->backends || !members) {
-    free(members);
-    snprintf(err, errlen, "out of memory");
-    return -1;
-  }
-  for (size_t i = 0; i < n; i++) {
-    const cfg_backend_t *cb = &app->cfg.backends.statics[i];
-    gw_backend_t *be = &app->backends[i];
-    be_pool_config_t pc = {
-        .host = cb->host,
-        .port = cb->port,
-        .max_connections = app->cfg.backends.max_connections_per_backend,
-        .request_timeout_ms = app->cfg.backends.request_timeout_ms,
-        .headers = app->cfg.backends.headers,
-        .n_headers = app->cfg.backends.n_headers,
-    };
-    be->endpoint = cb->endpoint;
-    if (be_pool_create(app->loop, &pc, &be->pool) != 0) {
-      free(members);
-      snprintf(err, errlen, "out of memory");
-      return -1;
-    }
-    app->n_backends++;
-    members[i] = (bl_ring_member_t){cb->endpoint, cb->weight, be};
-  }
-  app->ring = bl_ring_create(members, n);
-  free(members);
-  if (!app->ring) {
-    snprintf(err, errlen, "cannot build the routing ring");
-    return -1;
-  }
-  app->ring_rebuilds++;
-  gw_log(GW_LOG_INFO, "ring built", "backends", gw_log_u64(n), NULL);
-  return 0;
-}
-
 int gw_app_start(uv_loop_t *loop, cfg_t *cfg, gw_app_t **out, char *err, size_t errlen) {
   gw_app_t *app = calloc(1, sizeof *app);
-  if (!app) {
+  cfg_t *owned = malloc(sizeof *owned);
+  if (!app || !owned) {
+    free(app);
+    free(owned);
     cfg_dispose(cfg);
     snprintf(err, errlen, "out of memory");
     return -1;
   }
   app->loop = loop;
-  app->cfg = *cfg;
+  *owned = *cfg;
   memset(cfg, 0, sizeof *cfg);
+  app->cfg = owned;
+  uv_timer_init(loop, &app->shutdown_timer);
+  uv_timer_init(loop, &app->drain_timer);
+  app->shutdown_timer.data = app->drain_timer.data = app;
+  app->timers_live = 1;
   hs_config_t ic = {
       .name = "ingest",
-      .max_body_bytes = app->cfg.server.max_request_bytes,
-      .max_connections = app->cfg.server.max_connections,
-      .read_timeout_ms = app->cfg.server.read_timeout_ms,
-      .idle_timeout_ms = app->cfg.server.idle_timeout_ms,
+      .max_body_bytes = app->cfg->server.max_request_bytes,
+      .max_connections = app->cfg->server.max_connections,
+      .read_timeout_ms = app->cfg->server.read_timeout_ms,
+      .idle_timeout_ms = app->cfg->server.idle_timeout_ms,
       .on_headers = ingest_on_headers,
       .on_request = ingest_on_request,
       .error_body = ingest_error_body,
@@ -491,93 +462,150 @@ int gw_app_start(uv_loop_t *loop, cfg_t *cfg, gw_app_t **out, char *err, size_t 
       .on_request = telemetry_on_request,
       .ud = app,
   };
-  if (start_backends(app, err, errlen) != 0) goto fail;
+  if (app->cfg->backends.queue.directory && app->cfg->backends.queue.directory[0])
+    gw_log(GW_LOG_WARN, "backends.queue.directory is not supported yet: retry queues are kept in memory", "directory",
+           app->cfg->backends.queue.directory, NULL);
+  static const bl_ring_member_t stand_in = {"validation", 1, NULL};
+  if (!(app->validation_ring = bl_ring_create(&stand_in, 1))) {
+    snprintf(err, errlen, "out of memory");
+    goto fail;
+  }
+  if (us_create(loop, app->cfg, &app->metrics, &app->up, err, errlen) != 0) goto fail;
   if (hs_server_create(loop, &ic, &app->ingest) != 0 || hs_server_create(loop, &tc, &app->telemetry) != 0) {
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
-  if (listen_on(app->ingest, app->cfg.server.listen, "server.listen", err, errlen) != 0) goto fail;
-  if (listen_on(app->telemetry, app->cfg.telemetry.listen, "telemetry.listen", err, errlen) != 0) goto fail;
+  if (listen_on(app->ingest, app->cfg->server.listen, "server.listen", err, errlen) != 0) goto fail;
+  if (listen_on(app->telemetry, app->cfg->telemetry.listen, "telemetry.listen", err, errlen) != 0) goto fail;
   gw_log(GW_LOG_INFO, "listening", "server", "ingest", "addr", hs_server_address(app->ingest), NULL);
   gw_log(GW_LOG_INFO, "listening", "server", "telemetry", "addr", hs_server_address(app->telemetry), NULL);
-  if (app->cfg.server.workers != 1)
-    gw_log(GW_LOG_INFO, "running one event loop", "workers_configured", gw_log_u64(app->cfg.server.workers),
+  if (app->cfg->server.workers != 1)
+    gw_log(GW_LOG_INFO, "running one event loop", "workers_configured", gw_log_u64(app->cfg->server.workers),
            "note", "multi-loop workers are not built yet", NULL);
   *out = app;
   return 0;
 fail:
-  /* Listeners that were opened are closed by running the loop once through the shutdown path. */
+  /* Whatever was opened is closed by running the loop once through the shutdown path. */
+  app->deadline_passed = 1;
   gw_app_shutdown(app, NULL, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
   gw_app_destroy(app);
   return -1;
 }
 
-static void server_done(void *ud) {
+/* ---- shutdown: stop accepting, answer in-flight requests, drain the retry queues, then close ----------- */
+
+static void telemetry_closed(void *ud) {
   gw_app_t *app = ud;
-  if (--app->pending_servers > 0) return;
-  /* Every client request has been answered, so no part is in flight any more. */
-  for (size_t i = 0; i < app->n_backends; i++) {
-    be_pool_destroy(app->backends[i].pool);
-    app->backends[i].pool = NULL;
-  }
-  if (app->shutdown_timer_live) {
-    uv_timer_stop(&app->shutdown_timer);
-    uv_close((uv_handle_t *)&app->shutdown_timer, NULL);
-    app->shutdown_timer_live = 0;
-  }
   if (app->done) app->done(app->done_ud);
+}
+
+static void finish(gw_app_t *app) {
+  if (app->finished) return;
+  app->finished = 1;
+  if (app->up) {
+    uint64_t left = us_pending_bytes(app->up);
+    if (left) gw_log(GW_LOG_WARN, "retry queues not drained by the shutdown deadline", "bytes", gw_log_u64(left), NULL);
+    us_destroy(app->up);
+    app->up = NULL;
+  }
+  if (app->timers_live) {
+    uv_close((uv_handle_t *)&app->shutdown_timer, NULL);
+    uv_close((uv_handle_t *)&app->drain_timer, NULL);
+    app->timers_live = 0;
+  }
+  if (app->telemetry) hs_server_shutdown(app->telemetry, telemetry_closed, app);
+  else telemetry_closed(app);
+}
+
+static void on_drain_poll(uv_timer_t *t);
+
+/* Once every client request is answered, waits for the retry queues to empty (or the deadline). */
+static void check_drained(gw_app_t *app) {
+  if (app->finished || !app->ingest_closed) return;
+  if (!app->up || app->deadline_passed || us_pending_bytes(app->up) == 0) {
+    finish(app);
+    return;
+  }
+  uv_timer_start(&app->drain_timer, on_drain_poll, DRAIN_POLL_MS, 0);
+}
+
+static void on_drain_poll(uv_timer_t *t) { check_drained(t->data); }
+
+static void ingest_closed(void *ud) {
+  gw_app_t *app = ud;
+  app->ingest_closed = 1;
+  if (app->up && us_pending_bytes(app->up))
+    gw_log(GW_LOG_INFO, "draining retry queues", "bytes", gw_log_u64(us_pending_bytes(app->up)), NULL);
+  check_drained(app);
 }
 
 static void on_shutdown_deadline(uv_timer_t *t) {
   gw_app_t *app = t->data;
-  gw_log(GW_LOG_WARN, "shutdown deadline reached, closing open connections", NULL);
-  if (app->ingest) hs_server_abort(app->ingest);
+  gw_log(GW_LOG_WARN, "shutdown deadline reached, closing open connections and dropping what is still queued", NULL);
+  app->deadline_passed = 1;
+  if (app->up) us_abandon(app->up);
+  if (app->ingest && !app->ingest_closed) hs_server_abort(app->ingest);
   if (app->telemetry) hs_server_abort(app->telemetry);
+  check_drained(app);
 }
 
 void gw_app_shutdown(gw_app_t *app, void (*done)(void *ud), void *ud) {
+  if (app->shutting_down) return;
+  app->shutting_down = 1;
   app->done = done;
   app->done_ud = ud;
-  app->pending_servers = (app->ingest != NULL) + (app->telemetry != NULL);
-  if (app->pending_servers == 0) {
-    if (done) done(ud);
-    return;
+  if (app->timers_live && !app->deadline_passed) {
+    uv_timer_start(&app->shutdown_timer, on_shutdown_deadline, app->cfg->server.shutdown_timeout_ms + 1, 0);
+    uv_unref((uv_handle_t *)&app->shutdown_timer);
   }
-  uv_timer_init(app->loop, &app->shutdown_timer);
-  app->shutdown_timer.data = app;
-  app->shutdown_timer_live = 1;
-  uv_timer_start(&app->shutdown_timer, on_shutdown_deadline, app->cfg.server.shutdown_timeout_ms + 1, 0);
-  uv_unref((uv_handle_t *)&app->shutdown_timer);
-  if (app->ingest) hs_server_shutdown(app->ingest, server_done, app);
-  if (app->telemetry) hs_server_shutdown(app->telemetry, server_done, app);
+  if (app->ingest) hs_server_shutdown(app->ingest, ingest_closed, app);
+  else ingest_closed(app);
 }
+
+/* ---- reload ---------------------------------------------------------------------------------------------- */
 
 void gw_app_reload(gw_app_t *app, const char *path) {
   if (!path) {
     gw_log(GW_LOG_WARN, "SIGHUP ignored: no config file to reload", NULL);
     return;
   }
-  cfg_t next;
+  if (app->shutting_down) return;
+  cfg_t *next = calloc(1, sizeof *next);
   char err[512];
-  if (cfg_load_file(&next, path, err, sizeof err) != 0) {
+  if (!next) return;
+  if (cfg_load_file(next, path, err, sizeof err) != 0) {
     gw_log(GW_LOG_ERROR, "config reload failed, keeping the running config", "error", err, NULL);
-    cfg_dispose(&next);
+    cfg_dispose(next);
+    free(next);
     return;
   }
-  /* Only the log settings apply live for now; listeners and backends are applied by the resilience issue. */
-  gw_log_setup((gw_log_level_t)next.telemetry.log_level, (gw_log_format_t)next.telemetry.log_format);
-  gw_log(GW_LOG_INFO, "config reloaded", "path", path, "applied", "telemetry.log_level,telemetry.log_format", NULL);
-  cfg_dispose(&next);
+  if (next->backends.n_statics == 0 && (!next->backends.dns.hostname || !next->backends.dns.hostname[0])) {
+    gw_log(GW_LOG_ERROR, "config reload failed, keeping the running config", "error",
+           "no backends: set backends.static or backends.dns.hostname", NULL);
+    cfg_dispose(next);
+    free(next);
+    return;
+  }
+  const cfg_t *old = app->cfg;
+  if (strcmp(old->server.listen, next->server.listen) || strcmp(old->telemetry.listen, next->telemetry.listen))
+    gw_log(GW_LOG_WARN, "listen addresses changed: they apply at the next restart", NULL);
+  gw_log_setup((gw_log_level_t)next->telemetry.log_level, (gw_log_format_t)next->telemetry.log_format);
+  /* Backends, health checks, retry, queue, routing and DNS settings apply now; the listeners' settings
+   * and existing backends' connection settings apply at restart (new backends get the new ones). */
+  us_apply_config(app->up, next);
+  app->cfg = next;
+  cfg_dispose((cfg_t *)old);
+  free((cfg_t *)old);
+  gw_log(GW_LOG_INFO, "config reloaded", "path", path, "backends", gw_log_u64(us_backend_count(app->up)), NULL);
 }
 
 void gw_app_destroy(gw_app_t *app) {
   if (!app) return;
-  for (size_t i = 0; i < app->n_backends; i++) be_pool_destroy(app->backends[i].pool);
-  free(app->backends);
-  bl_ring_unref(app->ring);
   hs_server_destroy(app->ingest);
   hs_server_destroy(app->telemetry);
-  cfg_dispose(&app->cfg);
+  bl_ring_unref(app->validation_ring);
+  if (app->cfg) cfg_dispose(app->cfg);
+  free(app->cfg);
   free(app);
 }

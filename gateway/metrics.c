@@ -26,7 +26,7 @@ static const int status_codes[] = {
 static const char *const signal_labels[GW_N_SIGNAL_LABELS] = {"traces", "logs", "metrics", "none"};
 static const char *const ce_labels[OTLP_N_CONTENT_ENCODINGS] = {"identity", "gzip"};
 static const char *const outcome_labels[GW_N_OUTCOMES] = {"success", "retryable", "rejected", "error"};
-static const char *const drop_labels[GW_N_DROP_REASONS] = {"rejected"};
+static const char *const drop_labels[GW_N_DROP_REASONS] = {"rejected", "expired", "shutdown", "malformed"};
 
 int gw_outcome(int status) {
   if (status < 0) return GW_OUTCOME_ERROR;
@@ -101,7 +101,7 @@ static void render_histogram(sb_t *b, const char *name, const char *labels, cons
 
 static void render_backends(sb_t *b, const gw_metrics_gauges_t *g) {
   size_t n = g ? g->n_backends : 0;
-  header(b, "backend_up", "gauge", "1 while the backend is in the routing ring (every configured backend until health checks exist), 0 when down.");
+  header(b, "backend_up", "gauge", "1 while the backend is healthy and in the routing ring, 0 while it is down (active checks failed `fall` times, or passively ejected).");
   for (size_t i = 0; i < n; i++)
     sb_printf(b, "otlp_gateway_backend_up{backend=\"%s\"} %d\n", g->backends[i].endpoint, g->backends[i].up);
   header(b, "backend_items_total", "counter", "Items delivered to a backend (answered 2xx), by signal.");
@@ -121,11 +121,11 @@ static void render_backends(sb_t *b, const gw_metrics_gauges_t *g) {
     snprintf(labels, sizeof labels, "backend=\"%s\",", g->backends[i].endpoint);
     render_histogram(b, "backend_request_duration_seconds", labels, &g->backends[i].m->duration);
   }
-  header(b, "backend_queue_bytes", "gauge", "Request bytes waiting for a connection to the backend.");
+  header(b, "backend_queue_bytes", "gauge", "Bytes held for the backend: its retry queue (retries in flight included) plus parts waiting for a connection.");
   for (size_t i = 0; i < n; i++)
     sb_printf(b, "otlp_gateway_backend_queue_bytes{backend=\"%s\"} %" PRIu64 "\n", g->backends[i].endpoint,
               g->backends[i].queue_bytes);
-  header(b, "retries_total", "counter", "Backend requests sent again (after a stale keep-alive connection failed).");
+  header(b, "retries_total", "counter", "Parts sent again to the backend: from its retry queue (after a retryable failure, or re-routed from a backend that went down), plus resends after a stale keep-alive connection failed.");
   for (size_t i = 0; i < n; i++)
     sb_printf(b, "otlp_gateway_retries_total{backend=\"%s\"} %" PRIu64 "\n", g->backends[i].endpoint,
               g->backends[i].retries);
@@ -242,7 +242,7 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
   header(&b, "request_duration_seconds", "histogram", "Time from a request's first byte to its answer.");
   render_histogram(&b, "request_duration_seconds", "", &sum.request_duration);
 
-  header(&b, "dropped_items_total", "counter", "Items dropped, by signal and reason (rejected: a backend refused them as bad).");
+  header(&b, "dropped_items_total", "counter", "Items dropped, by signal and reason (rejected: a backend refused them as bad; expired: still failing after backends.retry.max_elapsed; shutdown: still queued at the shutdown deadline; malformed: a queued part could not be re-split).");
   for (int s = 0; s < OTLP_N_SIGNALS; s++)
     for (int r = 0; r < GW_N_DROP_REASONS; r++)
       sb_printf(&b, "otlp_gateway_dropped_items_total{signal=\"%s\",reason=\"%s\"} %" PRIu64 "\n", signal_labels[s],

@@ -38,7 +38,7 @@ typedef struct gw_histogram {
 /* Outcome of one request to a backend (backend_requests_total{outcome}). */
 enum { GW_OUTCOME_SUCCESS = 0, GW_OUTCOME_RETRYABLE, GW_OUTCOME_REJECTED, GW_OUTCOME_ERROR, GW_N_OUTCOMES };
 /* Why items were dropped (dropped_items_total{reason}). */
-enum { GW_DROP_REJECTED = 0, GW_N_DROP_REASONS };
+enum { GW_DROP_REJECTED = 0, GW_DROP_EXPIRED, GW_DROP_SHUTDOWN, GW_DROP_MALFORMED, GW_N_DROP_REASONS };
 
 typedef struct gw_backend_metrics {
   uint64_t items[OTLP_N_SIGNALS];  /* items delivered (2xx) */
@@ -51,7 +51,7 @@ typedef struct gw_backend_view {
   const char *endpoint;
   const gw_backend_metrics_t *m;
   int up;
-  uint64_t queue_bytes;   /* bytes waiting for a connection to this backend */
+  uint64_t queue_bytes;   /* bytes held for this backend: retry queue (incl. retries in flight) + waiting for a connection */
   uint64_t retries;
 } gw_backend_view_t;
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages otlp-gateway needs that are missing (apt-get update + install).
 # Usage: scripts/deps.sh [--tests] [--fuzz]
-#   --tests adds prometheus (server and promtool) for the tests that scrape and check /metrics;
+#   --tests adds prometheus (server and promtool) for the tests that scrape and check /metrics, and
+#   dnsmasq-base (a DNS server the DNS-discovery tests start on a loopback port);
 #   --fuzz adds clang and its runtimes for libFuzzer builds.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config python3 libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-      libxxhash-dev libyaml-dev libdeflate-dev node-llhttp)
+      libxxhash-dev libyaml-dev libdeflate-dev libc-ares-dev node-llhttp)
 for arg in "$@"; do
   case "$arg" in
-    --tests) pkgs+=(prometheus) ;;
+    --tests) pkgs+=(prometheus dnsmasq-base) ;;
     --fuzz) pkgs+=(clang libclang-rt-14-dev) ;;
     *) echo "usage: scripts/deps.sh [--tests] [--fuzz]" >&2; exit 2 ;;
   esac

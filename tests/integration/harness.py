@@ -6,6 +6,7 @@ test and a final "N passed, N failed" line, and exits non-zero on any failure. A
 whole script; every process started is killed at exit."""
 import argparse
 import atexit
+import collections
 import gzip
 import json
 import os
@@ -142,8 +143,16 @@ backends:
 """
 
 
-def gateway_config(backends=("http://127.0.0.1:1",), max_request_bytes="1MiB", max_connections=1000,
+DEAD_BACKEND = "http://127.0.0.1:1"  # nothing listens on port 1
+# With only DEAD_BACKEND configured, fast health checks take it out of the ring right after start, so every
+# request with data gets the deterministic "no backends available" 503 (Gateway waits for that state).
+DEAD_BACKEND_HEALTH = "  health_check: {interval: 100ms, timeout: 100ms, rise: 1, fall: 1}\n"
+
+
+def gateway_config(backends=(DEAD_BACKEND,), max_request_bytes="1MiB", max_connections=1000,
                    read_timeout="30s", idle_timeout="120s", tokens=None, extra=""):
+    if tuple(backends) == (DEAD_BACKEND,) and "health_check" not in extra:
+        extra = DEAD_BACKEND_HEALTH + extra
     auth = ""
     if tokens:
         auth = "  auth:\n    bearer_tokens: [%s]\n" % ", ".join('"%s"' % t for t in tokens)
@@ -159,6 +168,15 @@ class Gateway(Proc):
         super().__init__([args().gateway, "--config", self.config_path])
         self.port = int(self.wait_line(r"msg=listening server=ingest addr=127\.0\.0\.1:(\d+)").group(1))
         self.telemetry_port = int(self.wait_line(r"msg=listening server=telemetry addr=127\.0\.0\.1:(\d+)").group(1))
+        if DEAD_BACKEND_HEALTH in config_text:
+            self.wait_not_ready()
+
+    def wait_not_ready(self, timeout=5):
+        """Waits (bounded) until /readyz says no backend is up."""
+        deadline = time.time() + timeout
+        while http_request(self.telemetry_port, "GET", "/readyz")[0] != 503:
+            assert time.time() < deadline, "the dead backend was not taken out of the ring"
+            time.sleep(0.02)
 
     def metrics(self):
         st, _, body = http_request(self.telemetry_port, "GET", "/metrics")
@@ -171,16 +189,70 @@ class Gateway(Proc):
                 return float(ln.split()[-1])
         return 0.0
 
+    def metric_or_none(self, name_and_labels):
+        """The sample's value, or None when /metrics has no such series."""
+        for ln in self.metrics().splitlines():
+            if ln.startswith(name_and_labels + " "):
+                return float(ln.split()[-1])
+        return None
+
+    def metric_sum(self, name):
+        """Sum of every series of the metric name (all label sets)."""
+        total = 0.0
+        for ln in self.metrics().splitlines():
+            if ln.startswith(name + "{") or ln.startswith(name + " "):
+                total += float(ln.split()[-1])
+        return total
+
+    def wait_metric(self, name_and_labels, pred, timeout=10, what=None):
+        """Polls the sample until pred(value) holds (a missing series reads as None); returns the value."""
+        return wait_until(lambda: self.metric_or_none(name_and_labels), pred, timeout,
+                          what or name_and_labels)
+
+    def rss_mib(self):
+        """Resident set size (VmRSS) of the running gateway in MiB."""
+        with open("/proc/%d/status" % self.p.pid) as f:
+            for ln in f:
+                if ln.startswith("VmRSS:"):
+                    return int(ln.split()[1]) / 1024.0
+        raise AssertionError("no VmRSS for pid %d" % self.p.pid)
+
 
 class Sink(Proc):
-    def __init__(self, *extra):
-        super().__init__([args().sink, "--listen", "127.0.0.1:0"] + list(extra))
-        self.port = int(self.wait_line(r"listening on 127\.0\.0\.1:(\d+)", stream="out").group(1))
+    def __init__(self, *extra, listen="127.0.0.1:0"):
+        self.extra = list(extra)
+        self.host = listen.rsplit(":", 1)[0]
+        super().__init__([args().sink, "--listen", listen] + self.extra)
+        self.port = int(self.wait_line(r"listening on %s:(\d+)" % re.escape(self.host), stream="out").group(1))
+
+    @property
+    def endpoint(self):
+        return "http://%s:%d" % (self.host, self.port)
 
     def stats(self):
-        st, _, body = http_request(self.port, "GET", "/stats")
+        st, _, body = http_request(self.port, "GET", "/stats", host=self.host)
         assert st == 200
         return json.loads(body)
+
+    def control(self, **params):
+        """GET /control?k=v...: changes status, retry_after or hang while running; returns the new state."""
+        q = "&".join("%s=%s" % kv for kv in params.items())
+        st, _, body = http_request(self.port, "GET", "/control" + ("?" + q if q else ""), host=self.host)
+        assert st == 200, (st, body)
+        return json.loads(body)
+
+    def kill(self):
+        """kill -9: no answer, no flush beyond what the sink already wrote."""
+        self.p.kill()
+        self.p.wait()
+        self._join_output()
+
+    def restart(self):
+        """Starts the (killed or stopped) sink again on the same address with the same flags, so a
+        --trace-file is appended to."""
+        assert self.p.poll() is not None, "restart() of a running sink"
+        Proc.__init__(self, [args().sink, "--listen", "%s:%d" % (self.host, self.port)] + self.extra)
+        self.wait_line(r"listening on %s:%d" % (re.escape(self.host), self.port), stream="out")
 
 
 def run_load(url, *extra, timeout=120):
@@ -198,13 +270,73 @@ def run_load(url, *extra, timeout=120):
     raise AssertionError("no RESULT line from otlp-load: " + cp.stdout + cp.stderr)
 
 
+def parse_result(stdout):
+    """The RESULT line of otlp-load as a dict (numbers as float), or None."""
+    for ln in stdout.splitlines():
+        if ln.startswith("RESULT "):
+            res = {}
+            for kv in ln[7:].split():
+                k, v = kv.split("=", 1)
+                res[k] = float(v) if re.match(r"^-?[\d.]+(e[-+]?\d+)?$", v) else v
+            return res
+    return None
+
+
+class BackgroundLoad:
+    """otlp-load running while the test does other things. t0 is its start; at(t) sleeps until t0 + t;
+    result() waits for the end and returns the RESULT dict."""
+
+    def __init__(self, url, *extra):
+        self.argv = [args().load, "--url", url, "--quiet"] + list(extra)
+        self.p = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        _procs.append(self.p)
+        self.t0 = time.time()
+
+    def at(self, t):
+        left = self.t0 + t - time.time()
+        if left > 0:
+            time.sleep(left)
+
+    def result(self, timeout=60):
+        out, err = self.p.communicate(timeout=timeout)
+        assert self.p.returncode == 0, "otlp-load failed (%d): %s %s" % (self.p.returncode, out, err)
+        res = parse_result(out)
+        assert res is not None, "no RESULT line from otlp-load: " + out + err
+        return res
+
+
+def read_traces(path):
+    """Counter trace_id -> spans from a trace file of otlp-sink or otlp-load ("<hex> <count>" lines)."""
+    c = collections.Counter()
+    if os.path.exists(path):
+        with open(path) as f:
+            for ln in f:
+                parts = ln.split()
+                if len(parts) == 2:  # a line being written by a live process may be incomplete
+                    c[parts[0]] += int(parts[1])
+    return c
+
+
+def wait_until(get, pred, timeout, what):
+    """Polls get() until pred(value) holds; returns the value, or fails naming what and the last value."""
+    deadline = time.time() + timeout
+    while True:
+        v = get()
+        if pred(v):
+            return v
+        if time.time() >= deadline:
+            raise AssertionError("%s: still %r after %.1f s" % (what, v, timeout))
+        time.sleep(0.05)
+
+
 # ---- raw HTTP/1.1 -------------------------------------------------------------------------------------
 
 class Conn:
     """A raw client connection that can send arbitrary bytes and read responses one by one."""
 
-    def __init__(self, port, timeout=5):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, timeout=5, host="127.0.0.1"):
+        self.s = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
 
     def send(self, data):
@@ -273,8 +405,8 @@ def build_request(method, path, body=b"", headers=None, chunked=False):
     return data
 
 
-def http_request(port, method, path, body=b"", headers=None, chunked=False):
-    c = Conn(port)
+def http_request(port, method, path, body=b"", headers=None, chunked=False, host="127.0.0.1"):
+    c = Conn(port, host=host)
     try:
         c.send(build_request(method, path, body, headers, chunked))
         return c.read_response()

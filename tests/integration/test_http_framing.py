@@ -29,7 +29,7 @@ def test_keep_alive_many_requests_one_connection():
     for i in range(50):
         c.send(build_request("POST", "/v1/traces", b"" if i % 2 else trace_request(3), PB))
         st, h, _ = c.read_response()
-        assert st == (200 if i % 2 else 503), (i, st)
+        assert st == (200 if i % 2 else 503), (i, st)  # 503: its one backend is down
         assert h.get("connection") != "close"
     c.close()
 

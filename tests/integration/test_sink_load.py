@@ -94,8 +94,8 @@ def test_sink_health_and_bad_input():
         s.stop()
 
 
-def test_gateway_acknowledges_nothing_when_its_backend_is_down():
-    g = Gateway(gateway_config(backends=("http://127.0.0.1:9",)))
+def test_gateway_acknowledges_nothing_when_no_backend_is_up():
+    g = Gateway(gateway_config())  # its one backend refuses connections; health checks took it out
     try:
         res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "200", "--connections", "8", "--spans", "20")
         assert res["status_503"] == 200 and res["ok"] == 0 and res["spans_acked"] == 0, out

@@ -1,0 +1,849 @@
+/* gateway/upstream — see upstream.h. */
+#include "gateway/upstream.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/log.h"
+#include "gateway/otlp_http.h"
+#include "health/check.h"
+#include "health/dns.h"
+
+#define LOG_REPEAT_NS (10ull * 1000 * 1000 * 1000) /* one line per backend and event kind per 10 s */
+#define RETRY_CONCURRENCY 8                         /* retry-queue parts in flight per backend */
+#define MS_NS (1000ull * 1000)
+
+enum { ORIGIN_STATIC = 1, ORIGIN_DNS = 2 };
+
+typedef struct qpart qpart_t;
+
+/* A part the upstream owns: failed once (or re-routed), waiting in a backend's retry queue or in flight
+ * from it. The bytes are a complete Export*ServiceRequest in protobuf. */
+struct qpart {
+  qpart_t *next;
+  us_set_t *set;
+  us_backend_t *be;       /* the queue it is in, or the backend it is in flight to */
+  int sig;
+  uint64_t items;
+  uint64_t first_fail_ns; /* retry.max_elapsed counts from here; re-routing keeps it */
+  uint64_t start_ns;      /* of the current attempt */
+  uint8_t *gz;            /* backends.compression: gzip, during an attempt */
+  struct iovec iov;
+  size_t len;
+  uint8_t data[];
+};
+
+struct us_backend {
+  us_set_t *set;
+  us_backend_t *next;       /* every backend, removed ones too until they are freed */
+  char *endpoint;
+  char *host;
+  uint16_t port;
+  uint32_t weight;
+  unsigned origin;          /* ORIGIN_* that want it; 0 = removed */
+  unsigned want;            /* reconcile's scratch */
+  int in_ring;
+  int cancel;               /* just left the ring, down: fail what is in flight to it */
+  be_pool_t *pool;
+  hc_checker_t *checker;
+  hc_state_t health;
+  uint32_t consecutive_failures;
+  uint32_t refs;            /* parts in flight to it (client parts and retries) */
+  qpart_t *q_head, *q_tail; /* retry queue, FIFO */
+  uint64_t q_bytes;         /* queued + retries in flight */
+  uint64_t inflight_bytes;  /* client parts in flight */
+  uint32_t retry_inflight;
+  uint32_t attempt;         /* consecutive failed retries: the backoff exponent */
+  uint64_t next_try_ns;
+  uv_timer_t retry_timer;   /* backoff */
+  uv_timer_t readmit_timer; /* passive ejection without active checks: try again after an interval */
+  int handles_open;
+  uint64_t retries;
+  gw_backend_metrics_t m;
+  gw_log_limit_t log_failed, log_rejected, log_full, log_dropped;
+};
+
+struct us_set {
+  uv_loop_t *loop;
+  const cfg_t *cfg;
+  gw_metrics_t *metrics;
+  us_backend_t *backends;
+  bl_ring_t *ring;
+  uint64_t ring_rebuilds;
+  uv_timer_t rebuild_timer; /* state changes are applied from here, never inside a backend callback */
+  dns_watch_t *dns;
+  char **dns_addrs;         /* last DNS answer */
+  size_t n_dns_addrs;
+  gw_log_limit_t log_dns;
+  uint64_t rng;
+  int abandoned;
+  int destroyed;
+  int handles_open;
+};
+
+static const bl_shape_t *const shapes[OTLP_N_SIGNALS] = {&bl_shape_traces, &bl_shape_logs, &bl_shape_metrics};
+
+static void retry_pump(us_backend_t *b);
+static void schedule_rebuild(us_set_t *s);
+static void on_readmit(uv_timer_t *t);
+static void reroute(us_set_t *s, qpart_t *q);
+
+static uint64_t rng_next(us_set_t *s) { /* xorshift64*: jitter only */
+  s->rng ^= s->rng >> 12;
+  s->rng ^= s->rng << 25;
+  s->rng ^= s->rng >> 27;
+  return s->rng * 0x2545F4914F6CDD1Dull;
+}
+
+static bl_route_t route_for(const us_set_t *s, int sig) {
+  if (sig == OTLP_TRACES && s->cfg->routing.traces == CFG_ROUTE_SERVICE) return BL_ROUTE_SERVICE;
+  if (sig == OTLP_LOGS && s->cfg->routing.logs == CFG_ROUTE_SERVICE) return BL_ROUTE_SERVICE;
+  return BL_ROUTE_TRACE_ID;
+}
+
+/* ---- backend lifetime ---------------------------------------------------------------------------------- */
+
+static void backend_handle_closed(uv_handle_t *h) {
+  us_backend_t *b = h->data;
+  if (--b->handles_open > 0) return;
+  us_set_t *s = b->set;
+  free(b->endpoint);
+  free(b->host);
+  free(b);
+  if (--s->handles_open == 0 && s->destroyed) free(s);
+}
+
+static void backend_unlink_and_close(us_backend_t *b) {
+  us_set_t *s = b->set;
+  for (us_backend_t **pp = &s->backends; *pp; pp = &(*pp)->next)
+    if (*pp == b) {
+      *pp = b->next;
+      break;
+    }
+  if (b->checker) hc_checker_stop(b->checker);
+  b->checker = NULL;
+  be_pool_destroy(b->pool);
+  b->pool = NULL;
+  uv_close((uv_handle_t *)&b->retry_timer, backend_handle_closed);
+  uv_close((uv_handle_t *)&b->readmit_timer, backend_handle_closed);
+}
+
+/* A removed backend leaves once nothing refers to it and nothing waits in its queue (checked by rebuild,
+ * never inside a callback of its own pool). */
+static void backend_maybe_free(us_backend_t *b) {
+  if (b->origin || b->refs || b->q_head || b->retry_inflight || b->set->destroyed) return;
+  backend_unlink_and_close(b);
+}
+
+static void backend_release(us_backend_t *b) {
+  if (!b->origin) schedule_rebuild(b->set);
+}
+
+static void on_check(void *ud, int ok, int detail);
+
+static void start_checker(us_backend_t *b) {
+  const cfg_t *c = b->set->cfg;
+  if (!c->backends.health_check.enabled) return;
+  hc_config_t hc = {
+      .host = b->host,
+      .port = c->backends.health_check.port ? (uint16_t)c->backends.health_check.port : b->port,
+      .path = c->backends.health_check.path,
+      .interval_ms = c->backends.health_check.interval_ms,
+      .timeout_ms = c->backends.health_check.timeout_ms,
+  };
+  if (hc_checker_start(b->set->loop, &hc, on_check, b, &b->checker) != 0) {
+    b->checker = NULL;
+    gw_log(GW_LOG_ERROR, "cannot start health checks", "backend", b->endpoint, NULL);
+  }
+}
+
+static us_backend_t *backend_create(us_set_t *s, const char *endpoint, const char *host, uint16_t port,
+                                    uint32_t weight, unsigned origin) {
+  const cfg_t *c = s->cfg;
+  us_backend_t *b = calloc(1, sizeof *b);
+  if (!b) return NULL;
+  b->set = s;
+  b->endpoint = strdup(endpoint);
+  b->host = strdup(host);
+  b->port = port;
+  b->weight = weight ? weight : 1;
+  b->origin = origin;
+  be_pool_config_t pc = {
+      .host = host,
+      .port = port,
+      .max_connections = c->backends.max_connections_per_backend,
+      .request_timeout_ms = c->backends.request_timeout_ms,
+      .headers = c->backends.headers,
+      .n_headers = c->backends.n_headers,
+  };
+  if (!b->endpoint || !b->host || be_pool_create(s->loop, &pc, &b->pool) != 0) {
+    free(b->endpoint);
+    free(b->host);
+    free(b);
+    return NULL;
+  }
+  /* Up from the start: a dead backend is found by its first failed sends or checks, and what they held is
+   * queued and re-routed, so nothing is lost while we learn. */
+  hc_state_init(&b->health, c->backends.health_check.rise, c->backends.health_check.fall, 1);
+  uv_timer_init(s->loop, &b->retry_timer);
+  uv_timer_init(s->loop, &b->readmit_timer);
+  b->retry_timer.data = b->readmit_timer.data = b;
+  b->handles_open = 2;
+  s->handles_open++;
+  b->next = s->backends;
+  s->backends = b;
+  start_checker(b);
+  gw_log(GW_LOG_INFO, "backend added", "backend", b->endpoint, "source", origin & ORIGIN_DNS ? "dns" : "static",
+         NULL);
+  return b;
+}
+
+static void backend_remove(us_backend_t *b) {
+  b->origin = 0;
+  if (b->checker) hc_checker_stop(b->checker);
+  b->checker = NULL;
+  gw_log(GW_LOG_INFO, "backend removed", "backend", b->endpoint, NULL);
+  schedule_rebuild(b->set);
+}
+
+/* ---- health ------------------------------------------------------------------------------------------- */
+
+static void set_down(us_backend_t *b, const char *reason, const char *detail) {
+  gw_log(GW_LOG_WARN, "backend down", "backend", b->endpoint, "reason", reason, "error", detail, "queued_bytes",
+         gw_log_u64(b->q_bytes), NULL);
+  if (!b->set->cfg->backends.health_check.enabled) {
+    /* Without active checks nothing would bring it back: try it again after one check interval. */
+    uint64_t ms = b->set->cfg->backends.health_check.interval_ms;
+    uv_timer_start(&b->readmit_timer, on_readmit, ms ? ms : 1000, 0);
+  }
+  schedule_rebuild(b->set);
+}
+
+static void readmit(us_backend_t *b) {
+  if (!b->origin || b->health.up) return;
+  hc_state_init(&b->health, b->health.rise, b->health.fall, 1);
+  b->consecutive_failures = 0;
+  gw_log(GW_LOG_INFO, "backend up", "backend", b->endpoint, "reason", "readmitted after passive ejection", NULL);
+  schedule_rebuild(b->set);
+}
+
+static void on_readmit(uv_timer_t *t) { readmit(t->data); }
+
+static void on_check(void *ud, int ok, int detail) {
+  us_backend_t *b = ud;
+  /* The default check (GET / on the backend's own port) reaches an OTLP receiver, which has no page at "/"
+   * and answers 404 or 405: any answer below 500 there means the collector is serving. A dedicated health
+   * port or path must answer 2xx. */
+  const __typeof__(b->set->cfg->backends.health_check) *hc = &b->set->cfg->backends.health_check;
+  if (!ok && hc->port == 0 && strcmp(hc->path, "/") == 0 && detail >= 300 && detail < 500) ok = 1;
+  int change = hc_state_observe(&b->health, ok);
+  if (change > 0) {
+    b->consecutive_failures = 0;
+    gw_log(GW_LOG_INFO, "backend up", "backend", b->endpoint, "reason", "health check passed", "rise",
+           gw_log_u64(b->health.rise), NULL);
+    schedule_rebuild(b->set);
+  } else if (change < 0) {
+    set_down(b, "health check failed", detail < 0 ? uv_err_name(detail) : gw_log_i64(detail));
+  }
+}
+
+/* Passive health: consecutive failed sends (transport errors, timeouts, 5xx) eject at once. */
+static void passive_observe(us_backend_t *b, int status) {
+  if (status == UV_ECANCELED) return; /* we cancelled it */
+  if (status >= 200 && status < 500) {
+    if (status != 429) b->consecutive_failures = 0;
+    return;
+  }
+  uint32_t limit = b->set->cfg->backends.health_check.eject_after_failures;
+  if (++b->consecutive_failures >= limit && limit > 0 && b->health.up && b->origin) {
+    hc_state_force_down(&b->health);
+    set_down(b, "passive ejection", status < 0 ? uv_err_name(status) : gw_log_i64(status));
+  }
+}
+
+/* ---- ring --------------------------------------------------------------------------------------------- */
+
+static int cmp_member(const void *a, const void *b) {
+  return strcmp(((const bl_ring_member_t *)a)->endpoint, ((const bl_ring_member_t *)b)->endpoint);
+}
+
+/* Is ring made of exactly these members (sorted by endpoint)? */
+static int ring_equals(const bl_ring_t *r, const bl_ring_member_t *m, size_t n) {
+  if (!r || bl_ring_size(r) != n) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (bl_ring_member_ud(r, (uint32_t)i) != m[i].ud || bl_ring_weight(r, (uint32_t)i) != m[i].weight) return 0;
+  return 1;
+}
+
+/* Moves every part queued on a backend outside the ring to its new owners (retries in flight follow
+ * when they fail). */
+static void reroute_stranded(us_set_t *s) {
+  if (bl_ring_size(s->ring) == 0) return;
+  for (us_backend_t *b = s->backends; b; b = b->next) {
+    if (b->in_ring || !b->q_head) continue;
+    qpart_t *q = b->q_head;
+    b->q_head = b->q_tail = NULL;
+    while (q) {
+      qpart_t *next = q->next;
+      b->q_bytes -= q->len;
+      q->next = NULL;
+      reroute(s, q);
+      q = next;
+    }
+  }
+}
+
+static void rebuild(us_set_t *s) {
+  size_t n = 0;
+  for (us_backend_t *b = s->backends; b; b = b->next) n += b->origin && b->health.up;
+  bl_ring_member_t *m = calloc(n ? n : 1, sizeof *m);
+  if (!m) {
+    schedule_rebuild(s); /* try again */
+    return;
+  }
+  size_t k = 0;
+  for (us_backend_t *b = s->backends; b; b = b->next)
+    if (b->origin && b->health.up) m[k++] = (bl_ring_member_t){b->endpoint, b->weight, b};
+  qsort(m, n, sizeof *m, cmp_member);
+  if (!ring_equals(s->ring, m, n)) {
+    bl_ring_t *r = bl_ring_create(m, n);
+    if (!r) {
+      free(m);
+      schedule_rebuild(s);
+      return;
+    }
+    bl_ring_unref(s->ring);
+    s->ring = r;
+    s->ring_rebuilds++;
+    gw_log(GW_LOG_INFO, "ring rebuilt", "backends", gw_log_u64(n), NULL);
+  }
+  free(m);
+  /* Who is in the ring now; backends that just left it lose what they had in flight (cancelled and
+   * re-routed: at-least-once), backends that joined it send what waited in their own queue. */
+  for (us_backend_t *b = s->backends; b; b = b->next) {
+    int now_in = b->origin && b->health.up;
+    if (b->in_ring && !now_in) {
+      uv_timer_stop(&b->retry_timer);
+      b->attempt = 0;
+      b->next_try_ns = 0;
+      b->cancel = b->origin != 0; /* down, not removed: what is in flight to it is cancelled and re-routed */
+    }
+    b->in_ring = now_in;
+  }
+  reroute_stranded(s);
+  for (us_backend_t *b = s->backends; b; b = b->next)
+    if (b->cancel) {
+      b->cancel = 0;
+      be_pool_cancel(b->pool);
+    }
+  for (us_backend_t *b = s->backends, *next; b; b = next) {
+    next = b->next;
+    if (b->in_ring) retry_pump(b);
+    else backend_maybe_free(b);
+  }
+}
+
+static void on_rebuild_timer(uv_timer_t *t) { rebuild(t->data); }
+
+static void schedule_rebuild(us_set_t *s) {
+  if (!s->destroyed) uv_timer_start(&s->rebuild_timer, on_rebuild_timer, 0, 0);
+}
+
+/* ---- retry queues ------------------------------------------------------------------------------------- */
+
+static void q_push(us_backend_t *b, qpart_t *q, int front) {
+  q->be = b;
+  b->q_bytes += q->len;
+  if (!b->q_head) {
+    q->next = NULL;
+    b->q_head = b->q_tail = q;
+  } else if (front) {
+    q->next = b->q_head;
+    b->q_head = q;
+  } else {
+    q->next = NULL;
+    b->q_tail->next = q;
+    b->q_tail = q;
+  }
+}
+
+static qpart_t *q_pop(us_backend_t *b) {
+  qpart_t *q = b->q_head;
+  if (!q) return NULL;
+  b->q_head = q->next;
+  if (!b->q_head) b->q_tail = NULL;
+  q->next = NULL;
+  return q; /* its bytes stay counted in q_bytes while it is in flight */
+}
+
+static qpart_t *qpart_new(us_set_t *s, int sig, const struct iovec *iov, size_t n_iov, uint64_t items,
+                          uint64_t first_fail_ns) {
+  size_t len = 0;
+  for (size_t i = 0; i < n_iov; i++) len += iov[i].iov_len;
+  qpart_t *q = malloc(sizeof *q + len);
+  if (!q) return NULL;
+  memset(q, 0, sizeof *q);
+  q->set = s;
+  q->sig = sig;
+  q->items = items;
+  q->first_fail_ns = first_fail_ns;
+  q->len = len;
+  size_t off = 0;
+  for (size_t i = 0; i < n_iov; i++) {
+    memcpy(q->data + off, iov[i].iov_base, iov[i].iov_len);
+    off += iov[i].iov_len;
+  }
+  return q;
+}
+
+static void drop(us_set_t *s, qpart_t *q, int reason, const char *why) {
+  s->metrics->dropped_items[q->sig][reason] += q->items;
+  us_backend_t *b = q->be;
+  gw_log_limit_t *lim = b ? &b->log_dropped : NULL;
+  uint64_t held = 0;
+  if (!lim || gw_log_limit_take(lim, uv_hrtime(), LOG_REPEAT_NS, &held))
+    gw_log(GW_LOG_WARN, "items dropped", "reason", why, "backend", b ? b->endpoint : "", "signal",
+           otlp_signal(q->sig)->name, "items", gw_log_u64(q->items), "suppressed_since_last", gw_log_u64(held), NULL);
+  free(q->gz);
+  free(q);
+}
+
+/* Hands q to its owner on the current ring. With no ring, it waits on the backend it came from. */
+static void reroute(us_set_t *s, qpart_t *q) {
+  us_backend_t *from = q->be;
+  if (s->abandoned) {
+    drop(s, q, GW_DROP_SHUTDOWN, "shutdown");
+    return;
+  }
+  if (bl_ring_size(s->ring) == 0) {
+    q_push(from, q, 0);
+    return;
+  }
+  bl_split_t split;
+  bl_error_t err;
+  int rc = bl_split(shapes[q->sig], route_for(s, q->sig), q->data, q->len, s->ring, &split, &err);
+  if (rc != 0) { /* cannot happen for bytes that split once already; never lose them silently */
+    drop(s, q, GW_DROP_MALFORMED, rc == -1 ? err.msg : "out of memory");
+    return;
+  }
+  if (split.n_targets == 0) { /* nothing routable in it: nothing to deliver */
+    bl_split_dispose(&split);
+    free(q);
+    return;
+  }
+  if (split.n_targets == 1) {
+    us_backend_t *to = bl_ring_member_ud(s->ring, split.single_target);
+    bl_split_dispose(&split);
+    q_push(to, q, 0);
+    if (to->in_ring) retry_pump(to);
+    return;
+  }
+  for (size_t i = 0; i < split.n_parts; i++) {
+    bl_part_t *p = &split.parts[i];
+    if (!p->len) continue;
+    us_backend_t *to = bl_ring_member_ud(s->ring, (uint32_t)i);
+    qpart_t *n = qpart_new(s, q->sig, p->iov, p->n_iov, p->items, q->first_fail_ns);
+    if (!n) { /* out of memory: keep the whole part where it was (pieces already handed on may repeat) */
+      bl_split_dispose(&split);
+      q_push(from, q, 0);
+      return;
+    }
+    q_push(to, n, 0);
+    if (to->in_ring) retry_pump(to);
+  }
+  bl_split_dispose(&split);
+  free(q);
+}
+
+static uint64_t backoff_ms(us_set_t *s, us_backend_t *b, uint32_t retry_after_s) {
+  const cfg_t *c = s->cfg;
+  uint64_t d = c->backends.retry.initial_interval_ms ? c->backends.retry.initial_interval_ms : 1;
+  for (uint32_t i = 1; i < b->attempt && d < c->backends.retry.max_interval_ms; i++) d *= 2;
+  if (d > c->backends.retry.max_interval_ms) d = c->backends.retry.max_interval_ms;
+  d = d / 2 + rng_next(s) % (d / 2 + 1); /* jitter: [d/2, d] */
+  uint64_t ra = (uint64_t)retry_after_s * 1000;
+  if (ra > d) d = ra < c->backends.retry.max_elapsed_ms ? ra : c->backends.retry.max_elapsed_ms;
+  return d ? d : 1;
+}
+
+static void on_retry_done(void *ud, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
+  qpart_t *q = ud;
+  us_set_t *s = q->set;
+  us_backend_t *b = q->be;
+  b->refs--;
+  b->retry_inflight--;
+  b->q_bytes -= q->len;
+  free(q->gz);
+  q->gz = NULL;
+  int outcome = gw_outcome(status);
+  b->m.requests[outcome]++;
+  gw_histogram_observe(&b->m.duration, (double)(uv_hrtime() - q->start_ns) / 1e9);
+  passive_observe(b, status);
+  if (outcome == GW_OUTCOME_SUCCESS) {
+    b->m.items[q->sig] += q->items;
+    b->attempt = 0;
+    b->next_try_ns = 0;
+    free(q);
+  } else if (outcome == GW_OUTCOME_REJECTED) {
+    drop(s, q, GW_DROP_REJECTED, "rejected");
+  } else if (s->abandoned) {
+    drop(s, q, GW_DROP_SHUTDOWN, "shutdown");
+  } else if (uv_hrtime() - q->first_fail_ns > s->cfg->backends.retry.max_elapsed_ms * MS_NS) {
+    drop(s, q, GW_DROP_EXPIRED, "retry.max_elapsed");
+  } else if (b->in_ring && status != UV_ECANCELED) {
+    b->attempt++;
+    b->next_try_ns = uv_hrtime() + backoff_ms(s, b, retry_after) * MS_NS;
+    q_push(b, q, 1);
+  } else {
+    q->be = b;
+    reroute(s, q);
+  }
+  if (b->in_ring) retry_pump(b);
+  else backend_release(b);
+}
+
+static void on_retry_timer(uv_timer_t *t) { retry_pump(t->data); }
+
+/* Sends what waits in b's queue, a few at a time, once its backoff has passed. */
+static void retry_pump(us_backend_t *b) {
+  us_set_t *s = b->set;
+  if (!b->in_ring || s->destroyed) return;
+  uint64_t now = uv_hrtime();
+  if (b->q_head && b->next_try_ns > now) {
+    uint64_t ms = (b->next_try_ns - now) / MS_NS + 1;
+    if (!uv_is_active((uv_handle_t *)&b->retry_timer) || uv_timer_get_due_in(&b->retry_timer) > ms)
+      uv_timer_start(&b->retry_timer, on_retry_timer, ms, 0);
+    return;
+  }
+  uint32_t cap = s->cfg->backends.max_connections_per_backend;
+  if (cap > RETRY_CONCURRENCY) cap = RETRY_CONCURRENCY;
+  if (!cap) cap = 1;
+  while (b->q_head && b->retry_inflight < cap) {
+    qpart_t *q = q_pop(b);
+    if (now - q->first_fail_ns > s->cfg->backends.retry.max_elapsed_ms * MS_NS) {
+      b->q_bytes -= q->len;
+      drop(s, q, GW_DROP_EXPIRED, "retry.max_elapsed");
+      continue;
+    }
+    const struct iovec *iov = &q->iov;
+    q->iov.iov_base = q->data;
+    q->iov.iov_len = q->len;
+    const char *ce = NULL;
+    size_t zl;
+    if (s->cfg->backends.compression == CFG_COMPRESSION_GZIP && otlp_gzip_iov(&q->iov, 1, &q->gz, &zl) == OTLP_OK) {
+      q->iov.iov_base = q->gz;
+      q->iov.iov_len = zl;
+      ce = "gzip";
+    }
+    q->start_ns = now;
+    int rc = be_send(b->pool, otlp_signal(q->sig)->path, otlp_content_type(OTLP_ENC_PROTOBUF), ce, iov, 1,
+                     on_retry_done, q);
+    if (rc < 0) { /* cannot even queue it (out of memory): back off and try again */
+      free(q->gz);
+      q->gz = NULL;
+      b->q_bytes -= q->len;
+      q_push(b, q, 1);
+      b->attempt++;
+      b->next_try_ns = now + backoff_ms(s, b, 0) * MS_NS;
+      uv_timer_start(&b->retry_timer, on_retry_timer, backoff_ms(s, b, 0), 0);
+      return;
+    }
+    b->refs++;
+    b->retry_inflight++;
+    b->retries++;
+  }
+}
+
+/* ---- client parts ------------------------------------------------------------------------------------- */
+
+const char *us_backend_endpoint(const us_backend_t *b) { return b->endpoint; }
+be_pool_t *us_backend_pool(us_backend_t *b) { return b->pool; }
+
+int us_admit(us_set_t *s, const bl_ring_t *ring, const bl_split_t *split, const us_backend_t **full) {
+  uint64_t max = s->cfg->backends.queue.max_bytes;
+  for (size_t i = 0; i < split->n_parts; i++) {
+    if (!split->parts[i].len) continue;
+    us_backend_t *b = bl_ring_member_ud(ring, (uint32_t)i);
+    if (b->q_bytes + b->inflight_bytes + split->parts[i].len <= max) continue;
+    uint64_t held;
+    if (gw_log_limit_take(&b->log_full, uv_hrtime(), LOG_REPEAT_NS, &held))
+      gw_log(GW_LOG_WARN, "queue full", "backend", b->endpoint, "queued_bytes", gw_log_u64(b->q_bytes),
+             "in_flight_bytes", gw_log_u64(b->inflight_bytes), "max_bytes", gw_log_u64(max), "client_answer", "503",
+             "suppressed_since_last", gw_log_u64(held), NULL);
+    *full = b;
+    return -1;
+  }
+  return 0;
+}
+
+void us_part_begin(us_backend_t *b, size_t len) {
+  b->refs++;
+  b->inflight_bytes += len;
+}
+
+void us_part_end(us_backend_t *b, int sig, size_t len, uint64_t items, int status, uint64_t start_ns) {
+  b->refs--;
+  b->inflight_bytes -= len;
+  int outcome = gw_outcome(status);
+  b->m.requests[outcome]++;
+  gw_histogram_observe(&b->m.duration, (double)(uv_hrtime() - start_ns) / 1e9);
+  if (outcome == GW_OUTCOME_SUCCESS) b->m.items[sig] += items;
+  passive_observe(b, status);
+  if (outcome == GW_OUTCOME_RETRYABLE || outcome == GW_OUTCOME_ERROR) {
+    uint64_t held;
+    if (gw_log_limit_take(&b->log_failed, uv_hrtime(), LOG_REPEAT_NS, &held))
+      gw_log(GW_LOG_WARN, "backend request failed", "backend", b->endpoint, "error",
+             status < 0 ? uv_err_name(status) : gw_log_i64(status), "action", "queued for retry",
+             "suppressed_since_last", gw_log_u64(held), NULL);
+  } else if (outcome == GW_OUTCOME_REJECTED) {
+    uint64_t held;
+    if (gw_log_limit_take(&b->log_rejected, uv_hrtime(), LOG_REPEAT_NS, &held))
+      gw_log(GW_LOG_WARN, "items dropped", "reason", "rejected", "backend", b->endpoint, "signal",
+             otlp_signal(sig)->name, "status", gw_log_i64(status), "items", gw_log_u64(items), "suppressed_since_last",
+             gw_log_u64(held), NULL);
+  }
+}
+
+int us_part_failed(us_set_t *s, us_backend_t *b, int sig, const struct iovec *iov, size_t n_iov, uint64_t items) {
+  if (s->abandoned) return -1;
+  qpart_t *q = qpart_new(s, sig, iov, n_iov, items, uv_hrtime());
+  if (!q) return -1;
+  q->be = b;
+  if (b->in_ring) {
+    q_push(b, q, 0);
+    retry_pump(b);
+  } else {
+    reroute(s, q);
+  }
+  backend_release(b);
+  return 0;
+}
+
+/* ---- configuration: static + DNS backends -------------------------------------------------------------- */
+
+static us_backend_t *find_live(us_set_t *s, const char *endpoint) {
+  for (us_backend_t *b = s->backends; b; b = b->next)
+    if (b->origin && strcmp(b->endpoint, endpoint) == 0) return b;
+  return NULL;
+}
+
+/* Makes the set of live backends equal to static ∪ DNS. */
+static void reconcile(us_set_t *s) {
+  const cfg_t *c = s->cfg;
+  for (us_backend_t *b = s->backends; b; b = b->next) b->want = 0;
+  for (size_t i = 0; i < c->backends.n_statics; i++) {
+    const cfg_backend_t *cb = &c->backends.statics[i];
+    us_backend_t *b = find_live(s, cb->endpoint);
+    if (!b) b = backend_create(s, cb->endpoint, cb->host, cb->port, cb->weight, ORIGIN_STATIC);
+    if (!b) {
+      gw_log(GW_LOG_ERROR, "cannot add backend: out of memory", "backend", cb->endpoint, NULL);
+      continue;
+    }
+    b->want |= ORIGIN_STATIC;
+    if (b->weight != cb->weight) {
+      b->weight = cb->weight;
+      schedule_rebuild(s);
+    }
+  }
+  for (size_t i = 0; i < s->n_dns_addrs; i++) {
+    char ep[128];
+    const char *a = s->dns_addrs[i];
+    snprintf(ep, sizeof ep, strchr(a, ':') ? "http://[%s]:%u" : "http://%s:%u", a, (unsigned)c->backends.dns.port);
+    us_backend_t *b = find_live(s, ep);
+    if (!b) b = backend_create(s, ep, a, (uint16_t)c->backends.dns.port, 1, ORIGIN_DNS);
+    if (!b) {
+      gw_log(GW_LOG_ERROR, "cannot add backend: out of memory", "backend", ep, NULL);
+      continue;
+    }
+    b->want |= ORIGIN_DNS;
+  }
+  for (us_backend_t *b = s->backends; b; b = b->next) {
+    if (!b->origin) continue; /* removed earlier, draining */
+    if (!b->want) backend_remove(b);
+    else b->origin = b->want;
+  }
+  schedule_rebuild(s);
+}
+
+static void free_dns_addrs(us_set_t *s) {
+  for (size_t i = 0; i < s->n_dns_addrs; i++) free(s->dns_addrs[i]);
+  free(s->dns_addrs);
+  s->dns_addrs = NULL;
+  s->n_dns_addrs = 0;
+}
+
+static void on_dns(void *ud, int status, const char *const *addrs, size_t n, const char *err) {
+  us_set_t *s = ud;
+  if (status == DNS_FAILED) { /* keep what we had: a resolver outage is not a pool change */
+    uint64_t held;
+    if (gw_log_limit_take(&s->log_dns, uv_hrtime(), LOG_REPEAT_NS, &held))
+      gw_log(GW_LOG_WARN, "dns resolution failed, keeping the current backends", "hostname",
+             s->cfg->backends.dns.hostname, "error", err, "suppressed_since_last", gw_log_u64(held), NULL);
+    return;
+  }
+  int same = n == s->n_dns_addrs;
+  for (size_t i = 0; same && i < n; i++) same = strcmp(addrs[i], s->dns_addrs[i]) == 0;
+  if (same) return;
+  char **copy = calloc(n ? n : 1, sizeof *copy);
+  if (!copy) return;
+  for (size_t i = 0; i < n; i++)
+    if (!(copy[i] = strdup(addrs[i]))) {
+      for (size_t j = 0; j < i; j++) free(copy[j]);
+      free(copy);
+      return;
+    }
+  free_dns_addrs(s);
+  s->dns_addrs = copy;
+  s->n_dns_addrs = n;
+  gw_log(GW_LOG_INFO, "dns answer changed", "hostname", s->cfg->backends.dns.hostname, "addresses", gw_log_u64(n),
+         NULL);
+  reconcile(s);
+}
+
+static int start_dns(us_set_t *s, char *err, size_t errlen) {
+  const cfg_t *c = s->cfg;
+  if (!c->backends.dns.hostname || !c->backends.dns.hostname[0]) return 0;
+  return dns_watch_start(s->loop, c->backends.dns.hostname, (const char *const *)c->backends.dns.servers,
+                         c->backends.dns.n_servers, c->backends.dns.interval_ms, on_dns, s, &s->dns, err, errlen);
+}
+
+static int dns_settings_equal(const cfg_t *a, const cfg_t *b) {
+  const char *ha = a->backends.dns.hostname ? a->backends.dns.hostname : "";
+  const char *hb = b->backends.dns.hostname ? b->backends.dns.hostname : "";
+  if (strcmp(ha, hb) || a->backends.dns.interval_ms != b->backends.dns.interval_ms ||
+      a->backends.dns.n_servers != b->backends.dns.n_servers)
+    return 0;
+  for (size_t i = 0; i < a->backends.dns.n_servers; i++)
+    if (strcmp(a->backends.dns.servers[i], b->backends.dns.servers[i])) return 0;
+  return 1;
+}
+
+static int health_settings_equal(const cfg_t *a, const cfg_t *b) {
+  const __typeof__(a->backends.health_check) *x = &a->backends.health_check, *y = &b->backends.health_check;
+  return x->enabled == y->enabled && strcmp(x->path, y->path) == 0 && x->port == y->port &&
+         x->interval_ms == y->interval_ms && x->timeout_ms == y->timeout_ms && x->rise == y->rise &&
+         x->fall == y->fall;
+}
+
+int us_create(uv_loop_t *loop, const cfg_t *cfg, gw_metrics_t *metrics, us_set_t **out, char *err, size_t errlen) {
+  us_set_t *s = calloc(1, sizeof *s);
+  if (!s) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  s->loop = loop;
+  s->cfg = cfg;
+  s->metrics = metrics;
+  s->rng = uv_hrtime() | 1;
+  s->ring = bl_ring_create(NULL, 0);
+  uv_timer_init(loop, &s->rebuild_timer);
+  s->rebuild_timer.data = s;
+  s->handles_open = 1;
+  if (!s->ring) {
+    snprintf(err, errlen, "out of memory");
+    *out = s;
+    return -1;
+  }
+  *out = s;
+  reconcile(s);
+  rebuild(s); /* the first ring now, before listening */
+  uv_timer_stop(&s->rebuild_timer);
+  if (start_dns(s, err, errlen) != 0) return -1;
+  return 0;
+}
+
+void us_apply_config(us_set_t *s, const cfg_t *cfg) {
+  const cfg_t *old = s->cfg;
+  int dns_same = dns_settings_equal(old, cfg);
+  int health_same = health_settings_equal(old, cfg);
+  s->cfg = cfg;
+  if (!dns_same) {
+    if (s->dns) dns_watch_stop(s->dns);
+    s->dns = NULL;
+    free_dns_addrs(s);
+    char err[256];
+    if (start_dns(s, err, sizeof err) != 0) gw_log(GW_LOG_ERROR, "cannot start DNS discovery", "error", err, NULL);
+  }
+  if (!health_same) {
+    for (us_backend_t *b = s->backends; b; b = b->next) {
+      if (!b->origin) continue;
+      if (b->checker) hc_checker_stop(b->checker);
+      b->checker = NULL;
+      b->health.rise = cfg->backends.health_check.rise;
+      b->health.fall = cfg->backends.health_check.fall;
+      if (b->health.up) hc_state_init(&b->health, b->health.rise, b->health.fall, 1);
+      else if (!cfg->backends.health_check.enabled) readmit(b);
+      start_checker(b);
+    }
+  }
+  reconcile(s);
+}
+
+/* ---- views, shutdown --------------------------------------------------------------------------------- */
+
+bl_ring_t *us_ring(const us_set_t *s) { return s->ring; }
+uint64_t us_ring_rebuilds(const us_set_t *s) { return s->ring_rebuilds; }
+
+size_t us_backend_count(const us_set_t *s) {
+  size_t n = 0;
+  for (const us_backend_t *b = s->backends; b; b = b->next) n += b->origin != 0;
+  return n;
+}
+
+size_t us_backend_views(const us_set_t *s, gw_backend_view_t *out, size_t cap, uint64_t *backend_connections) {
+  size_t n = 0;
+  for (const us_backend_t *b = s->backends; b; b = b->next) {
+    const be_stats_t *bs = be_pool_stats(b->pool);
+    *backend_connections += bs->connections_open;
+    if (!b->origin || n == cap) continue;
+    out[n++] = (gw_backend_view_t){b->endpoint, &b->m, b->health.up && b->in_ring, b->q_bytes + bs->queued_bytes,
+                                   b->retries + bs->retries};
+  }
+  return n;
+}
+
+uint64_t us_pending_bytes(const us_set_t *s) {
+  uint64_t n = 0;
+  for (const us_backend_t *b = s->backends; b; b = b->next) n += b->q_bytes;
+  return n;
+}
+
+void us_abandon(us_set_t *s) {
+  s->abandoned = 1;
+  for (us_backend_t *b = s->backends; b; b = b->next) {
+    for (qpart_t *q; (q = q_pop(b)) != NULL;) {
+      b->q_bytes -= q->len;
+      q->be = b;
+      drop(s, q, GW_DROP_SHUTDOWN, "shutdown");
+    }
+  }
+  for (us_backend_t *b = s->backends; b; b = b->next) be_pool_cancel(b->pool);
+}
+
+static void set_timer_closed(uv_handle_t *h) {
+  us_set_t *s = h->data;
+  if (--s->handles_open == 0) free(s);
+}
+
+void us_destroy(us_set_t *s) {
+  if (!s) return;
+  if (s->dns) dns_watch_stop(s->dns);
+  s->dns = NULL;
+  free_dns_addrs(s);
+  s->abandoned = 1;
+  for (us_backend_t *b = s->backends; b; b = b->next)
+    for (qpart_t *q; (q = q_pop(b)) != NULL;) {
+      b->q_bytes -= q->len;
+      q->be = b;
+      drop(s, q, GW_DROP_SHUTDOWN, "shutdown");
+    }
+  /* Pools fail what is in flight (callbacks drop it: abandoned), then every backend closes. */
+  for (us_backend_t *b = s->backends; b; b = b->next) be_pool_cancel(b->pool);
+  s->destroyed = 1;
+  while (s->backends) backend_unlink_and_close(s->backends);
+  bl_ring_unref(s->ring);
+  s->ring = NULL;
+  /* The set is freed by whichever close callback comes last: its timer's or its last backend's. */
+  uv_close((uv_handle_t *)&s->rebuild_timer, set_timer_closed);
+}

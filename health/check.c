@@ -1,0 +1,294 @@
+/*
+ * health/check — see check.h.
+ *
+ * One check at a time, so a checker embeds everything one check needs (resolver request, TCP handle,
+ * connect/write requests, parser) and reuses it. A single timer serves both purposes: between checks it
+ * waits for the next one, during a check it is the deadline. A check is over once its result is reported
+ * (or dropped after hc_checker_stop) and every resource it took is back: the getaddrinfo callback has run
+ * and the TCP handle has closed. Only then is the next check scheduled, so checks never overlap and the
+ * embedded requests are never reused while libuv still holds them.
+ *
+ * Lifetime: refs counts the timer (until stop closes it), an inited TCP handle and a pending getaddrinfo;
+ * the checker is freed when the last of them is released, always from a libuv callback, never inside the
+ * user's callback.
+ */
+#include "health/check.h"
+
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { HC_TCP_NONE, HC_TCP_OPEN, HC_TCP_CLOSING };
+
+struct hc_checker {
+  uv_loop_t *loop;
+  hc_result_cb cb;
+  void *ud;
+  char *host;
+  uint16_t port;
+  uint64_t interval_ms;
+  uint64_t timeout_ms;
+  uint64_t rng;            /* splitmix64 state, seeded once at start */
+  uv_timer_t timer;        /* next check, or the deadline of the current one */
+  uv_getaddrinfo_t gai;
+  uv_tcp_t tcp;
+  uv_connect_t connect_req;
+  uv_write_t write_req;
+  llhttp_t parser;
+  llhttp_settings_t settings;
+  int refs;
+  int stopped;
+  int in_check;            /* a check began and has not given everything back yet */
+  int reported;            /* the current check's result is known (or dropped) */
+  int gai_pending;
+  int tcp_state;
+  char read_buf[4096];
+  size_t request_len;
+  char request[];          /* the GET request, built once */
+};
+
+static void on_timer(uv_timer_t *t);
+
+static uint64_t rng_next(hc_checker_t *c) {
+  uint64_t z = (c->rng += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* Interval jittered to [0.9, 1.1] * interval_ms, computed without overflow. */
+static uint64_t next_delay(hc_checker_t *c) {
+  uint64_t i = c->interval_ms;
+  return i - i / 10 + rng_next(c) % (i / 5 + 1);
+}
+
+static void unref(hc_checker_t *c) {
+  if (--c->refs > 0) return;
+  free(c->host);
+  free(c);
+}
+
+/* Ends the current check once its result is out and its resources are back; schedules the next. */
+static void check_maybe_over(hc_checker_t *c) {
+  if (!c->in_check || !c->reported || c->gai_pending || c->tcp_state != HC_TCP_NONE) return;
+  c->in_check = 0;
+  if (!c->stopped) uv_timer_start(&c->timer, on_timer, next_delay(c), 0);
+}
+
+static void on_tcp_closed(uv_handle_t *h) {
+  hc_checker_t *c = h->data;
+  c->tcp_state = HC_TCP_NONE;
+  check_maybe_over(c);
+  unref(c);
+}
+
+/* Reports the current check's result once (not after stop), then gives back what the check holds. A
+ * pending getaddrinfo is cancelled; its callback still runs (UV_EAI_CANCELED, or a late result) and releases. */
+static void check_finish(hc_checker_t *c, int ok, int detail) {
+  if (c->reported) return;
+  c->reported = 1;
+  uv_timer_stop(&c->timer);
+  if (!c->stopped) c->cb(c->ud, ok, detail); /* may call hc_checker_stop: c stays valid (timer close is async) */
+  if (c->gai_pending) uv_cancel((uv_req_t *)&c->gai);
+  if (c->tcp_state == HC_TCP_OPEN) {
+    c->tcp_state = HC_TCP_CLOSING;
+    uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
+  }
+  check_maybe_over(c);
+}
+
+static int on_headers_complete(llhttp_t *p) {
+  hc_checker_t *c = p->data;
+  int status = llhttp_get_status_code(p);
+  if (status >= 100 && status < 200 && status != 101) return 0; /* interim: the final status follows */
+  check_finish(c, status >= 200 && status <= 299, status);
+  return HPE_PAUSED;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  hc_checker_t *c = h->data;
+  *buf = uv_buf_init(c->read_buf, sizeof c->read_buf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  hc_checker_t *c = s->data;
+  if (c->reported || nread == 0) return;
+  if (nread < 0) {
+    check_finish(c, 0, (int)nread); /* UV_EOF, UV_ECONNRESET... before a status */
+    return;
+  }
+  llhttp_errno_t err = llhttp_execute(&c->parser, buf->base, (size_t)nread);
+  if (err != HPE_OK && err != HPE_PAUSED) check_finish(c, 0, UV_EPROTO);
+}
+
+static void on_write(uv_write_t *w, int status) {
+  hc_checker_t *c = w->data;
+  if (status < 0 && !c->reported) check_finish(c, 0, status);
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+  hc_checker_t *c = req->data;
+  if (c->reported || status == UV_ECANCELED) return; /* the handle is closing */
+  if (status < 0) {
+    check_finish(c, 0, status);
+    return;
+  }
+  llhttp_init(&c->parser, HTTP_RESPONSE, &c->settings);
+  c->parser.data = c;
+  int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  uv_buf_t b = uv_buf_init(c->request, (unsigned)c->request_len);
+  if (rc == 0) rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+  if (rc < 0) check_finish(c, 0, rc);
+}
+
+/* Resolved: connect to the first IPv4 address if any (as gateway/backend does, so "localhost" reaches a
+ * backend bound to 127.0.0.1), else the first address. */
+static void check_connect(hc_checker_t *c, int status, const struct addrinfo *res) {
+  if (status < 0 || !res) {
+    check_finish(c, 0, status < 0 ? status : UV_EAI_NONAME);
+    return;
+  }
+  const struct addrinfo *ai = res;
+  for (const struct addrinfo *x = res; x; x = x->ai_next)
+    if (x->ai_family == AF_INET) {
+      ai = x;
+      break;
+    }
+  int rc = uv_tcp_init(c->loop, &c->tcp);
+  if (rc == 0) {
+    c->tcp_state = HC_TCP_OPEN;
+    c->refs++;
+    rc = uv_tcp_connect(&c->connect_req, &c->tcp, ai->ai_addr, on_connect);
+  }
+  if (rc < 0) check_finish(c, 0, rc);
+}
+
+/* Runs for every getaddrinfo, also a cancelled one or one whose check is already over (timeout, stop). */
+static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res) {
+  hc_checker_t *c = g->data;
+  c->gai_pending = 0;
+  if (!c->reported) check_connect(c, status, res);
+  uv_freeaddrinfo(res);
+  check_maybe_over(c);
+  unref(c);
+}
+
+static void check_begin(hc_checker_t *c) {
+  c->in_check = 1;
+  c->reported = 0;
+  uv_timer_start(&c->timer, on_timer, c->timeout_ms, 0);
+  char port[8];
+  snprintf(port, sizeof port, "%u", c->port);
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+  int rc = uv_getaddrinfo(c->loop, &c->gai, on_resolved, c->host, port, &hints);
+  if (rc < 0) {
+    check_finish(c, 0, rc);
+    return;
+  }
+  c->gai_pending = 1;
+  c->refs++;
+}
+
+/* Between checks: time for the next one. During a check: its deadline passed. */
+static void on_timer(uv_timer_t *t) {
+  hc_checker_t *c = t->data;
+  if (c->in_check) check_finish(c, 0, UV_ETIMEDOUT);
+  else check_begin(c);
+}
+
+static void on_timer_closed(uv_handle_t *h) { unref(h->data); }
+
+/* Host and path go into the request verbatim: refuse anything that would break the request line. */
+static int bad_token(const char *s) {
+  if (!s || !*s) return 1;
+  for (; *s; s++)
+    if ((unsigned char)*s <= ' ' || *s == 0x7f) return 1;
+  return 0;
+}
+
+int hc_checker_start(uv_loop_t *loop, const hc_config_t *cfg, hc_result_cb cb, void *ud, hc_checker_t **out) {
+  if (!cb || bad_token(cfg->host) || bad_token(cfg->path) || !cfg->interval_ms || !cfg->timeout_ms)
+    return UV_EINVAL;
+#define HC_REQUEST(host) \
+  "GET %s HTTP/1.1\r\nHost: " host "\r\nUser-Agent: otlp-gateway-health\r\nConnection: close\r\n\r\n"
+  const char *fmt = strchr(cfg->host, ':') ? HC_REQUEST("[%s]:%u") : HC_REQUEST("%s:%u"); /* IPv6 literal */
+#undef HC_REQUEST
+  int n = snprintf(NULL, 0, fmt, cfg->path, cfg->host, cfg->port);
+  if (n < 0) return UV_EINVAL;
+  hc_checker_t *c = calloc(1, sizeof *c + (size_t)n + 1);
+  if (!c) return UV_ENOMEM;
+  c->host = strdup(cfg->host);
+  if (!c->host) {
+    free(c);
+    return UV_ENOMEM;
+  }
+  c->request_len = (size_t)snprintf(c->request, (size_t)n + 1, fmt, cfg->path, cfg->host, cfg->port);
+  c->loop = loop;
+  c->cb = cb;
+  c->ud = ud;
+  c->port = cfg->port;
+  c->interval_ms = cfg->interval_ms;
+  c->timeout_ms = cfg->timeout_ms;
+  c->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)c;
+  llhttp_settings_init(&c->settings);
+  c->settings.on_headers_complete = on_headers_complete;
+  c->gai.data = c;
+  c->tcp.data = c;
+  c->connect_req.data = c;
+  c->write_req.data = c;
+  c->timer.data = c;
+  uv_timer_init(loop, &c->timer);
+  c->refs = 1;
+  uv_timer_start(&c->timer, on_timer, rng_next(c) % c->interval_ms, 0);
+  *out = c;
+  return 0;
+}
+
+void hc_checker_stop(hc_checker_t *c) {
+  if (!c || c->stopped) return;
+  c->stopped = 1;
+  if (c->in_check) check_finish(c, 0, UV_ECANCELED); /* not reported: stopped is set */
+  uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+}
+
+/* ---- hysteresis ---------------------------------------------------------------------------------------- */
+
+void hc_state_init(hc_state_t *s, uint32_t rise, uint32_t fall, int up) {
+  s->rise = rise ? rise : 1;
+  s->fall = fall ? fall : 1;
+  s->up = !!up;
+  s->health = s->up ? s->rise + s->fall - 1 : 0;
+}
+
+int hc_state_observe(hc_state_t *s, int ok) {
+  uint32_t top = s->rise + s->fall - 1;
+  if (ok) {
+    if (s->health < top) s->health++;
+    if (!s->up && s->health >= s->rise) {
+      s->up = 1;
+      s->health = top;
+      return 1;
+    }
+    return 0;
+  }
+  if (!s->up) { /* a rise needs consecutive successes: a failure undoes it */
+    s->health = 0;
+    return 0;
+  }
+  s->health--;
+  if (s->health < s->rise) {
+    s->up = 0;
+    s->health = 0;
+    return -1;
+  }
+  return 0;
+}
+
+int hc_state_force_down(hc_state_t *s) {
+  int was_up = s->up;
+  s->up = 0;
+  s->health = 0;
+  return was_up ? -1 : 0;
+}

@@ -1,0 +1,534 @@
+"""Fault injection: the real gateway in front of real otlp-sink processes that are killed, restarted, made to
+answer 503, turned into black holes (GET /control?hang=1), added by a config reload or by DNS, while otlp-load
+sends a paced stream of traces through it.
+
+The core check of every scenario is the accounting: otlp-load records every trace it got a 2xx for (acked),
+every sink records every trace it received (delivered). After the gateway's queues are empty, no
+acknowledged span may be missing (lost == 0); duplicates are allowed (at-least-once). Each scenario prints
+   scenario=<name> acked_spans=.. delivered_spans=.. lost=.. duplicates=..
+Only 127.0.0.x addresses are used; every process stops by itself or is killed at exit (harness)."""
+import collections
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+from harness import (TMP, BackgroundLoad, Conn, Gateway, Proc, Sink, build_request, http_request, read_traces,
+                     run_tests, trace_request, wait_until, write_config)
+
+HEALTH = '{enabled: true, path: "/", interval: 200ms, timeout: 200ms, rise: 2, fall: 2, eject_after_failures: 3}'
+RETRY = "{initial_interval: 50ms, max_interval: 500ms, max_elapsed: 60s}"
+DRAIN_TIMEOUT = 30
+RSS_LIMIT_MIB = 256
+
+
+def resilience_config(endpoints=(), dns=None):
+    """The gateway config of these tests: static endpoints and/or a backends.dns block (a dict)."""
+    lines = ['server:', '  listen: "127.0.0.1:0"', '  shutdown_timeout: 10s',
+             'telemetry:', '  listen: "127.0.0.1:0"',
+             'backends:']
+    if endpoints:
+        lines.append('  static:')
+        lines += ['    - {endpoint: "%s"}' % e for e in endpoints]
+    if dns:
+        lines.append('  dns: {hostname: "%s", port: %d, interval: %s, servers: ["%s"]}'
+                     % (dns["hostname"], dns["port"], dns["interval"], dns["server"]))
+    lines += ['  request_timeout: 1s', '  health_check: ' + HEALTH, '  retry: ' + RETRY,
+              '  queue: {max_bytes: 64MiB}']
+    return "\n".join(lines) + "\n"
+
+
+def fresh(path):
+    if os.path.exists(path):
+        os.unlink(path)
+    return path
+
+
+class Pool:
+    """n sinks, each recording the traces it receives into its own file."""
+
+    def __init__(self, name, n=3, listens=None):
+        listens = listens or ["127.0.0.1:0"] * n
+        self.files = [fresh(os.path.join(TMP, "%s.sink%d.txt" % (name, i))) for i in range(len(listens))]
+        self.sinks = [Sink("--trace-file", f, listen=l) for f, l in zip(self.files, listens)]
+
+    @property
+    def endpoints(self):
+        return [s.endpoint for s in self.sinks]
+
+    def distinct(self, i):
+        """Distinct traces sink i has received so far."""
+        return len(read_traces(self.files[i]))
+
+    def stop(self):
+        for s in self.sinks:
+            s.stop()
+
+
+def count_lines(path):
+    with open(path) as f:
+        return sum(1 for _ in f)
+
+
+def up_metric(endpoint):
+    return 'otlp_gateway_backend_up{backend="%s"}' % endpoint
+
+
+def start_load(g, name, duration, seed=1, rate=300):
+    """A paced background load through g, acknowledged traces into TMP/<name>.acked.txt."""
+    acked = fresh(os.path.join(TMP, "%s.acked.txt" % name))
+    load = BackgroundLoad("http://127.0.0.1:%d" % g.port, "--rate", str(rate), "--spans", "100", "--traces", "10",
+                          "--connections", "8", "--duration", duration, "--timeout", "10s", "--trace-file", acked,
+                          "--seed", str(seed))
+    load.acked_file = acked
+    return load
+
+
+def wait_drained(g, timeout=DRAIN_TIMEOUT):
+    """Waits (bounded) until the gateway has nothing queued for any backend."""
+    wait_until(lambda: g.metric_sum("otlp_gateway_backend_queue_bytes"), lambda v: v == 0, timeout,
+               "sum of otlp_gateway_backend_queue_bytes")
+
+
+def accounting(acked_files, sink_files):
+    acked, delivered = collections.Counter(), collections.Counter()
+    for f in acked_files:
+        acked.update(read_traces(f))
+    for f in sink_files:
+        delivered.update(read_traces(f))
+    lost = sum(max(0, n - delivered.get(t, 0)) for t, n in acked.items())
+    dups = sum(max(0, n - acked.get(t, 0)) for t, n in delivered.items())
+    return {"acked_spans": sum(acked.values()), "delivered_spans": sum(delivered.values()), "lost": lost,
+            "duplicates": dups, "acked_traces": len(acked)}
+
+
+def check_accounting(name, acked_files, sink_files, results=(), settle=3.0):
+    """Prints the scenario line and asserts nothing acknowledged was lost. The files are read again for up
+    to settle seconds while spans are missing: a request may still be on its way to a sink when the queue
+    metric reads 0."""
+    deadline = time.time() + settle
+    while True:
+        a = accounting(acked_files, sink_files)
+        if a["lost"] == 0 or time.time() >= deadline:
+            break
+        time.sleep(0.2)
+    print("    scenario=%s acked_spans=%d delivered_spans=%d lost=%d duplicates=%d"
+          % (name, a["acked_spans"], a["delivered_spans"], a["lost"], a["duplicates"]), flush=True)
+    assert a["acked_spans"] > 0, "nothing was acknowledged: the scenario tested nothing"
+    acked_by_load = sum(r["spans_acked"] for r in results)
+    if results:  # the trace files agree with the RESULT lines: the accounting reads what the loads saw
+        assert a["acked_spans"] == acked_by_load, (a["acked_spans"], acked_by_load)
+    assert a["lost"] == 0, "%s: %d acknowledged spans never reached a sink" % (name, a["lost"])
+    return a
+
+
+def probe_load(g, name, pool, idxs, seed=7):
+    """A short extra load (other trace IDs) after a recovery; each sink in idxs must get some of it.
+    Returns (RESULT, acked file) for the accounting."""
+    load = start_load(g, name, "1s", seed=seed)
+    res = load.result()
+    acked = set(read_traces(load.acked_file))
+    got = [len(acked & set(read_traces(pool.files[i]))) for i in idxs]
+    print("    probe load after the recovery: %d traces acked, per recovered sink %s" % (len(acked), got))
+    assert res["ok"] > 0 and all(got), ("a recovered sink got none of the new traces", got)
+    return res, load.acked_file
+
+
+def wait_ring(g, n, timeout=10):
+    return g.wait_metric("otlp_gateway_ring_backends", lambda v: v == n, timeout)
+
+
+def result_line(res):
+    keys = ("requests", "ok", "errors", "spans_acked")
+    return " ".join("%s=%d" % (k, res.get(k, 0)) for k in keys) + " " + " ".join(
+        "%s=%d" % (k, v) for k, v in sorted(res.items()) if k.startswith("status_"))
+
+
+def no_answer_within(conn, seconds):
+    conn.s.settimeout(seconds)
+    try:
+        data = conn.s.recv(65536)
+    except socket.timeout:
+        return True
+    conn.buf += data
+    return False
+
+
+PB = {"Content-Type": "application/x-protobuf"}
+
+
+# ---- the sink's control endpoint, which the scenarios rely on ---------------------------------------------
+
+def test_sink_control():
+    f = fresh(os.path.join(TMP, "control.sink.txt"))
+    s = Sink("--trace-file", f, "--status", "502", "--retry-after", "7")
+    try:
+        assert s.control() == {"status": 502, "retry_after": 7, "hang": 0, "held": 0, "held_total": 0}
+        st, h, _ = http_request(s.port, "POST", "/v1/traces", trace_request(3, 1), PB)
+        assert st == 502 and h.get("retry-after") == "7", (st, h)
+        assert s.control(status=503, retry_after=1)["status"] == 503
+        st, h, _ = http_request(s.port, "POST", "/v1/traces", trace_request(3, 1), PB)
+        assert st == 503 and h.get("retry-after") == "1", (st, h)
+        s.control(retry_after=0)
+        st, h, _ = http_request(s.port, "POST", "/v1/traces", trace_request(3, 1), PB)
+        assert st == 503 and "retry-after" not in h, (st, h)
+        for bad in ("bogus=1", "status=99", "status=600", "status=abc", "hang=2", "retry_after=-1", "status"):
+            st, _, body = http_request(s.port, "GET", "/control?" + bad)
+            assert st == 400 and b"error" in body, (bad, st, body)
+        assert s.control()["status"] == 503  # a refused request changed nothing
+        s.control(status=200)
+        assert http_request(s.port, "POST", "/v1/traces", trace_request(3, 1), PB)[0] == 200
+        assert sum(read_traces(f).values()) == 3
+        # black hole: POSTs and health checks held, /stats and /control answered at once, nothing recorded
+        assert s.control(hang=1)["hang"] == 1
+        post, health = Conn(s.port), Conn(s.port)
+        post.send(build_request("POST", "/v1/traces", trace_request(4, 2), PB))
+        health.send(build_request("GET", "/"))
+        assert no_answer_within(post, 0.7) and no_answer_within(health, 0.1)
+        assert s.stats()["traces"]["requests"] == 1
+        gone = Conn(s.port)
+        gone.send(build_request("POST", "/v1/traces", trace_request(4, 2), PB))
+        time.sleep(0.1)
+        gone.close()
+        state = s.control()
+        assert state["held"] == 3 and state["held_total"] == 3, state
+        state = s.control(hang=0)
+        assert state["hang"] == 0 and state["held"] == 0, state
+        assert post.read_response()[0] == 503 and health.read_response()[0] == 503
+        assert sum(read_traces(f).values()) == 3  # held requests were never recorded
+        # SIGTERM answers what is held, then the sink exits 0
+        s.control(hang=1)
+        post.send(build_request("POST", "/v1/traces", trace_request(4, 2), PB))
+        wait_until(lambda: s.control()["held"], lambda v: v == 1, 2, "held requests")
+        s.signal(signal.SIGTERM)
+        post.s.settimeout(5)
+        assert post.read_response()[0] == 503
+        assert s.wait(timeout=5) == 0
+    finally:
+        s.stop()
+
+
+# ---- scenarios -------------------------------------------------------------------------------------------
+
+def test_kill_sink():
+    """kill -9 one sink 2 s into an 8 s load, restart it on the same address at 5 s."""
+    pool = Pool("kill")
+    g = Gateway(resilience_config(pool.endpoints), name="kill.yaml")
+    victim, survivors = pool.sinks[0], (1, 2)
+    try:
+        wait_ring(g, 3)
+        load = start_load(g, "kill", "8s")
+        load.at(0.5)
+        n0 = [pool.distinct(i) for i in survivors]
+        load.at(2.0)
+        victim.kill()
+        t_kill = time.time()
+        n_kill = [pool.distinct(i) for i in survivors]
+        g.wait_metric(up_metric(victim.endpoint), lambda v: v == 0, timeout=2.5)
+        t_out = time.time()
+        n_out = [pool.distinct(i) for i in survivors]
+        load.at(5.0)
+        n_back = [pool.distinct(i) for i in survivors]
+        rate_before = (sum(n_kill) - sum(n0)) / (t_kill - load.t0 - 0.5)
+        rate_during = (sum(n_back) - sum(n_out)) / (time.time() - t_out)
+        print("    survivors' new traces/s: %.0f before the kill, %.0f while it was down" % (rate_before, rate_during))
+        # the survivors took over the dead sink's share: 3/2 of their rate before (1.15: slack for pacing on a
+        # loaded machine)
+        assert rate_during >= 1.15 * rate_before, (rate_before, rate_during)
+        victim.restart()
+        lines_at_restart = count_lines(pool.files[0])
+        g.wait_metric(up_metric(victim.endpoint), lambda v: v == 1, timeout=2.5)
+        time.sleep(0.5)
+        lines_after_up = count_lines(pool.files[0])
+        res = load.result()
+        print("    load: " + result_line(res))
+        lines_end = count_lines(pool.files[0])
+        assert lines_end > lines_after_up >= lines_at_restart, (lines_at_restart, lines_after_up, lines_end)
+        res2, acked2 = probe_load(g, "kill.probe", pool, [0])
+        wait_drained(g)
+        check_accounting("kill_sink", [load.acked_file, acked2], pool.files, [res, res2])
+    finally:
+        rc = g.stop()
+        pool.stop()
+    assert rc == 0, "gateway exit code %s (a sanitizer report?)" % rc
+
+
+def test_sink_503():
+    """One sink answers 503 for 5 s with Retry-After: 1, then 200; then 503 for 5 s without Retry-After."""
+    pool = Pool("s503")
+    g = Gateway(resilience_config(pool.endpoints), name="s503.yaml")
+    bad = pool.sinks[0]
+    retries = 'otlp_gateway_retries_total{backend="%s"}' % bad.endpoint
+    try:
+        wait_ring(g, 3)
+        load = start_load(g, "s503", "12s")
+        load.at(0.5)
+        assert bad.control(status=503, retry_after=1)["status"] == 503
+        load.at(5.5)
+        bad.control(status=200, retry_after=0)
+        r1 = g.metric(retries)
+        rejected1 = bad.stats()["rejected"]
+        print("    with Retry-After: 1 -> %d retries, %d answered 503" % (r1, rejected1))
+        assert r1 > 0, "no retries counted for the sink that answered 503 with Retry-After"
+        load.at(6.0)
+        bad.control(status=503, retry_after=0)
+        load.at(11.0)
+        bad.control(status=200)
+        r2 = g.metric(retries)
+        print("    without Retry-After -> %d more retries, %d answered 503"
+              % (r2 - r1, bad.stats()["rejected"] - rejected1))
+        assert r2 > r1, "no retries counted while the sink answered 503 without Retry-After"
+        res = load.result()
+        print("    load: " + result_line(res))
+        wait_drained(g)
+        check_accounting("sink_503", [load.acked_file], pool.files, [res])
+    finally:
+        rc = g.stop()
+        pool.stop()
+    assert rc == 0, "gateway exit code %s (a sanitizer report?)" % rc
+
+
+def test_black_hole():
+    """One sink accepts but never answers (hang=1) from 2 s into an 8 s load until after it."""
+    pool = Pool("hole")
+    g = Gateway(resilience_config(pool.endpoints), name="hole.yaml")
+    hole = pool.sinks[0]
+    try:
+        wait_ring(g, 3)
+        load = start_load(g, "hole", "8s")
+        load.at(2.0)
+        assert hole.control(hang=1)["hang"] == 1
+        g.wait_metric(up_metric(hole.endpoint), lambda v: v == 0, timeout=3)
+        rss = []
+        while load.p.poll() is None:
+            rss.append(g.rss_mib())
+            time.sleep(0.25)
+        res = load.result()
+        rss.append(g.rss_mib())
+        held_now = hole.control()["held"]
+        state = hole.control(hang=0)
+        print("    load: %s; the black hole held %d requests (%d still unanswered at hang=0); gateway max RSS %.1f MiB"
+              % (result_line(res), state["held_total"], held_now, max(rss)))
+        assert state["held_total"] > 0, "the black hole never received anything"
+        assert max(rss) < RSS_LIMIT_MIB, "gateway RSS %.1f MiB" % max(rss)
+        wait_drained(g)
+        check_accounting("black_hole", [load.acked_file], pool.files, [res])
+    finally:
+        rc = g.stop()
+        pool.stop()
+    assert rc == 0, "gateway exit code %s (a sanitizer report?)" % rc
+
+
+def test_all_down():
+    """kill -9 every sink for 5 s during a 10 s load, then restart them all."""
+    pool = Pool("alldown")
+    g = Gateway(resilience_config(pool.endpoints), name="alldown.yaml")
+    try:
+        wait_ring(g, 3)
+        load = start_load(g, "alldown", "10s")
+        load.at(2.0)
+        for s in pool.sinks:
+            s.kill()
+        load.at(7.0)
+        for s in pool.sinks:
+            s.restart()
+        for s in pool.sinks:
+            g.wait_metric(up_metric(s.endpoint), lambda v: v == 1, timeout=2.5)
+        res = load.result()
+        print("    load: " + result_line(res))
+        assert res.get("status_503", 0) > 0, "no 503 while every backend was down: " + result_line(res)
+        res2, acked2 = probe_load(g, "alldown.probe", pool, [0, 1, 2])
+        wait_drained(g)
+        check_accounting("all_down", [load.acked_file, acked2], pool.files, [res, res2])
+    finally:
+        rc = g.stop()
+        pool.stop()
+    assert rc == 0, "gateway exit code %s (a sanitizer report?)" % rc
+
+
+def test_reload_add():
+    """3 configured sinks and a 4th running; at 3 s the config lists 4 and SIGHUP reloads it."""
+    pool = Pool("reload", n=4)
+    g = Gateway(resilience_config(pool.endpoints[:3]), name="reload.yaml")
+    new = pool.sinks[3]
+    try:
+        wait_ring(g, 3)
+        load = start_load(g, "reload", "6s")
+        load.at(3.0)
+        write_config(resilience_config(pool.endpoints), "reload.yaml")
+        g.signal(signal.SIGHUP)
+        g.wait_metric(up_metric(new.endpoint), lambda v: v == 1, timeout=3)
+        wait_ring(g, 4, timeout=3)
+        res = load.result()
+        print("    load across the reload: " + result_line(res))
+        assert res["errors"] == 0 and res["ok"] == res["requests"], "non-2xx across the reload: " + result_line(res)
+        load2 = start_load(g, "reload2", "3s", seed=2)
+        res2 = load2.result()
+        print("    load after the reload: " + result_line(res2))
+        wait_drained(g)
+        acked2 = set(read_traces(load2.acked_file))
+        on_new = len(acked2 & set(read_traces(pool.files[3])))
+        share = on_new / max(1, len(acked2))
+        print("    the added sink holds %.1f%% of %d traces" % (100 * share, len(acked2)))
+        assert abs(share - 0.25) <= 0.07, share
+        check_accounting("reload_add", [load.acked_file, load2.acked_file], pool.files, [res, res2])
+    finally:
+        rc = g.stop()
+        pool.stop()
+    assert rc == 0, "gateway exit code %s (a sanitizer report?)" % rc
+
+
+# ---- DNS -------------------------------------------------------------------------------------------------
+
+def free_port(kind=socket.SOCK_STREAM, host="127.0.0.1"):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def dns_a(name, port, server="127.0.0.1"):
+    """A records of name from the DNS server at server:port (a minimal stub query)."""
+    qid = os.getpid() & 0xFFFF
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1)
+    try:
+        s.sendto(q, (server, port))
+        r = s.recv(4096)
+    finally:
+        s.close()
+    _, _, qd, an, _, _ = struct.unpack(">HHHHHH", r[:12])
+    i = 12
+    for _ in range(qd):
+        while r[i]:
+            i += r[i] + 1
+        i += 5
+    out = []
+    for _ in range(an):
+        i += 2 if r[i] & 0xC0 == 0xC0 else len(r[i:].split(b"\0", 1)[0]) + 1
+        typ, _, _, rdlen = struct.unpack(">HHIH", r[i:i + 10])
+        i += 10
+        if typ == 1 and rdlen == 4:
+            out.append(socket.inet_ntoa(r[i:i + 4]))
+        i += rdlen
+    return sorted(out)
+
+
+class Dnsmasq(Proc):
+    """dnsmasq answering for *.test from a hosts file; kill -HUP re-reads it."""
+
+    def __init__(self, hosts_file):
+        self.port = free_port(socket.SOCK_DGRAM)
+        super().__init__(["/usr/sbin/dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+                          "--no-hosts", "--addn-hosts=" + hosts_file, "--listen-address=127.0.0.1",
+                          "--bind-interfaces", "--port=%d" % self.port, "--local=/test/", "--pid-file=",
+                          "--user=root",  # else it drops to nobody, who cannot read the private TMP
+                          "--log-facility=-"])
+        self.wait_line(r"read .* names")
+
+
+def write_hosts(path, addrs, name="backends.test"):
+    with open(path + ".tmp", "w") as f:
+        f.writelines("%s %s\n" % (a, name) for a in addrs)
+    os.replace(path + ".tmp", path)
+
+
+def dns_pool(name):
+    """Sinks on 127.0.0.11, .12, .13, all on the same port."""
+    for _ in range(20):
+        port = free_port(host="127.0.0.11")
+        try:
+            return Pool(name, listens=["127.0.0.%d:%d" % (i, port) for i in (11, 12, 13)]), port
+        except AssertionError:  # the port was taken on one of the addresses meanwhile: another
+            continue
+    raise AssertionError("no port free on 127.0.0.11-13")
+
+
+def test_dns():
+    if not os.path.exists("/usr/sbin/dnsmasq"):
+        raise AssertionError("/usr/sbin/dnsmasq missing (Debian package dnsmasq-base)")
+    hosts = os.path.join(TMP, "dns.hosts")
+    write_hosts(hosts, ["127.0.0.11", "127.0.0.12"])
+    dns = Dnsmasq(hosts)
+    pool, q = dns_pool("dns")
+    g = None
+    try:
+        assert dns_a("backends.test", dns.port) == ["127.0.0.11", "127.0.0.12"]
+        g = Gateway(resilience_config(dns={"hostname": "backends.test", "port": q, "interval": "500ms",
+                                           "server": "127.0.0.1:%d" % dns.port}), name="dns.yaml")
+        wait_ring(g, 2)
+        load = start_load(g, "dns", "8s")
+        load.at(1.0)
+        write_hosts(hosts, ["127.0.0.11", "127.0.0.12", "127.0.0.13"])
+        t = time.time()
+        dns.signal(signal.SIGHUP)
+        wait_until(lambda: dns_a("backends.test", dns.port), lambda v: len(v) == 3, 2, "dnsmasq after HUP")
+        wait_ring(g, 3, timeout=3)
+        print("    127.0.0.13 added: ring_backends 3 after %.2f s" % (time.time() - t))
+        new = "http://127.0.0.13:%d" % q
+        g.wait_metric(up_metric(new), lambda v: v is not None, timeout=1, what="backend_up of " + new)
+        load.at(4.5)
+        n13 = pool.distinct(2)
+        assert n13 > 0, "the backend added by DNS received nothing"
+        write_hosts(hosts, ["127.0.0.12", "127.0.0.13"])
+        t = time.time()
+        dns.signal(signal.SIGHUP)
+        wait_until(lambda: dns_a("backends.test", dns.port), lambda v: len(v) == 2, 2, "dnsmasq after HUP")
+        wait_ring(g, 2, timeout=3)
+        print("    127.0.0.11 removed: ring_backends 2 after %.2f s" % (time.time() - t))
+        res = load.result()
+        print("    load: " + result_line(res))
+        wait_drained(g)
+        assert pool.distinct(2) > n13, "127.0.0.13 got nothing after 127.0.0.11 left"
+        check_accounting("dns", [load.acked_file], pool.files, [res])
+    finally:
+        if g:
+            g.stop()
+        pool.stop()
+        dns.stop()
+
+
+def test_sigterm():
+    """SIGTERM while data is queued: exit 0 within shutdown_timeout, nothing acknowledged lost.
+
+    A single failing sink does not keep a queue: it is ejected after 3 failures and its queue re-routed to
+    the others. So every sink answers 503 for 1 s (the gateway keeps what it acknowledged, queued), SIGTERM
+    comes while they still do, and they recover 0.3 s into the shutdown: the queues must drain before exit."""
+    pool = Pool("term")
+    g = Gateway(resilience_config(pool.endpoints), name="term.yaml")
+    try:
+        wait_ring(g, 3)
+        load = start_load(g, "term", "4s")
+        load.at(1.0)
+        for s in pool.sinks:
+            s.control(status=503)
+        load.at(2.0)
+        queued = g.metric_sum("otlp_gateway_backend_queue_bytes")
+        assert queued > 0, "nothing queued after every sink answered 503 for 1 s"
+        t = time.time()
+        g.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        for s in pool.sinks:
+            s.control(status=200)
+        try:
+            rc = g.wait(timeout=12)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the gateway did not exit within 12 s of SIGTERM")
+        took = time.time() - t
+        res = load.result()
+        print("    %d bytes queued at SIGTERM; exit %d after %.2f s; load: %s" % (queued, rc, took, result_line(res)))
+        assert rc == 0, "exit code %d; stderr: %s" % (rc, "\n".join(g.err[-5:]))
+        assert took < 10.5, took
+        check_accounting("sigterm", [load.acked_file], pool.files, [res])
+    finally:
+        rc = g.stop()
+        pool.stop()
+    assert rc == 0, "gateway exit code %s (a sanitizer report?)" % rc
+
+
+run_tests(globals())

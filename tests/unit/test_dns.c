@@ -1,0 +1,610 @@
+/*
+ * health/dns against a real dnsmasq on 127.0.0.1 (started once for the binary, answering .test names from
+ * two hosts files), plus a tiny in-loop UDP responder for answers dnsmasq will not give (duplicate records,
+ * SERVFAIL on one family only, silence). Each test runs its own loop with a watchdog and ends by checking
+ * that the loop closes with no handle left.
+ */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "health/dns.h"
+#include "test.h"
+
+#define MAX_ADDRS 16
+
+static char tmpdir[] = "/tmp/test_dns.XXXXXX";
+static char hosts_path[256], moving_path[256], log_path[256];
+static pid_t dnsmasq_pid = -1;
+static uint16_t dnsmasq_port;
+static char dnsmasq_server[32]; /* "127.0.0.1:PORT" */
+static int in_start;            /* set around dns_watch_start: cb must never run inside it */
+
+static const char *static_hosts = "127.0.0.2 backends.test\n"
+                                  "fd00::5 backends.test\n"
+                                  "127.0.0.11 backends.test\n"
+                                  "::1 backends.test\n"
+                                  "127.0.0.7 v4only.test\n"
+                                  "fd00::7 v6only.test\n";
+
+/* ---- fixtures ---------------------------------------------------------------------------------------- */
+
+static int write_file(const char *path, const char *text) {
+  char tmp[300];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  if (!f) return -1;
+  fputs(text, f);
+  if (fclose(f) != 0) return -1;
+  return rename(tmp, path); /* dnsmasq never sees half a file */
+}
+
+/* A port free for both UDP and TCP on 127.0.0.1 right now (0 if none found). */
+static uint16_t free_port(void) {
+  for (int attempt = 0; attempt < 20; attempt++) {
+    int u = socket(AF_INET, SOCK_DGRAM, 0), t = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    uint16_t port = 0;
+    if (bind(u, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(u, (struct sockaddr *)&a, &len) == 0 &&
+        bind(t, (struct sockaddr *)&a, sizeof a) == 0)
+      port = ntohs(a.sin_port);
+    close(u);
+    close(t);
+    if (port) return port;
+  }
+  return 0;
+}
+
+/* 1 once something accepts TCP on 127.0.0.1:port. */
+static int tcp_listening(uint16_t port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+  close(fd);
+  return ok;
+}
+
+static void print_dnsmasq_log(void) {
+  FILE *f = fopen(log_path, "r");
+  char line[512];
+  while (f && fgets(line, sizeof line, f)) fprintf(stderr, "  dnsmasq: %s", line);
+  if (f) fclose(f);
+}
+
+/* Starts dnsmasq in the foreground (--no-daemon also keeps it from changing user), only on 127.0.0.1,
+ * with no system config, no upstream and .test answered locally: unknown .test names are NXDOMAIN. */
+static void setup(void) {
+  if (!mkdtemp(tmpdir)) {
+    perror("mkdtemp");
+    return;
+  }
+  snprintf(hosts_path, sizeof hosts_path, "%s/hosts", tmpdir);
+  snprintf(moving_path, sizeof moving_path, "%s/moving", tmpdir);
+  snprintf(log_path, sizeof log_path, "%s/dnsmasq.log", tmpdir);
+  dnsmasq_port = free_port();
+  if (write_file(hosts_path, static_hosts) != 0 || write_file(moving_path, "127.0.0.21 moving.test\n") != 0 ||
+      dnsmasq_port == 0) {
+    fprintf(stderr, "test_dns: cannot prepare %s\n", tmpdir);
+    return;
+  }
+  snprintf(dnsmasq_server, sizeof dnsmasq_server, "127.0.0.1:%u", dnsmasq_port);
+
+  char port_arg[32], hosts_arg[300], moving_arg[300];
+  snprintf(port_arg, sizeof port_arg, "--port=%u", dnsmasq_port);
+  snprintf(hosts_arg, sizeof hosts_arg, "--addn-hosts=%s", hosts_path);
+  snprintf(moving_arg, sizeof moving_arg, "--addn-hosts=%s", moving_path);
+  char *argv[] = {"dnsmasq", "--no-daemon", "--conf-file=/dev/null", port_arg, "--listen-address=127.0.0.1",
+                  "--bind-interfaces", "--no-resolv", "--no-hosts", hosts_arg, moving_arg, "--local=/test/",
+                  "--txt-record=txtonly.test,no-address", "--pid-file=", "--log-facility=-", "--log-queries", NULL};
+  const char *bin = access("/usr/sbin/dnsmasq", X_OK) == 0 ? "/usr/sbin/dnsmasq" : "dnsmasq";
+  /* fork + exec rather than posix_spawn, for PR_SET_PDEATHSIG: dnsmasq dies with this process even when a
+   * crash (abort, sanitizer report) skips teardown. Only async-signal-safe calls in the child. */
+  pid_t parent = getpid();
+  int log_fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  dnsmasq_pid = fork();
+  if (dnsmasq_pid == 0) {
+    int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent || null_fd < 0 || log_fd < 0 ||
+        dup2(null_fd, 0) < 0 || dup2(log_fd, 1) < 0 || dup2(log_fd, 2) < 0)
+      _exit(126);
+    execvp(bin, argv);
+    _exit(127);
+  }
+  if (log_fd >= 0) close(log_fd);
+  if (dnsmasq_pid < 0) {
+    perror("test_dns: fork");
+    return;
+  }
+  for (int i = 0; i < 300; i++) { /* up to 3 s */
+    int st;
+    if (waitpid(dnsmasq_pid, &st, WNOHANG) == dnsmasq_pid) {
+      if (WIFEXITED(st) && WEXITSTATUS(st) == 127)
+        fprintf(stderr, "test_dns: %s not found: apt-get install dnsmasq-base\n", bin);
+      else
+        fprintf(stderr, "test_dns: dnsmasq exited at start (status %d)\n", st);
+      print_dnsmasq_log();
+      dnsmasq_pid = -1;
+      return;
+    }
+    if (tcp_listening(dnsmasq_port)) return;
+    usleep(10000);
+  }
+  fprintf(stderr, "test_dns: dnsmasq not listening on port %u after 3 s\n", dnsmasq_port);
+  print_dnsmasq_log();
+  kill(dnsmasq_pid, SIGKILL);
+  waitpid(dnsmasq_pid, NULL, 0);
+  dnsmasq_pid = -1;
+}
+
+static void teardown(void) {
+  if (dnsmasq_pid > 0) {
+    int st;
+    CHECK_EQ_INT(waitpid(dnsmasq_pid, &st, WNOHANG), 0); /* still running: it did not die under the tests */
+    kill(dnsmasq_pid, SIGTERM);
+    int i = 0;
+    while (waitpid(dnsmasq_pid, &st, WNOHANG) == 0 && i++ < 200) usleep(10000);
+    if (i > 200) {
+      kill(dnsmasq_pid, SIGKILL);
+      waitpid(dnsmasq_pid, &st, 0);
+    }
+  }
+  char path[300];
+  const char *names[] = {"hosts", "moving", "dnsmasq.log"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    snprintf(path, sizeof path, "%s/%s", tmpdir, names[i]);
+    unlink(path);
+  }
+  rmdir(tmpdir);
+}
+
+/* Every test that talks to dnsmasq starts with this: a missing dnsmasq fails it with a clear reason. */
+#define NEED_DNSMASQ()                                                              \
+  do {                                                                              \
+    if (dnsmasq_pid <= 0) {                                                         \
+      fprintf(stderr, "%s:%d: dnsmasq is not running (see above)\n", __FILE__, __LINE__); \
+      test__failed_checks++;                                                        \
+      return;                                                                       \
+    }                                                                               \
+  } while (0)
+
+/* ---- a watch on its own loop ------------------------------------------------------------------------- */
+
+typedef struct ctx ctx_t;
+struct ctx {
+  uv_loop_t loop;
+  uv_timer_t watchdog;
+  uv_timer_t aux; /* stop-in-flight timer, or keeps the loop alive after a stop */
+  uv_udp_t fake;  /* in-loop DNS responder, when used */
+  int fake_used, aux_used, finished, timed_out;
+  dns_watch_t *w;
+  int calls, stop_after;
+  void (*hook)(ctx_t *c); /* replaces "stop after stop_after calls" */
+  int phase;
+  uint64_t t_start, t_last, min_gap;
+  int status;
+  size_t n;
+  char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
+  char err[256];
+};
+
+static void on_handle_closed(uv_handle_t *h) {}
+
+static void close_ctx_handles(ctx_t *c) {
+  if (c->finished) return;
+  c->finished = 1;
+  uv_close((uv_handle_t *)&c->watchdog, on_handle_closed);
+  if (c->aux_used && !uv_is_closing((uv_handle_t *)&c->aux)) uv_close((uv_handle_t *)&c->aux, on_handle_closed);
+  if (c->fake_used) uv_close((uv_handle_t *)&c->fake, on_handle_closed);
+}
+
+/* Stops the watch and lets the loop end. */
+static void finish(ctx_t *c) {
+  dns_watch_stop(c->w);
+  c->w = NULL;
+  close_ctx_handles(c);
+}
+
+static void on_watchdog(uv_timer_t *t) {
+  ctx_t *c = t->data;
+  c->timed_out = 1;
+  finish(c);
+}
+
+static void on_result(void *ud, int status, const char *const *addrs, size_t n, const char *err) {
+  ctx_t *c = ud;
+  CHECK(!in_start);   /* never from inside dns_watch_start */
+  CHECK(c->w != NULL); /* never after dns_watch_stop */
+  uint64_t now = uv_now(&c->loop);
+  if (c->calls > 0 && now - c->t_last < c->min_gap) c->min_gap = now - c->t_last;
+  c->t_last = now;
+  c->calls++;
+  c->status = status;
+  c->n = n;
+  CHECK(err != NULL);
+  snprintf(c->err, sizeof c->err, "%s", err ? err : "");
+  CHECK_EQ_INT(status == DNS_OK, n >= 1);
+  if (status == DNS_OK) CHECK_EQ_STR(err, "");
+  else CHECK(err && err[0]);
+  for (size_t i = 0; i < n && i < MAX_ADDRS; i++) {
+    snprintf(c->addrs[i], sizeof c->addrs[i], "%s", addrs[i]);
+    if (i > 0) CHECK(strcmp(addrs[i - 1], addrs[i]) < 0); /* sorted and unique */
+  }
+  if (!c->w) return;
+  if (c->hook) c->hook(c);
+  else if (c->calls >= c->stop_after) finish(c);
+}
+
+static void ctx_init(ctx_t *c, uint64_t watchdog_ms) {
+  memset(c, 0, sizeof *c);
+  uv_loop_init(&c->loop);
+  uv_timer_init(&c->loop, &c->watchdog);
+  c->watchdog.data = c;
+  uv_timer_start(&c->watchdog, on_watchdog, watchdog_ms, 0);
+  c->stop_after = 1;
+  c->min_gap = UINT64_MAX;
+  c->t_start = uv_now(&c->loop);
+}
+
+static int ctx_start(ctx_t *c, const char *name, const char *server, uint64_t interval_ms, char *err,
+                     size_t errlen) {
+  const char *servers[] = {server};
+  in_start = 1;
+  int rc = dns_watch_start(&c->loop, name, servers, server ? 1 : 0, interval_ms, on_result, c, &c->w, err, errlen);
+  in_start = 0;
+  return rc;
+}
+
+/* Runs the loop to the end; every handle (the watch's included) must be closed by then. */
+static void ctx_run(ctx_t *c) {
+  uv_run(&c->loop, UV_RUN_DEFAULT);
+  CHECK(c->finished);
+  CHECK_EQ_INT(uv_loop_close(&c->loop), 0);
+}
+
+/* One round against server; the result is left in c. */
+static void resolve_once(ctx_t *c, const char *name, const char *server) {
+  char err[256] = "";
+  ctx_init(c, 6000);
+  int rc = ctx_start(c, name, server, 1000, err, sizeof err);
+  CHECK_EQ_INT(rc, 0);
+  if (rc != 0) {
+    fprintf(stderr, "  dns_watch_start: %s\n", err);
+    close_ctx_handles(c);
+  }
+  ctx_run(c);
+  CHECK(!c->timed_out);
+  CHECK_EQ_INT(c->calls, rc == 0 ? 1 : 0);
+}
+
+/* ---- in-loop DNS responder ----------------------------------------------------------------------------
+ * dup.test: A 10.0.0.2, 10.0.0.1, 10.0.0.2 and AAAA fd00::1 twice; half.test: A 10.0.0.1, AAAA SERVFAIL;
+ * anything else: no answer at all. */
+
+static size_t add_rr(uint8_t *p, uint16_t type, const char *addr) {
+  uint8_t rdata[16];
+  size_t rdlen = type == 1 ? 4 : 16;
+  inet_pton(type == 1 ? AF_INET : AF_INET6, addr, rdata);
+  uint8_t head[12] = {0xc0, 0x0c, 0, (uint8_t)type, 0, 1, 0, 0, 0, 0, 0, (uint8_t)rdlen};
+  memcpy(p, head, sizeof head);
+  memcpy(p + sizeof head, rdata, rdlen);
+  return sizeof head + rdlen;
+}
+
+static void fake_alloc(uv_handle_t *h, size_t size, uv_buf_t *buf) {
+  static char mem[1500];
+  *buf = uv_buf_init(mem, sizeof mem);
+}
+
+static void fake_recv(uv_udp_t *u, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *from, unsigned flags) {
+  if (nread < 12 + 5 || !from) return;
+  const uint8_t *q = (const uint8_t *)buf->base;
+  size_t qend = 12;
+  while (qend < (size_t)nread && q[qend] != 0) qend += (size_t)q[qend] + 1;
+  qend += 5; /* root label, QTYPE, QCLASS */
+  if (qend > (size_t)nread) return;
+  uint16_t qtype = (uint16_t)(q[qend - 4] << 8 | q[qend - 3]);
+  const char *name = (const char *)q + 12;
+  uint8_t r[512];
+  memcpy(r, q, qend);
+  r[2] = 0x81; /* QR, RD */
+  r[3] = 0x80; /* RA, NOERROR */
+  memset(r + 6, 0, 6);
+  size_t len = qend, an = 0;
+  if (strcmp(name, "\3dup\4test") == 0) {
+    const char *v4[] = {"10.0.0.2", "10.0.0.1", "10.0.0.2"}, *v6[] = {"fd00::1", "fd00::1"};
+    size_t k = qtype == 1 ? 3 : 2;
+    for (an = 0; an < k; an++) len += add_rr(r + len, qtype, qtype == 1 ? v4[an] : v6[an]);
+  } else if (strcmp(name, "\4half\4test") == 0) {
+    if (qtype == 1) {
+      len += add_rr(r + len, qtype, "10.0.0.1");
+      an = 1;
+    } else {
+      r[3] = 0x82; /* SERVFAIL */
+    }
+  } else {
+    return;
+  }
+  r[7] = (uint8_t)an;
+  uv_buf_t out = uv_buf_init((char *)r, (unsigned)len);
+  uv_udp_try_send(u, &out, 1, from);
+}
+
+/* Binds the responder on 127.0.0.1 and writes its "host:port" into server. */
+static void fake_start(ctx_t *c, char *server, size_t len) {
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  int alen = sizeof a;
+  uv_udp_init(&c->loop, &c->fake);
+  c->fake_used = 1;
+  CHECK_EQ_INT(uv_udp_bind(&c->fake, (struct sockaddr *)&a, 0), 0);
+  uv_udp_getsockname(&c->fake, (struct sockaddr *)&a, &alen);
+  uv_udp_recv_start(&c->fake, fake_alloc, fake_recv);
+  snprintf(server, len, "127.0.0.1:%u", ntohs(a.sin_port));
+}
+
+/* ---- tests ------------------------------------------------------------------------------------------- */
+
+TEST(resolves_a_and_aaaa_sorted_unique) {
+  NEED_DNSMASQ();
+  ctx_t c;
+  char err[256] = "";
+  ctx_init(&c, 5000);
+  c.stop_after = 2; /* and a second round gives the same answer */
+  CHECK_EQ_INT(ctx_start(&c, "backends.test", dnsmasq_server, 50, err, sizeof err), 0);
+  CHECK_EQ_INT(c.calls, 0);
+  ctx_run(&c);
+  CHECK(!c.timed_out);
+  CHECK_EQ_INT(c.calls, 2);
+  CHECK_EQ_INT(c.status, DNS_OK);
+  CHECK_EQ_INT(c.n, 4);
+  CHECK_EQ_STR(c.addrs[0], "127.0.0.11"); /* strcmp order, not numeric */
+  CHECK_EQ_STR(c.addrs[1], "127.0.0.2");
+  CHECK_EQ_STR(c.addrs[2], "::1");
+  CHECK_EQ_STR(c.addrs[3], "fd00::5");
+  CHECK(c.min_gap >= 45); /* the second round waited for the interval */
+}
+
+TEST(one_family_only_is_ok) {
+  NEED_DNSMASQ();
+  ctx_t c;
+  resolve_once(&c, "v4only.test", dnsmasq_server);
+  CHECK_EQ_INT(c.status, DNS_OK);
+  CHECK_EQ_INT(c.n, 1);
+  CHECK_EQ_STR(c.addrs[0], "127.0.0.7");
+  resolve_once(&c, "v6only.test", dnsmasq_server);
+  CHECK_EQ_INT(c.status, DNS_OK);
+  CHECK_EQ_INT(c.n, 1);
+  CHECK_EQ_STR(c.addrs[0], "fd00::7");
+}
+
+TEST(missing_name_is_notfound) {
+  NEED_DNSMASQ();
+  ctx_t c;
+  resolve_once(&c, "missing.test", dnsmasq_server); /* NXDOMAIN */
+  CHECK_EQ_INT(c.status, DNS_NOTFOUND);
+  CHECK_EQ_INT(c.n, 0);
+  CHECK_CONTAINS(c.err, "not found");
+  resolve_once(&c, "txtonly.test", dnsmasq_server); /* exists, NODATA for A and AAAA */
+  CHECK_EQ_INT(c.status, DNS_NOTFOUND);
+  CHECK_EQ_INT(c.n, 0);
+  CHECK_CONTAINS(c.err, "no data");
+}
+
+TEST(refused_is_failed) {
+  NEED_DNSMASQ();
+  ctx_t c;
+  /* No upstream: dnsmasq answers REFUSED; c-ares 1.18 treats that as a server failure, tries again and
+   * reports "Could not contact DNS servers". */
+  resolve_once(&c, "outside.example", dnsmasq_server);
+  CHECK_EQ_INT(c.status, DNS_FAILED);
+  CHECK_EQ_INT(c.n, 0);
+}
+
+/* moving.test changes in its hosts file; SIGHUP makes dnsmasq re-read it; a later round must show it. */
+static void sighup_hook(ctx_t *c) {
+  CHECK_EQ_INT(c->status, DNS_OK);
+  if (c->phase == 0) {
+    CHECK_EQ_INT(c->n, 1);
+    CHECK_EQ_STR(c->addrs[0], "127.0.0.21");
+    CHECK_EQ_INT(write_file(moving_path, "127.0.0.22 moving.test\nfd00::22 moving.test\n"), 0);
+    CHECK_EQ_INT(kill(dnsmasq_pid, SIGHUP), 0);
+    c->phase = 1;
+    uv_timer_start(&c->watchdog, on_watchdog, 3000, 0);
+  } else if (c->n == 2) {
+    CHECK_EQ_STR(c->addrs[0], "127.0.0.22");
+    CHECK_EQ_STR(c->addrs[1], "fd00::22");
+    c->phase = 2;
+    finish(c);
+  } else { /* dnsmasq has not reloaded yet */
+    CHECK_EQ_INT(c->n, 1);
+    CHECK_EQ_STR(c->addrs[0], "127.0.0.21");
+  }
+}
+
+TEST(hosts_change_after_sighup_shows_next_round) {
+  NEED_DNSMASQ();
+  ctx_t c;
+  char err[256] = "";
+  ctx_init(&c, 3000);
+  c.hook = sighup_hook;
+  CHECK_EQ_INT(ctx_start(&c, "moving.test", dnsmasq_server, 200, err, sizeof err), 0);
+  ctx_run(&c);
+  CHECK(!c.timed_out);
+  CHECK_EQ_INT(c.phase, 2);
+  CHECK(c.calls >= 2);
+  CHECK(c.min_gap >= 195); /* rounds are interval_ms apart */
+  write_file(moving_path, "127.0.0.21 moving.test\n");
+  kill(dnsmasq_pid, SIGHUP);
+}
+
+TEST(unreachable_server_fails) {
+  ctx_t c;
+  char server[32];
+  snprintf(server, sizeof server, "127.0.0.1:%u", free_port()); /* nothing listens there */
+  resolve_once(&c, "backends.test", server);
+  CHECK_EQ_INT(c.status, DNS_FAILED);
+  CHECK_EQ_INT(c.n, 0);
+  CHECK(c.t_last - c.t_start < 5000);
+}
+
+TEST(second_server_answers_when_first_is_down) {
+  NEED_DNSMASQ();
+  ctx_t c;
+  char err[256] = "", down[32];
+  snprintf(down, sizeof down, "127.0.0.1:%u", free_port());
+  const char *servers[] = {down, dnsmasq_server};
+  ctx_init(&c, 5000);
+  CHECK_EQ_INT(dns_watch_start(&c.loop, "v4only.test", servers, 2, 1000, on_result, &c, &c.w, err, sizeof err), 0);
+  ctx_run(&c);
+  CHECK(!c.timed_out);
+  CHECK_EQ_INT(c.status, DNS_OK);
+  CHECK_EQ_STR(c.addrs[0], "127.0.0.7");
+}
+
+TEST(duplicate_records_reported_once) {
+  ctx_t c;
+  char err[256] = "", server[32];
+  ctx_init(&c, 5000);
+  fake_start(&c, server, sizeof server);
+  CHECK_EQ_INT(ctx_start(&c, "dup.test", server, 1000, err, sizeof err), 0);
+  ctx_run(&c);
+  CHECK(!c.timed_out);
+  CHECK_EQ_INT(c.status, DNS_OK);
+  CHECK_EQ_INT(c.n, 3);
+  CHECK_EQ_STR(c.addrs[0], "10.0.0.1");
+  CHECK_EQ_STR(c.addrs[1], "10.0.0.2");
+  CHECK_EQ_STR(c.addrs[2], "fd00::1");
+}
+
+TEST(one_family_failing_fails_the_round) {
+  ctx_t c;
+  char err[256] = "", server[32];
+  ctx_init(&c, 5000);
+  fake_start(&c, server, sizeof server);
+  CHECK_EQ_INT(ctx_start(&c, "half.test", server, 1000, err, sizeof err), 0);
+  ctx_run(&c);
+  CHECK(!c.timed_out);
+  CHECK_EQ_INT(c.status, DNS_FAILED); /* not a partial answer that would drop the IPv6 backends */
+  CHECK_EQ_INT(c.n, 0);
+}
+
+TEST(bad_arguments_rejected) {
+  const char *bad[] = {"localhost:53", "127.0.0.1:99999", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:-5",
+                       "[::1",         "[::1]x",          "::1",         "[127.0.0.1]:53", "1.2.3.4:5x", ""};
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char err[256] = "";
+    dns_watch_t *w = (dns_watch_t *)&loop; /* must be reset */
+    const char *servers[] = {"127.0.0.1:53", bad[i]};
+    int rc = dns_watch_start(&loop, "backends.test", servers, 2, 1000, on_result, NULL, &w, err, sizeof err);
+    CHECK_EQ_INT(rc, -1);
+    CHECK(w == NULL);
+    CHECK_CONTAINS(err, "bad DNS server");
+    if (bad[i][0]) CHECK_CONTAINS(err, bad[i]);
+  }
+  char err[256] = "";
+  dns_watch_t *w = NULL;
+  CHECK_EQ_INT(dns_watch_start(&loop, "", NULL, 0, 1000, on_result, NULL, &w, err, sizeof err), -1);
+  CHECK_CONTAINS(err, "bad DNS name");
+  CHECK_EQ_INT(uv_run(&loop, UV_RUN_NOWAIT), 0); /* nothing was left on the loop */
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+static void on_aux_done(uv_timer_t *t) { close_ctx_handles(t->data); }
+
+static void aux_linger(ctx_t *c, uint64_t ms) {
+  uv_timer_init(&c->loop, &c->aux);
+  c->aux.data = c;
+  c->aux_used = 1;
+  uv_timer_start(&c->aux, on_aux_done, ms, 0);
+}
+
+/* Starts against servers, stops at once (queries in flight, answers due within ms), then waits 300 ms. */
+static void start_and_stop_at_once(const char *server) {
+  ctx_t c;
+  char err[256] = "";
+  ctx_init(&c, 5000);
+  int rc = ctx_start(&c, "backends.test", server, 0, err, sizeof err);
+  CHECK_EQ_INT(rc, 0);
+  if (rc != 0) fprintf(stderr, "  %s: %s\n", server, err);
+  dns_watch_stop(c.w);
+  c.w = NULL;
+  aux_linger(&c, 300);
+  ctx_run(&c);
+  CHECK_EQ_INT(c.calls, 0);
+}
+
+TEST(good_server_forms_accepted_and_stop_at_once) {
+  NEED_DNSMASQ();
+  start_and_stop_at_once(dnsmasq_server);
+  start_and_stop_at_once("127.0.0.1");
+  start_and_stop_at_once("[::1]:5353");
+  start_and_stop_at_once("[::1]");
+}
+
+static void stop_and_linger(ctx_t *c) {
+  dns_watch_stop(c->w);
+  c->w = NULL;
+  aux_linger(c, 400); /* time for more rounds, were they to run */
+}
+
+TEST(stop_inside_callback) {
+  NEED_DNSMASQ();
+  ctx_t c;
+  char err[256] = "";
+  ctx_init(&c, 5000);
+  c.hook = stop_and_linger;
+  CHECK_EQ_INT(ctx_start(&c, "backends.test", dnsmasq_server, 0, err, sizeof err), 0); /* back-to-back rounds */
+  ctx_run(&c);
+  CHECK_EQ_INT(c.calls, 1);
+  CHECK_EQ_INT(c.status, DNS_OK);
+}
+
+static void on_stop_in_flight(uv_timer_t *t) {
+  ctx_t *c = t->data;
+  dns_watch_stop(c->w);
+  c->w = NULL;
+  uv_timer_start(&c->aux, on_aux_done, 3500, 0); /* past c-ares' own give-up time (1 s + 2 s) */
+}
+
+TEST(stop_while_query_in_flight) {
+  /* A UDP socket that never answers: the queries stay in flight until stopped. */
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t alen = sizeof a;
+  CHECK_EQ_INT(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+  getsockname(fd, (struct sockaddr *)&a, &alen);
+  char server[32], err[256] = "";
+  snprintf(server, sizeof server, "127.0.0.1:%u", ntohs(a.sin_port));
+  ctx_t c;
+  ctx_init(&c, 10000);
+  uv_timer_init(&c.loop, &c.aux);
+  c.aux.data = &c;
+  c.aux_used = 1;
+  uv_timer_start(&c.aux, on_stop_in_flight, 100, 0);
+  CHECK_EQ_INT(ctx_start(&c, "backends.test", server, 1000, err, sizeof err), 0);
+  ctx_run(&c);
+  CHECK(!c.timed_out);
+  CHECK_EQ_INT(c.calls, 0);
+  char q[512];
+  CHECK(recv(fd, q, sizeof q, MSG_DONTWAIT) > 0); /* a query had been sent */
+  close(fd);
+}
+
+TEST(synchronous_failure_reported_from_loop) {
+  ctx_t c;
+  char name[128];
+  memset(name, 'a', 70); /* a 70-byte label: c-ares fails the query inside ares_search */
+  strcpy(name + 70, ".test");
+  resolve_once(&c, name, "127.0.0.1:53"); /* on_result checks it is not called inside dns_watch_start */
+  CHECK_EQ_INT(c.status, DNS_FAILED);
+  CHECK(c.err[0] != '\0');
+}
+
+TEST_MAIN_WITH(setup, teardown)
