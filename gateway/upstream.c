@@ -72,6 +72,7 @@ struct us_set {
   bl_ring_t *ring;
   uint64_t ring_rebuilds;
   uv_timer_t rebuild_timer; /* state changes are applied from here, never inside a backend callback */
+  uv_timer_t sweep_timer;   /* drops queued parts past retry.max_elapsed, also where no retry runs */
   dns_watch_t *dns;
   char **dns_addrs;         /* last DNS answer */
   size_t n_dns_addrs;
@@ -397,14 +398,17 @@ static qpart_t *qpart_new(us_set_t *s, int sig, const struct iovec *iov, size_t 
   return q;
 }
 
-static void drop(us_set_t *s, qpart_t *q, int reason, const char *why) {
+/* Gives q up: counted in dropped_items_total{reason} and logged (rate-limited per backend). */
+static void drop(us_set_t *s, qpart_t *q, int reason, const char *detail) {
+  static const char *const reasons[GW_N_DROP_REASONS] = {"rejected", "expired", "shutdown", "malformed"};
   s->metrics->dropped_items[q->sig][reason] += q->items;
   us_backend_t *b = q->be;
   gw_log_limit_t *lim = b ? &b->log_dropped : NULL;
   uint64_t held = 0;
   if (!lim || gw_log_limit_take(lim, uv_hrtime(), LOG_REPEAT_NS, &held))
-    gw_log(GW_LOG_WARN, "items dropped", "reason", why, "backend", b ? b->endpoint : "", "signal",
-           otlp_signal(q->sig)->name, "items", gw_log_u64(q->items), "suppressed_since_last", gw_log_u64(held), NULL);
+    gw_log(GW_LOG_WARN, "items dropped", "reason", reasons[reason], "backend", b ? b->endpoint : "", "signal",
+           otlp_signal(q->sig)->name, "items", gw_log_u64(q->items), "detail", detail, "suppressed_since_last",
+           gw_log_u64(held), NULL);
   free(q->gz);
   free(q);
 }
@@ -413,7 +417,7 @@ static void drop(us_set_t *s, qpart_t *q, int reason, const char *why) {
 static void reroute(us_set_t *s, qpart_t *q) {
   us_backend_t *from = q->be;
   if (s->abandoned) {
-    drop(s, q, GW_DROP_SHUTDOWN, "shutdown");
+    drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
     return;
   }
   if (bl_ring_size(s->ring) == 0) {
@@ -486,11 +490,11 @@ static void on_retry_done(void *ud, int status, const uint8_t *body, size_t len,
     b->next_try_ns = 0;
     free(q);
   } else if (outcome == GW_OUTCOME_REJECTED) {
-    drop(s, q, GW_DROP_REJECTED, "rejected");
+    drop(s, q, GW_DROP_REJECTED, "refused by the backend on retry");
   } else if (s->abandoned) {
-    drop(s, q, GW_DROP_SHUTDOWN, "shutdown");
+    drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
   } else if (uv_hrtime() - q->first_fail_ns > s->cfg->backends.retry.max_elapsed_ms * MS_NS) {
-    drop(s, q, GW_DROP_EXPIRED, "retry.max_elapsed");
+    drop(s, q, GW_DROP_EXPIRED, "undelivered after backends.retry.max_elapsed");
   } else if (b->in_ring && status != UV_ECANCELED) {
     b->attempt++;
     b->next_try_ns = uv_hrtime() + backoff_ms(s, b, retry_after) * MS_NS;
@@ -504,6 +508,30 @@ static void on_retry_done(void *ud, int status, const uint8_t *body, size_t len,
 }
 
 static void on_retry_timer(uv_timer_t *t) { retry_pump(t->data); }
+
+/* Every second: parts that waited past retry.max_elapsed are dropped wherever they wait, also in the queue
+ * of a backend that is down while no ring exists to re-route them to (retry_pump checks only what it sends). */
+static void on_sweep(uv_timer_t *t) {
+  us_set_t *s = t->data;
+  uint64_t now = uv_hrtime(), max = s->cfg->backends.retry.max_elapsed_ms * MS_NS;
+  for (us_backend_t *b = s->backends; b; b = b->next) {
+    qpart_t **pp = &b->q_head, *prev = NULL;
+    while (*pp) {
+      qpart_t *q = *pp;
+      if (now - q->first_fail_ns <= max) {
+        prev = q;
+        pp = &q->next;
+        continue;
+      }
+      *pp = q->next;
+      if (b->q_tail == q) b->q_tail = prev;
+      b->q_bytes -= q->len;
+      q->next = NULL;
+      drop(s, q, GW_DROP_EXPIRED, "undelivered after backends.retry.max_elapsed");
+    }
+    if (!b->in_ring) backend_release(b);
+  }
+}
 
 /* Sends what waits in b's queue, a few at a time, once its backoff has passed. */
 static void retry_pump(us_backend_t *b) {
@@ -523,7 +551,7 @@ static void retry_pump(us_backend_t *b) {
     qpart_t *q = q_pop(b);
     if (now - q->first_fail_ns > s->cfg->backends.retry.max_elapsed_ms * MS_NS) {
       b->q_bytes -= q->len;
-      drop(s, q, GW_DROP_EXPIRED, "retry.max_elapsed");
+      drop(s, q, GW_DROP_EXPIRED, "undelivered after backends.retry.max_elapsed");
       continue;
     }
     const struct iovec *iov = &q->iov;
@@ -738,8 +766,11 @@ int us_create(uv_loop_t *loop, const cfg_t *cfg, gw_metrics_t *metrics, us_set_t
   s->rng = uv_hrtime() | 1;
   s->ring = bl_ring_create(NULL, 0);
   uv_timer_init(loop, &s->rebuild_timer);
-  s->rebuild_timer.data = s;
-  s->handles_open = 1;
+  uv_timer_init(loop, &s->sweep_timer);
+  s->rebuild_timer.data = s->sweep_timer.data = s;
+  s->handles_open = 2;
+  uv_timer_start(&s->sweep_timer, on_sweep, 1000, 1000);
+  uv_unref((uv_handle_t *)&s->sweep_timer);
   if (!s->ring) {
     snprintf(err, errlen, "out of memory");
     *out = s;
@@ -815,7 +846,7 @@ void us_abandon(us_set_t *s) {
     for (qpart_t *q; (q = q_pop(b)) != NULL;) {
       b->q_bytes -= q->len;
       q->be = b;
-      drop(s, q, GW_DROP_SHUTDOWN, "shutdown");
+      drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
     }
   }
   for (us_backend_t *b = s->backends; b; b = b->next) be_pool_cancel(b->pool);
@@ -836,7 +867,7 @@ void us_destroy(us_set_t *s) {
     for (qpart_t *q; (q = q_pop(b)) != NULL;) {
       b->q_bytes -= q->len;
       q->be = b;
-      drop(s, q, GW_DROP_SHUTDOWN, "shutdown");
+      drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
     }
   /* Pools fail what is in flight (callbacks drop it: abandoned), then every backend closes. */
   for (us_backend_t *b = s->backends; b; b = b->next) be_pool_cancel(b->pool);
@@ -846,4 +877,5 @@ void us_destroy(us_set_t *s) {
   s->ring = NULL;
   /* The set is freed by whichever close callback comes last: its timer's or its last backend's. */
   uv_close((uv_handle_t *)&s->rebuild_timer, set_timer_closed);
+  uv_close((uv_handle_t *)&s->sweep_timer, set_timer_closed);
 }

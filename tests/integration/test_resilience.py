@@ -380,6 +380,88 @@ def test_reload_add():
     assert rc == 0, "gateway exit code %s (a sanitizer report?)" % rc
 
 
+def test_queue_full_refuses_whole_request():
+    """Admission control: a backend that never answers fills its budget (queue.max_bytes counts bytes in flight
+    and queued); the next request that has a part for it is refused whole with 503 + Retry-After, and its
+    part for the healthy backend is not forwarded either."""
+    pool = Pool("full", n=2)
+    hole, good = pool.sinks
+    cfg = resilience_config(pool.endpoints)
+    cfg = cfg.replace("  health_check: " + HEALTH, "  health_check: {enabled: false, eject_after_failures: 1000}")
+    cfg = cfg.replace("  request_timeout: 1s", "  request_timeout: 30s").replace("{max_bytes: 64MiB}",
+                                                                             "{max_bytes: 64KiB}")
+    g = Gateway(cfg, name="full.yaml")
+    body = trace_request(250, 40)  # about 10 KB; both backends own some of these 40 traces
+    conns = []
+    try:
+        hole.control(hang=1)
+        refused = None
+        for i in range(40):
+            c = Conn(g.port)
+            conns.append(c)
+            before = good.stats()["traces"]["requests"]
+            c.send(build_request("POST", "/v1/traces", body, PB))
+            if not no_answer_within(c, 0.5):  # the others wait for the black hole (request_timeout 30 s)
+                refused = (i, c.read_response(), before)
+                break
+        assert refused, "40 requests were all admitted into a 64 KiB budget"
+        i, (st, h, rbody), before = refused
+        held = hole.control()["held"]
+        print("    request %d refused (%d held by the black hole): %d %s" % (i, held, st, rbody[-60:]))
+        assert st == 503 and h.get("retry-after") == "1" and b"queue full for backend " + hole.endpoint.encode() in rbody
+        assert i >= 2 and held == i, (i, held)  # earlier requests were admitted and their parts are in flight
+        time.sleep(0.3)
+        assert good.stats()["traces"]["requests"] == before, "the refused request was partly forwarded"
+        assert g.metric('otlp_gateway_requests_total{signal="traces",code="503"}') == 1
+        g.wait_line(r'msg="queue full" backend=%s' % hole.endpoint.replace(".", r"\."))
+    finally:
+        for c in conns:
+            c.close()
+        hole.control(hang=0)
+        rc = g.stop()
+        pool.stop()
+    assert rc == 0, "gateway exit code %s (a sanitizer report?)" % rc
+
+
+def test_retry_gives_up_after_max_elapsed():
+    """A part that never gets through is dropped after retry.max_elapsed and counted: by the retry loop (a
+    backend answering 503) and by the sweep (a backend that is down with no ring to re-route to)."""
+    failing = Sink("--status", "503")
+    pool_cfg = resilience_config([failing.endpoint, DEAD := "http://127.0.0.1:1"])
+    pool_cfg = pool_cfg.replace(RETRY, "{initial_interval: 50ms, max_interval: 200ms, max_elapsed: 1s}")
+    pool_cfg = pool_cfg.replace("eject_after_failures: 3", "eject_after_failures: 1000")
+    g = Gateway(pool_cfg, name="expire.yaml")
+    try:
+        # the dead backend leaves the ring at its first checks (fall: 2); the 503 one stays (its GET / is 200)
+        g.wait_metric(up_metric(DEAD), lambda v: v == 0, timeout=5)
+        st, _, _ = http_request(g.port, "POST", "/v1/traces", trace_request(30, 10), PB)
+        assert st == 200, st  # queued for retry: acknowledged
+        g.wait_metric('otlp_gateway_dropped_items_total{signal="traces",reason="expired"}', lambda v: v == 30,
+                      timeout=10)
+        wait_drained(g, timeout=5)
+        assert g.metric('otlp_gateway_retries_total{backend="%s"}' % failing.endpoint) >= 3
+        g.wait_line(r'msg="items dropped" reason=expired backend=%s' % failing.endpoint.replace(".", r"\."))
+    finally:
+        rc = g.stop()
+        failing.stop()
+    assert rc == 0, "gateway exit code %s (a sanitizer report?)" % rc
+    # the sweep: the only backend refuses connections; its part waits in its queue with no ring, then expires
+    cfg = resilience_config(["http://127.0.0.1:1"]).replace(RETRY, "{initial_interval: 50ms, max_interval: 200ms, "
+                                                                   "max_elapsed: 1s}")
+    g = Gateway(cfg, name="expire2.yaml")
+    try:
+        st, _, _ = http_request(g.port, "POST", "/v1/traces", trace_request(20, 4), PB)
+        assert st == 200, st  # before the first failures eject it, the part is queued: acknowledged
+        g.wait_metric(up_metric("http://127.0.0.1:1"), lambda v: v == 0, timeout=5)
+        assert http_request(g.port, "POST", "/v1/traces", trace_request(20, 4), PB)[0] == 503  # no ring now
+        g.wait_metric('otlp_gateway_dropped_items_total{signal="traces",reason="expired"}', lambda v: v == 20,
+                      timeout=10)
+        wait_drained(g, timeout=5)
+    finally:
+        rc = g.stop()
+    assert rc == 0, "gateway exit code %s (a sanitizer report?)" % rc
+
+
 # ---- DNS -------------------------------------------------------------------------------------------------
 
 def free_port(kind=socket.SOCK_STREAM, host="127.0.0.1"):
