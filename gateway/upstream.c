@@ -573,8 +573,9 @@ static void retry_pump(us_backend_t *b) {
       b->q_bytes -= q->len;
       q_push(b, q, 1);
       b->attempt++;
-      b->next_try_ns = now + backoff_ms(s, b, 0) * MS_NS;
-      uv_timer_start(&b->retry_timer, on_retry_timer, backoff_ms(s, b, 0), 0);
+      uint64_t d = backoff_ms(s, b, 0);
+      b->next_try_ns = now + d * MS_NS;
+      uv_timer_start(&b->retry_timer, on_retry_timer, d, 0);
       return;
     }
     b->refs++;

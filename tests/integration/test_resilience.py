@@ -240,6 +240,11 @@ def test_kill_sink():
         victim.restart()
         lines_at_restart = count_lines(pool.files[0])
         g.wait_metric(up_metric(victim.endpoint), lambda v: v == 1, timeout=2.5)
+        # one log line per state change: down (passive or by checks), up, and a ring rebuild each time
+        ep = victim.endpoint.replace(".", r"\.")
+        g.wait_line(r'msg="backend down" backend=%s reason="(passive ejection|health check failed)"' % ep)
+        g.wait_line(r'msg="backend up" backend=%s reason="health check passed"' % ep)
+        assert sum('msg="ring rebuilt" backends=2' in ln for ln in g.err) == 1, g.err[-8:]
         time.sleep(0.5)
         lines_after_up = count_lines(pool.files[0])
         res = load.result()
@@ -361,6 +366,8 @@ def test_reload_add():
         g.signal(signal.SIGHUP)
         g.wait_metric(up_metric(new.endpoint), lambda v: v == 1, timeout=3)
         wait_ring(g, 4, timeout=3)
+        g.wait_line(r'msg="backend added" backend=%s source=static' % new.endpoint.replace(".", r"\."))
+        g.wait_line(r'msg="config reloaded" path=\S+ backends=4')
         res = load.result()
         print("    load across the reload: " + result_line(res))
         assert res["errors"] == 0 and res["ok"] == res["requests"], "non-2xx across the reload: " + result_line(res)
