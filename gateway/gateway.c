@@ -1,13 +1,15 @@
 /*
- * gateway/gateway — ingest and telemetry listeners, backend pools and the routing ring, wired to the config.
+ * gateway/gateway — the ingest and telemetry listeners wired to the config and to gateway/upstream (the
+ * backends, their health, the ring and the retry queues).
  *
  * Ingest answers, in this order: 404 unknown path, 405 not POST, 401 missing/wrong bearer token, 411 no
  * body framing, 415 unsupported Content-Type / Content-Encoding (all from the headers, before the body is
  * read), then 413 body too large (decompressed), 400 bad gzip / malformed protobuf (with the byte offset),
- * 200 for an empty request. Every other request is split by balancer/ over the ring and its parts are
- * sent to their backends; the client is answered once every part is answered: all delivered -> 200 (with
- * the backends' partial_success summed, plus items of parts a backend refused as bad); any retryable
- * failure (transport, 429/502/503/504) -> 503 with Retry-After. Retry queues replace that 503 later.
+ * 200 for an empty request, 503 when no backend is up, 503 when a target backend's queue budget is full
+ * (nothing forwarded). Every other request is split by balancer/ over the ring and its parts are sent to
+ * their backends; the client is answered once every part is delivered (2xx), refused as bad (dropped,
+ * reported in partial_success) or, after a retryable failure, handed to the upstream's retry queues: 200.
+ * Shutdown: stop accepting, answer what is in flight, drain the retry queues, then close telemetry.
  */
 #include "gateway/gateway.h"
 
@@ -253,9 +255,7 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
   bl_ring_t *ring = us_ring(app->up);
   int no_backend = bl_ring_size(ring) == 0;
   if (no_backend) ring = app->validation_ring;
-  bl_route_t route = BL_ROUTE_TRACE_ID;
-  if (sig == OTLP_TRACES && app->cfg->routing.traces == CFG_ROUTE_SERVICE) route = BL_ROUTE_SERVICE;
-  if (sig == OTLP_LOGS && app->cfg->routing.logs == CFG_ROUTE_SERVICE) route = BL_ROUTE_SERVICE;
+  bl_route_t route = us_route(app->cfg, sig);
 
   size_t n = bl_ring_size(ring);
   fwd_t *f = calloc(1, sizeof *f + n * sizeof(fwd_part_t));

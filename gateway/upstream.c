@@ -97,11 +97,13 @@ static uint64_t rng_next(us_set_t *s) { /* xorshift64*: jitter only */
   return s->rng * 0x2545F4914F6CDD1Dull;
 }
 
-static bl_route_t route_for(const us_set_t *s, int sig) {
-  if (sig == OTLP_TRACES && s->cfg->routing.traces == CFG_ROUTE_SERVICE) return BL_ROUTE_SERVICE;
-  if (sig == OTLP_LOGS && s->cfg->routing.logs == CFG_ROUTE_SERVICE) return BL_ROUTE_SERVICE;
+bl_route_t us_route(const cfg_t *c, int sig) {
+  if (sig == OTLP_TRACES && c->routing.traces == CFG_ROUTE_SERVICE) return BL_ROUTE_SERVICE;
+  if (sig == OTLP_LOGS && c->routing.logs == CFG_ROUTE_SERVICE) return BL_ROUTE_SERVICE;
   return BL_ROUTE_TRACE_ID;
 }
+
+static bl_route_t route_for(const us_set_t *s, int sig) { return us_route(s->cfg, sig); }
 
 /* ---- backend lifetime ---------------------------------------------------------------------------------- */
 

@@ -34,6 +34,9 @@ typedef struct us_backend us_backend_t;
  * set until us_apply_config() hands it a new one. metrics: where dropped items are counted. */
 int us_create(uv_loop_t *loop, const cfg_t *cfg, gw_metrics_t *metrics, us_set_t **out, char *err, size_t errlen);
 
+/* How items of signal sig are routed under config c (routing.traces / logs / metrics). */
+bl_route_t us_route(const cfg_t *c, int sig);
+
 /* The current ring (not referenced: take a reference to keep it). Never NULL; may have 0 members. */
 bl_ring_t *us_ring(const us_set_t *s);
 
