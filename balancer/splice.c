@@ -17,8 +17,14 @@
  * Choices the header leaves open: service.name is the first attribute with key "service.name" and a string
  * value (several resource fields in one entry are searched in order, as their merge would list them; the
  * fallback hash is over the last one's bytes); a key field is checked (wire type 2, length 0 or 16) at every
- * occurrence and the last one routes; for metrics, items counts Metric records. Error offsets point at the
- * tag of the offending field, or at the varint (length, value) that is bad.
+ * occurrence and the last one routes. Error offsets point at the tag of the offending field, or at the varint
+ * (length, value) that is bad.
+ *
+ * Metrics: Metric.name is scanned as the item's key field (no length rule). By metric, a Metric whose resource
+ * entry has shown its service.name already is routed at once (the first service.name is final); otherwise it
+ * waits like a trace-less span and its name is found again, by a walk of its already validated top-level
+ * fields, when the entry ends. Each unit carries its weight (1, or the Metric's data points), so parts count
+ * points while their iovec bound still counts units.
  */
 #include "balancer/splice.h"
 
@@ -28,21 +34,40 @@
 #include <stdlib.h>
 #include <string.h>
 
-const bl_shape_t bl_shape_traces = {"ExportTraceServiceRequest", 1, 0, "resource_spans", "scope_spans", "spans",
-                                    "trace_id"};
-const bl_shape_t bl_shape_logs = {"ExportLogsServiceRequest", 9, 0, "resource_logs", "scope_logs", "log_records",
-                                  "trace_id"};
-const bl_shape_t bl_shape_metrics = {"ExportMetricsServiceRequest", 0, 1, "resource_metrics", "scope_metrics",
-                                     "metrics", "-"};
+static const char *const metric_fields[32] = {[1] = "name", [2] = "description", [3] = "unit", [5] = "gauge",
+                                              [7] = "sum", [9] = "histogram", [10] = "exponential_histogram",
+                                              [11] = "summary", [12] = "metadata"};
+
+const bl_shape_t bl_shape_traces = {.name = "ExportTraceServiceRequest", .item_key_field = 1,
+                                    .resources_name = "resource_spans", .scopes_name = "scope_spans",
+                                    .items_name = "spans", .key_name = "trace_id"};
+const bl_shape_t bl_shape_logs = {.name = "ExportLogsServiceRequest", .item_key_field = 9,
+                                  .resources_name = "resource_logs", .scopes_name = "scope_logs",
+                                  .items_name = "log_records", .key_name = "trace_id"};
+const bl_shape_t bl_shape_metrics = {.name = "ExportMetricsServiceRequest", .item_name_field = 1,
+                                     .item_points = 1u << 5 | 1u << 7 | 1u << 9 | 1u << 10 | 1u << 11,
+                                     .route_resource = 1, .resources_name = "resource_metrics",
+                                     .scopes_name = "scope_metrics", .items_name = "metrics", .key_name = "name",
+                                     .item_field_names = metric_fields, .points_name = "data_points"};
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
-/* Where a field sits, for error paths. */
-enum level { L_REQ, L_RES, L_SCOPE, L_ITEM, L_RESOURCE, L_KV, L_ANY };
+/* Where a field sits, for error paths. L_DATA: an item's data container (Metric.gauge, ...). */
+enum level { L_REQ, L_RES, L_SCOPE, L_ITEM, L_DATA, L_RESOURCE, L_KV, L_ANY };
+
+/* What is routed and by which key, from (shape, route); see splice.h. */
+enum mode {
+  M_ITEM_TRACE,   /* items by trace_id, else by the resource's service key */
+  M_ITEM_SERVICE, /* items by the resource's service key */
+  M_ITEM_METRIC,  /* items by (service key, item name) */
+  M_RES_SERVICE,  /* whole resource entries by the service key */
+  M_RES_ATTRS     /* whole resource entries by the attribute-set key */
+};
 
 typedef struct unit {
   uint32_t start, end; /* the item's whole record: tag .. end of value */
   uint32_t owner;
+  uint32_t items;      /* weight: 1, or the Metric's data points */
 } unit_t;
 
 typedef struct scope_rec {
@@ -62,7 +87,9 @@ typedef struct res_rec {
   uint32_t rb_off, rb_len;     /* the (last) resource message, hashed when there is no service.name */
   uint8_t has_svc;
   uint8_t pending;             /* some units wait for the resource's owner */
-  uint64_t items;
+  uint32_t units;              /* item records (Metric records decide whether a whole entry is sent) */
+  uint64_t items;              /* their weight */
+  uint64_t attr_sum;           /* M_RES_ATTRS: sum of bl_hash(KeyValue) over every resource field's attributes */
 } res_rec;
 
 typedef struct emit {
@@ -93,13 +120,14 @@ typedef struct arena {
 
 typedef struct scan {
   const bl_shape_t *shape;
-  bl_route_t route;
+  enum mode mode;
   const uint8_t *buf;
   const bl_ring_t *ring;
   arena_t *a;
   bl_error_t *err;
-  uint32_t key_field;
+  uint32_t key_field;      /* the item's trace_id or name field */
   uint32_t ri, si, ii, ai; /* indices for error paths: current resource entry, scope entry, item, attribute */
+  uint32_t df, pi;         /* and the current data container's field number and data point */
   uint32_t first_owner;
   int mixed;
   int oom;
@@ -135,6 +163,11 @@ static size_t path(const scan_t *sc, enum level lv, char *out, size_t cap) {
   }
   if (lv >= L_SCOPE) appendf(out, cap, &n, ".%s[%u]", s->scopes_name, sc->si);
   if (lv >= L_ITEM) appendf(out, cap, &n, ".%s[%u]", s->items_name, sc->ii);
+  if (lv >= L_DATA) {
+    const char *d = sc->df < 32 && s->item_field_names ? s->item_field_names[sc->df] : NULL;
+    if (d) appendf(out, cap, &n, ".%s", d);
+    else appendf(out, cap, &n, ".(field %u)", sc->df);
+  }
   return n;
 }
 
@@ -154,7 +187,11 @@ static void child_name(const scan_t *sc, enum level lv, uint64_t num, char *out,
     else if (num == 2) { snprintf(out, cap, "%s[%u]", s->items_name, sc->ii); return; }
     else if (num == 3) n = "schema_url";
     break;
-  case L_ITEM: if (num == sc->key_field) n = s->key_name; break;
+  case L_ITEM:
+    if (num == sc->key_field) n = s->key_name;
+    else if (num < 32 && s->item_field_names) n = s->item_field_names[num];
+    break;
+  case L_DATA: if (num == 1) { snprintf(out, cap, "%s[%u]", s->points_name, sc->pi); return; } break;
   case L_RESOURCE: if (num == 1) { snprintf(out, cap, "attributes[%u]", sc->ai); return; } break;
   case L_KV: n = num == 1 ? "key" : num == 2 ? "value" : NULL; break;
   case L_ANY: if (num == 1) n = "string_value"; break;
@@ -385,13 +422,14 @@ static int scan_kv(scan_t *sc, const uint8_t *p, const uint8_t *end, const uint8
 }
 
 /* Resource: finds the first string-valued service.name attribute (once found, later attributes are only
- * skipped); validates the Resource's own fields. */
+ * skipped); validates the Resource's own fields; by attribute set, adds each attribute's hash to r->attr_sum. */
 static int scan_resource(scan_t *sc, res_rec *r, const uint8_t *p, const uint8_t *end) {
   field_t f;
   while (p < end) {
     if (next_field(sc, L_RESOURCE, &p, end, &f)) return -1;
     if (f.num != 1) continue;
     if (f.wt != WT_LEN) return fail_wt(sc, L_RESOURCE, 1, f.tag, f.wt);
+    if (sc->mode == M_RES_ATTRS) r->attr_sum += bl_hash(f.val, f.len);
     if (!r->has_svc) {
       const uint8_t *svc = NULL;
       size_t slen = 0;
@@ -408,13 +446,100 @@ static int scan_resource(scan_t *sc, res_rec *r, const uint8_t *p, const uint8_t
   return 0;
 }
 
-/* The owner of units routed by the resource (service.name, else resource bytes); looked up once per entry. */
+static inline void put_le64(uint8_t *o, uint64_t v) {
+  for (int i = 0; i < 8; i++) o[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* The owner of units routed by the resource (attribute-set key, or service.name, else resource bytes); looked
+ * up once per entry. */
 static uint32_t resource_owner(scan_t *sc, res_rec *r) {
   if (r->owner == BL_RING_NONE) {
-    uint64_t h = r->has_svc ? bl_hash(sc->buf + r->svc_off, r->svc_len) : bl_hash(sc->buf + r->rb_off, r->rb_len);
+    uint64_t h;
+    if (sc->mode == M_RES_ATTRS) {
+      uint8_t b[8];
+      put_le64(b, r->attr_sum);
+      h = bl_hash(b, 8);
+    } else {
+      h = r->has_svc ? bl_hash(sc->buf + r->svc_off, r->svc_len) : bl_hash(sc->buf + r->rb_off, r->rb_len);
+    }
     r->owner = bl_ring_lookup(sc->ring, h);
   }
   return r->owner;
+}
+
+/* M_ITEM_METRIC: the owner of an item named name in resource entry r, keyed by hash(P, 0, name) where P is the
+ * service.name bytes, else the 8 little-endian bytes of the resource-bytes hash. Returns BL_RING_NONE only when
+ * out of memory (sc->oom set). */
+static uint32_t metric_owner(scan_t *sc, const res_rec *r, const uint8_t *name, size_t nlen) {
+  uint8_t stack[256], rb[8];
+  const uint8_t *pre = rb;
+  size_t plen = 8;
+  if (r->has_svc) {
+    pre = sc->buf + r->svc_off;
+    plen = r->svc_len;
+  } else {
+    put_le64(rb, bl_hash(sc->buf + r->rb_off, r->rb_len));
+  }
+  size_t n = plen + 1 + nlen;
+  uint8_t *k = n <= sizeof stack ? stack : malloc(n);
+  if (!k) {
+    sc->oom = 1;
+    return BL_RING_NONE;
+  }
+  if (plen) memcpy(k, pre, plen);
+  k[plen] = 0;
+  if (nlen) memcpy(k + plen + 1, name, nlen);
+  uint32_t o = bl_ring_lookup(sc->ring, bl_hash(k, n));
+  if (k != stack) free(k);
+  return o;
+}
+
+/* The last field nf (wire type 2) of an item record [p, end) (tag .. end of value) that scan_item accepted:
+ * the walk needs no checks beyond staying in bounds. *v is NULL when absent. */
+static void item_field(const uint8_t *p, const uint8_t *end, uint32_t nf, const uint8_t **v, size_t *vlen) {
+  uint64_t t, len;
+  *v = NULL;
+  *vlen = 0;
+  if (rd_varint(&p, end, &t) || rd_varint(&p, end, &len) || len > (uint64_t)(end - p)) return;
+  end = p + len;
+  while (p < end) {
+    if (rd_varint(&p, end, &t)) return;
+    switch (t & 7) {
+    case WT_LEN:
+      if (rd_varint(&p, end, &len) || len > (uint64_t)(end - p)) return;
+      if ((t >> 3) == nf) {
+        *v = p;
+        *vlen = (size_t)len;
+      }
+      p += len;
+      break;
+    case WT_VARINT:
+      if (skip_varint(&p, end)) return;
+      break;
+    case WT_I64: p += 8; break;
+    case WT_I32: p += 4; break;
+    default: return;
+    }
+  }
+}
+
+/* A data container (Metric.gauge, ...): validates its fields and counts its points (field 1, wire type 2),
+ * skipping each by length. */
+static __attribute__((noinline)) int count_points(scan_t *sc, uint32_t df, const uint8_t *p, const uint8_t *end,
+                                                  uint64_t *n) {
+  uint64_t c = 0;
+  field_t f;
+  sc->df = df;
+  sc->pi = 0;
+  while (p < end) {
+    if (next_field(sc, L_DATA, &p, end, &f)) return -1;
+    if (f.num != 1) continue;
+    if (f.wt != WT_LEN) return fail_wt(sc, L_DATA, 1, f.tag, f.wt);
+    c++;
+    sc->pi++;
+  }
+  *n = c;
+  return 0;
 }
 
 static inline void note_owner(scan_t *sc, uint32_t o) {
@@ -422,12 +547,17 @@ static inline void note_owner(scan_t *sc, uint32_t o) {
   else if (o != sc->first_owner) sc->mixed = 1;
 }
 
-/* One item's top-level fields (the hot loop): validates them and returns the last key field in *key and *klen
- * (*key NULL when absent). */
-static inline int scan_item(scan_t *sc, const uint8_t *p, const uint8_t *end, const uint8_t **key, size_t *klen) {
+/* One item's top-level fields (the hot loop): validates them and returns the last key field (trace_id, or
+ * the name with pts) in *key and *klen (*key NULL when absent), and in *w the item's weight: 1, or with pts
+ * (a constant at each call site, so each variant compiles on its own) the data points of its last data field. */
+static inline __attribute__((always_inline)) int scan_item(scan_t *sc, const uint8_t *p, const uint8_t *end,
+                                                           const uint8_t **key, size_t *klen, uint64_t *w,
+                                                           const int pts) {
   const uint32_t kf = sc->key_field;
+  const uint32_t pf = pts ? sc->shape->item_points : 0;
   const uint8_t *k = NULL;
   size_t kl = 0;
+  uint64_t points = 0;
   while (p < end) {
     const uint8_t *tag = p;
     uint64_t t;
@@ -443,11 +573,14 @@ static inline int scan_item(scan_t *sc, const uint8_t *p, const uint8_t *end, co
       if (__builtin_expect((rc = rd_varint(&p, end, &len)) != 0, 0)) return fail_varint(sc, L_ITEM, lp, rc, "length");
       if (__builtin_expect(len > (uint64_t)(end - p), 0)) return fail_len(sc, L_ITEM, num, lp, len, end);
       if (num == kf) {
-        if (len != 16 && len != 0)
+        if (!pts && len != 16 && len != 0)
           return fail(sc, L_ITEM, tag, ".%s: length %llu (must be 16 or empty)", sc->shape->key_name,
                       (unsigned long long)len);
         k = p;
         kl = (size_t)len;
+      } else if (pts && num < 32 && (pf >> num & 1)) {
+        /* Oneof: the last data field is the metric's data, alone (as protobuf-c decodes it). */
+        if (count_points(sc, num, p, p + len, &points)) return -1;
       }
       p += len;
       continue;
@@ -466,9 +599,11 @@ static inline int scan_item(scan_t *sc, const uint8_t *p, const uint8_t *end, co
     default: return fail_wt(sc, L_ITEM, num, tag, (unsigned)(t & 7));
     }
     if (__builtin_expect(num == kf, 0)) return fail_wt(sc, L_ITEM, num, tag, (unsigned)(t & 7));
+    if (pts && num < 32 && (pf >> num & 1)) return fail_wt(sc, L_ITEM, num, tag, (unsigned)(t & 7));
   }
   *key = k;
   *klen = kl;
+  *w = pts ? points : 1;
   return 0;
 }
 
@@ -479,11 +614,12 @@ static inline int all_zero16(const uint8_t *k) {
   return (a | b) == 0;
 }
 
-/* Scope entry: records it and its units (item shapes), or only counts items (route_resource). */
+/* Scope entry: records it and its units (item modes), or only counts items (whole-entry modes). */
 static int scan_scope(scan_t *sc, size_t ridx, const uint8_t *tag, const uint8_t *p, const uint8_t *end) {
   arena_t *a = sc->a;
-  const int by_unit = !sc->shape->route_resource;
-  const int by_trace = sc->route == BL_ROUTE_TRACE_ID && sc->key_field != 0;
+  const enum mode mode = sc->mode;
+  const int by_unit = mode <= M_ITEM_METRIC;
+  const int pts = sc->shape->item_points != 0;
   size_t sidx = a->n_scopes;
   if (by_unit) {
     GROW(sc, a->scopes, a->n_scopes, a->cap_scopes);
@@ -494,7 +630,7 @@ static int scan_scope(scan_t *sc, size_t ridx, const uint8_t *tag, const uint8_t
     s->end = (uint32_t)(end - sc->buf);
     s->first_unit = (uint32_t)a->n_units;
   }
-  uint32_t n_other = 0;
+  uint32_t n_other = 0, n_recs = 0;
   uint64_t n_items = 0;
   sc->ii = 0;
   while (p < end) {
@@ -512,12 +648,16 @@ static int scan_scope(scan_t *sc, size_t ridx, const uint8_t *tag, const uint8_t
     }
     const uint8_t *key = NULL;
     size_t klen = 0;
-    if (scan_item(sc, f.val, f.val + f.len, &key, &klen)) return -1;
-    n_items++;
+    uint64_t w;
+    if (pts ? scan_item(sc, f.val, f.val + f.len, &key, &klen, &w, 1)
+            : scan_item(sc, f.val, f.val + f.len, &key, &klen, &w, 0))
+      return -1;
+    n_items += w;
+    n_recs++;
     sc->ii++;
     if (!by_unit) continue;
     uint32_t owner;
-    if (by_trace && klen == 16 && !all_zero16(key)) {
+    if (mode == M_ITEM_TRACE && klen == 16 && !all_zero16(key)) {
       if (memcmp(key, sc->last_tid, 16) == 0 && sc->last_tid_owner != BL_RING_NONE) {
         owner = sc->last_tid_owner;
       } else {
@@ -525,6 +665,11 @@ static int scan_scope(scan_t *sc, size_t ridx, const uint8_t *tag, const uint8_t
         memcpy(sc->last_tid, key, 16);
         sc->last_tid_owner = owner;
       }
+      note_owner(sc, owner);
+    } else if (mode == M_ITEM_METRIC && a->res[ridx].has_svc) {
+      /* The first service.name is final: no need to wait for the end of the entry. */
+      owner = metric_owner(sc, &a->res[ridx], key, klen);
+      if (owner == BL_RING_NONE) return -1;
       note_owner(sc, owner);
     } else {
       owner = BL_RING_NONE; /* resolved at the end of the resource entry */
@@ -535,9 +680,11 @@ static int scan_scope(scan_t *sc, size_t ridx, const uint8_t *tag, const uint8_t
     u->start = (uint32_t)(rec - sc->buf);
     u->end = (uint32_t)(p - sc->buf);
     u->owner = owner;
+    u->items = (uint32_t)w; /* < 2^32: each point takes >= 2 bytes of a request < 4 GiB */
   }
   sc->items += n_items;
   a->res[ridx].items += n_items;
+  a->res[ridx].units += n_recs;
   if (by_unit) {
     scope_rec *s = &a->scopes[sidx];
     s->n_units = (uint32_t)(a->n_units - s->first_unit);
@@ -588,8 +735,19 @@ static int scan_res_entry(scan_t *sc, const uint8_t *tag, const uint8_t *p, cons
   r = &a->res[ridx];
   r->n_scopes = (uint32_t)(a->n_scopes - r->first_scope);
   r->n_other = n_other;
-  if (sc->shape->route_resource) {
-    if (r->items > 0) note_owner(sc, resource_owner(sc, r));
+  if (sc->mode >= M_RES_SERVICE) {
+    if (r->units > 0) note_owner(sc, resource_owner(sc, r));
+  } else if (r->pending && sc->mode == M_ITEM_METRIC) {
+    for (size_t i = first_unit; i < a->n_units; i++) {
+      unit_t *u = &a->units[i];
+      if (u->owner != BL_RING_NONE) continue;
+      const uint8_t *name;
+      size_t nlen;
+      item_field(sc->buf + u->start, sc->buf + u->end, sc->key_field, &name, &nlen);
+      u->owner = metric_owner(sc, r, name, nlen);
+      if (u->owner == BL_RING_NONE) return -1;
+      note_owner(sc, u->owner);
+    }
   } else if (r->pending) {
     uint32_t o = resource_owner(sc, r);
     note_owner(sc, o);
@@ -616,8 +774,8 @@ static int scan_request(scan_t *sc, const uint8_t *p, const uint8_t *end, uint32
 
 /* ------------------------------------------------------------------------------ pass 2: envelope sizes */
 
-/* Item shapes: one emit per (scope entry, part) and per (resource entry, part) that has units; sizes every
- * envelope and part, and bounds each part's iovec count (before coalescing). */
+/* Item modes: one emit per (scope entry, part) and per (resource entry, part) that has units; sizes every
+ * envelope and part, counts each part's items, and bounds its iovec count (before coalescing). */
 static int count_units(scan_t *sc, size_t len) {
   arena_t *a = sc->a;
   bl_part_t *parts = a->parts;
@@ -645,7 +803,8 @@ static int count_units(scan_t *sc, size_t len) {
           a->list_s[ns++] = b;
         }
         a->acc_s[b] += ul;
-        parts[b].items++;
+        parts[b].items += u->items;
+        a->iov_cap[b]++;
       }
       uint64_t gaps = (uint64_t)(s->end - s->cstart) - unit_bytes;
       s->first_emit = (uint32_t)ne;
@@ -679,14 +838,14 @@ static int count_units(scan_t *sc, size_t len) {
   return 0;
 }
 
-/* route_resource: whole entries, one slice each. */
+/* Whole-entry modes: one slice per entry that has item records. */
 static void count_resources(scan_t *sc, size_t len) {
   arena_t *a = sc->a;
   uint64_t res_bytes = 0;
   for (size_t ri = 0; ri < a->n_res; ri++) {
     const res_rec *r = &a->res[ri];
     res_bytes += r->end - r->start;
-    if (!r->items) continue;
+    if (!r->units) continue;
     a->parts[r->owner].len += r->end - r->start;
     a->parts[r->owner].items += r->items;
     a->iov_cap[r->owner] += 1;
@@ -734,8 +893,8 @@ static void fill(scan_t *sc, size_t len, uint32_t nt) {
     const res_rec *r = &a->res[ri];
     put_emits(a, all, nt, buf + prev, r->start - prev);
     prev = r->end;
-    if (sc->shape->route_resource) {
-      if (r->items) put(&a->parts[r->owner], buf + r->start, r->end - r->start);
+    if (sc->mode >= M_RES_SERVICE) {
+      if (r->units) put(&a->parts[r->owner], buf + r->start, r->end - r->start);
       continue;
     }
     if (!r->n_emits) continue;
@@ -763,6 +922,16 @@ static void fill(scan_t *sc, size_t len, uint32_t nt) {
 }
 
 /* ------------------------------------------------------------------------------------------ public */
+
+static enum mode mode_of(const bl_shape_t *shape, bl_route_t route) {
+  if (shape->route_resource) {
+    if (route == BL_ROUTE_METRIC && shape->item_name_field) return M_ITEM_METRIC;
+    if (route == BL_ROUTE_RESOURCE) return M_RES_ATTRS;
+    return M_RES_SERVICE; /* SERVICE, and TRACE_ID (no trace_id in these items) */
+  }
+  if (route == BL_ROUTE_TRACE_ID && shape->item_key_field) return M_ITEM_TRACE;
+  return M_ITEM_SERVICE; /* SERVICE, and RESOURCE / METRIC, which mean nothing for these items */
+}
 
 static void arena_free(arena_t *a) {
   if (!a) return;
@@ -824,8 +993,8 @@ int bl_split(const bl_shape_t *shape, bl_route_t route, const uint8_t *buf, size
   }
   arena_t *a = arena_new(np, len);
   if (!a) return -2;
-  scan_t sc = {.shape = shape, .route = route, .buf = buf, .ring = ring, .a = a, .err = err,
-               .key_field = shape->route_resource ? 0 : shape->item_key_field,
+  scan_t sc = {.shape = shape, .mode = mode_of(shape, route), .buf = buf, .ring = ring, .a = a, .err = err,
+               .key_field = shape->item_key_field ? shape->item_key_field : shape->item_name_field,
                .first_owner = BL_RING_NONE, .last_tid_owner = BL_RING_NONE};
   uint32_t top_other = 0;
   if (len && scan_request(&sc, buf, buf + len, &top_other)) {
@@ -851,16 +1020,15 @@ int bl_split(const bl_shape_t *shape, bl_route_t route, const uint8_t *buf, size
     return 0;
   }
 
-  if (shape->route_resource) count_resources(&sc, len);
+  if (sc.mode >= M_RES_SERVICE) count_resources(&sc, len);
   else if (count_units(&sc, len)) goto oom;
   uint32_t nt = 0;
   size_t total_iov = 0;
   for (uint32_t b = 0; b < np; b++) {
-    if (!a->parts[b].items) continue;
+    if (!a->parts[b].len) continue; /* not items: a part of point-less metrics is still a part */
     a->targets[nt] = b;
     a->targets_emit[nt++] = (emit_t){b, 0};
     a->parts[b].len += a->top_gaps;
-    if (!shape->route_resource) a->iov_cap[b] += (uint32_t)a->parts[b].items;
     a->iov_cap[b] += top_other + 1;
     total_iov += a->iov_cap[b];
   }

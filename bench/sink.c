@@ -4,8 +4,11 @@
  * Answers POST /v1/{traces,logs,metrics} with 200 and an empty Export*ServiceResponse (or a configured
  * status), optionally after a delay; counts requests, items and bytes per signal; can append every
  * received trace_id with its span count to a file ("<32 hex> <count>" per trace per request), so tests can
- * check where each trace went. GET / is a health check (200); GET /stats returns the counters as JSON.
- * Trace records are written and flushed before the 200 is sent, so a kill -9 never loses an acknowledged one.
+ * check where each trace went; --log-file does the same for log records that carry a trace_id ("<32 hex>
+ * <record count>"), so tests can check that logs go where their trace's spans went. GET / is a health check
+ * (200); GET /stats returns the counters as JSON (items: spans, log records, metric data points).
+ * Trace (and log) records are written and flushed before the 200 is sent, so a kill -9 never loses an
+ * acknowledged one.
  *
  * GET /control?status=CODE&retry_after=S&hang=0|1 changes the behaviour while running (for fault-injection
  * tests) and answers the new state as JSON; GET /control alone just reports it. status is answered to every
@@ -26,6 +29,7 @@
 #include "config/config.h"
 #include "gateway/http_server.h"
 #include "gateway/otlp_http.h"
+#include "opentelemetry/proto/collector/logs/v1/logs_service.pb-c.h"
 #include "opentelemetry/proto/collector/trace/v1/trace_service.pb-c.h"
 
 typedef struct sink {
@@ -39,6 +43,7 @@ typedef struct sink {
   const char *require_name;   /* --require-header: requests without it are answered 401 */
   const char *require_value;         /* answer 200 without decoding: benchmarks of the HTTP layer alone */
   FILE *trace_file;
+  FILE *log_file;        /* --log-file: "<trace_id hex> <records>" per trace per logs request */
   uint64_t requests[OTLP_N_SIGNALS];
   uint64_t items[OTLP_N_SIGNALS];
   uint64_t bytes[OTLP_N_SIGNALS];
@@ -71,13 +76,16 @@ typedef struct delayed {
 
 static const char usage[] =
     "usage: otlp-sink [--listen HOST:PORT] [--status CODE] [--retry-after SECONDS] [--delay MS]\n"
-    "                 [--trace-file PATH] [--max-body SIZE] [--no-decode] [--require-header 'NAME: VALUE']\n"
+    "                 [--trace-file PATH] [--log-file PATH] [--max-body SIZE] [--no-decode]\n"
+    "                 [--require-header 'NAME: VALUE']\n"
     "  --listen       address to listen on (default 127.0.0.1:0 = ephemeral; the bound address is printed)\n"
     "  --status       answer every OTLP request with this status instead of 200 (e.g. 503); initial value of\n"
     "                 the control endpoint's status\n"
     "  --retry-after  add Retry-After: SECONDS to non-200 answers (initial value of retry_after)\n"
     "  --delay        answer after MS milliseconds\n"
-    "  --trace-file   append \"<trace_id hex> <span count>\" for every trace of every accepted request\n"
+    "  --trace-file   append \"<trace_id hex> <span count>\" for every trace of every accepted traces request\n"
+    "  --log-file     append \"<trace_id hex> <record count>\" for every trace of every accepted logs request\n"
+    "                 (log records without a trace_id are counted in /stats only)\n"
     "  --max-body     largest request body accepted (default 64MiB)\n"
     "  --no-decode    count requests and bytes only; answer 200 without decoding (HTTP-layer benchmarks)\n"
     "  --require-header 'NAME: VALUE'  answer 401 to requests without exactly this header\n"
@@ -88,6 +96,22 @@ static const char usage[] =
     "  Unknown parameters or bad values -> 400. SIGTERM/SIGINT answer held requests (503) and exit.\n";
 
 static int cmp_id16(const void *a, const void *b) { return memcmp(a, b, 16); }
+
+/* Sorts the n trace IDs, writes "<hex> <count>" per distinct one to f, flushes, and frees ids. */
+static void write_ids(FILE *f, uint8_t (*ids)[16], size_t n) {
+  if (!ids) return;
+  qsort(ids, n, 16, cmp_id16);
+  for (size_t a = 0; a < n;) {
+    size_t b = a + 1;
+    while (b < n && memcmp(ids[a], ids[b], 16) == 0) b++;
+    char hex[33];
+    for (int q = 0; q < 16; q++) snprintf(hex + 2 * q, 3, "%02x", ids[a][q]);
+    fprintf(f, "%s %zu\n", hex, b - a);
+    a = b;
+  }
+  fflush(f);
+  free(ids);
+}
 
 /* Writes one line per distinct trace_id of the request with its span count. */
 static void record_traces(sink_t *s, const uint8_t *body, size_t len) {
@@ -107,20 +131,34 @@ static void record_traces(sink_t *s, const uint8_t *body, size_t len) {
         memcpy(ids[k], t.data, t.len < 16 ? t.len : 16);
       }
     }
-  if (ids) {
-    qsort(ids, n, 16, cmp_id16);
-    for (size_t a = 0; a < n;) {
-      size_t b = a + 1;
-      while (b < n && memcmp(ids[a], ids[b], 16) == 0) b++;
-      char hex[33];
-      for (int q = 0; q < 16; q++) snprintf(hex + 2 * q, 3, "%02x", ids[a][q]);
-      fprintf(s->trace_file, "%s %zu\n", hex, b - a);
-      a = b;
-    }
-    fflush(s->trace_file);
-    free(ids);
-  }
+  write_ids(s->trace_file, ids, n);
   opentelemetry__proto__collector__trace__v1__export_trace_service_request__free_unpacked(r, NULL);
+}
+
+/* Writes one line per distinct trace_id of the log records of the request with its record count; records
+ * without a trace_id (absent or all zero) are not written. */
+static void record_logs(sink_t *s, const uint8_t *body, size_t len) {
+  Opentelemetry__Proto__Collector__Logs__V1__ExportLogsServiceRequest *r =
+      opentelemetry__proto__collector__logs__v1__export_logs_service_request__unpack(NULL, len, body);
+  if (!r) return;
+  size_t n = 0;
+  for (size_t i = 0; i < r->n_resource_logs; i++)
+    for (size_t j = 0; j < r->resource_logs[i]->n_scope_logs; j++) n += r->resource_logs[i]->scope_logs[j]->n_log_records;
+  uint8_t(*ids)[16] = n ? calloc(n, 16) : NULL;
+  static const uint8_t zero[16];
+  size_t k = 0;
+  for (size_t i = 0; ids && i < r->n_resource_logs; i++)
+    for (size_t j = 0; j < r->resource_logs[i]->n_scope_logs; j++) {
+      Opentelemetry__Proto__Logs__V1__ScopeLogs *sl = r->resource_logs[i]->scope_logs[j];
+      for (size_t x = 0; x < sl->n_log_records; x++) {
+        ProtobufCBinaryData t = sl->log_records[x]->trace_id;
+        if (t.len == 0) continue;
+        memcpy(ids[k], t.data, t.len < 16 ? t.len : 16);
+        if (memcmp(ids[k], zero, 16) != 0) k++;
+      }
+    }
+  write_ids(s->log_file, ids, k);
+  opentelemetry__proto__collector__logs__v1__export_logs_service_request__free_unpacked(r, NULL);
 }
 
 static void answer(sink_t *s, hs_request_t *req, int status, otlp_encoding_t enc) {
@@ -375,6 +413,7 @@ static void on_request(hs_request_t *req, void *ud) {
   s->items[sig] += items;
   s->bytes[sig] += req->body_len;
   if (sig == OTLP_TRACES && s->trace_file) record_traces(s, body, len);
+  if (sig == OTLP_LOGS && s->log_file) record_logs(s, body, len);
   free(plain);
   respond(s, req, 200, renc);
 }
@@ -403,13 +442,13 @@ int main(int argc, char **argv) {
       {"retry-after", required_argument, NULL, 'r'}, {"delay", required_argument, NULL, 'd'},
       {"trace-file", required_argument, NULL, 't'},  {"max-body", required_argument, NULL, 'm'},
       {"no-decode", no_argument, NULL, 'n'},         {"help", no_argument, NULL, 'h'},
-      {"require-header", required_argument, NULL, 'q'},
+      {"require-header", required_argument, NULL, 'q'}, {"log-file", required_argument, NULL, 'L'},
       {NULL, 0, NULL, 0},
   };
   sink_t s = {0};
   s.status = 200;
   s.max_body = 64u << 20;
-  const char *listen = "127.0.0.1:0", *trace_path = NULL;
+  const char *listen = "127.0.0.1:0", *trace_path = NULL, *log_path = NULL;
   for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
     switch (o) {
       case 'l': listen = optarg; break;
@@ -417,6 +456,7 @@ int main(int argc, char **argv) {
       case 'r': s.retry_after = (unsigned)atoi(optarg); break;
       case 'd': s.delay_ms = strtoull(optarg, NULL, 10); break;
       case 't': trace_path = optarg; break;
+      case 'L': log_path = optarg; break;
       case 'm':
         if (cfg_parse_size(optarg, &s.max_body) != 0) {
           fprintf(stderr, "otlp-sink: bad --max-body \"%s\"\n", optarg);
@@ -455,6 +495,12 @@ int main(int argc, char **argv) {
     free(host);
     return 1;
   }
+  if (log_path && !(s.log_file = fopen(log_path, "a"))) {
+    perror(log_path);
+    if (s.trace_file) fclose(s.trace_file);
+    free(host);
+    return 1;
+  }
   signal(SIGPIPE, SIG_IGN);
   s.loop = uv_default_loop();
   hs_config_t hc = {.name = "sink", .max_body_bytes = s.max_body, .read_timeout_ms = 30000,
@@ -482,6 +528,7 @@ int main(int argc, char **argv) {
   printf("%s", buf);
   hs_server_destroy(s.srv);
   if (s.trace_file) fclose(s.trace_file);
+  if (s.log_file) fclose(s.log_file);
   free(s.held);
   uv_loop_close(s.loop);
   return 0;

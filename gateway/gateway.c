@@ -25,6 +25,7 @@
 #include "gateway/log.h"
 #include "gateway/metrics.h"
 #include "gateway/otlp_http.h"
+#include "gateway/otlp_json.h"
 #include "gateway/upstream.h"
 
 #define NO_BACKEND_RETRY_AFTER_S 5
@@ -246,9 +247,21 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
     body = plain;
   }
   if (enc == OTLP_ENC_JSON) {
+    /* Transcoded once into the equivalent protobuf request, which takes the protobuf path from here (the
+     * client's answer stays JSON). */
+    uint8_t *pb = NULL;
+    size_t pb_len = 0;
+    char jerr[300];
+    int jr = oj_to_protobuf(sig, body, len, &pb, &pb_len, jerr, sizeof jerr);
     free(plain);
-    answer(app, req, sig, enc, 415, "OTLP/JSON is not routed yet: send application/x-protobuf", 0, NULL, 0);
-    return;
+    plain = NULL;
+    if (jr != 0) {
+      answer(app, req, sig, enc, jr == -1 ? 400 : 500, jr == -1 ? jerr : "out of memory", 0, NULL, 0);
+      return;
+    }
+    plain = pb;
+    body = pb;
+    len = pb_len;
   }
   /* With no backend up, the request is still validated and counted (on a one-member stand-in ring): an
    * empty request is a 200 and a malformed one a 400 whatever the backends' state. */
@@ -319,7 +332,7 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
     const struct iovec *iov = part->iov;
     size_t n_iov = part->n_iov;
     const char *ce = NULL;
-    if (f->split.n_targets == 1 && gzipped) {
+    if (f->split.n_targets == 1 && gzipped && enc == OTLP_ENC_PROTOBUF) {
       /* Pass-through: every item has one owner, so the body goes on exactly as it came, still gzip. */
       f->whole.iov_base = req->body;
       f->whole.iov_len = req->body_len;

@@ -100,6 +100,11 @@ static uint64_t rng_next(us_set_t *s) { /* xorshift64*: jitter only */
 bl_route_t us_route(const cfg_t *c, int sig) {
   if (sig == OTLP_TRACES && c->routing.traces == CFG_ROUTE_SERVICE) return BL_ROUTE_SERVICE;
   if (sig == OTLP_LOGS && c->routing.logs == CFG_ROUTE_SERVICE) return BL_ROUTE_SERVICE;
+  if (sig == OTLP_METRICS) {
+    if (c->routing.metrics == CFG_ROUTE_RESOURCE) return BL_ROUTE_RESOURCE;
+    if (c->routing.metrics == CFG_ROUTE_METRIC) return BL_ROUTE_METRIC;
+    return BL_ROUTE_SERVICE;
+  }
   return BL_ROUTE_TRACE_ID;
 }
 

@@ -4,9 +4,12 @@
 #   --tests adds prometheus (server and promtool) for the tests that scrape and check /metrics, and
 #   dnsmasq-base (a DNS server the DNS-discovery tests start on a loopback port);
 #   --fuzz adds clang and its runtimes for libFuzzer builds.
+#   --tests also adds Debian's nodejs + npm for the interop test (tests/interop: the OpenTelemetry JS SDK,
+#   which needs node >= 18.19; Debian 12 has 18.20), only when no `node` is on PATH (a node installed some
+#   other way, e.g. from nodesource or nvm, is kept).
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config python3 libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-      libxxhash-dev libyaml-dev libdeflate-dev libc-ares-dev node-llhttp)
+      libxxhash-dev libyaml-dev libdeflate-dev libc-ares-dev libjson-c-dev node-llhttp)
 for arg in "$@"; do
   case "$arg" in
     --tests) pkgs+=(prometheus dnsmasq-base) ;;
@@ -14,6 +17,7 @@ for arg in "$@"; do
     *) echo "usage: scripts/deps.sh [--tests] [--fuzz]" >&2; exit 2 ;;
   esac
 done
+if [[ " $* " == *" --tests "* ]] && ! command -v node >/dev/null; then pkgs+=(nodejs npm); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

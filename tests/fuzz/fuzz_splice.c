@@ -1,9 +1,11 @@
 /*
  * libFuzzer driver for balancer/splice: the first input byte picks the shape (traces, logs, metrics), the ring
- * size (1..8) and the route; the rest is the request body. Checks, beyond no crash / no sanitizer report: on
+ * size (1..8) and the route (trace_id, service, resource, metric: every route on every shape); the rest is the
+ * request body. Checks, beyond no crash / no sanitizer report: validation does not depend on the route; on
  * success every part's len is the sum of its iovecs and the part item counts add up to split.items; when the
- * body itself is a valid request for protobuf-c, every part is too, and the items decoded from the parts are
- * exactly split.items (each item went to exactly one part).
+ * body itself is a valid request for protobuf-c, every part is too, the items decoded from the parts (spans,
+ * log records, metric data points) are exactly split.items, and the item records decoded from the parts are
+ * those of the body (each went to exactly one part, none was dropped; by metric, each Metric alone).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -34,23 +36,43 @@ static const ProtobufCMessageDescriptor *const descs[3] = {
     &opentelemetry__proto__collector__metrics__v1__export_metrics_service_request__descriptor,
 };
 
-/* Items of an unpacked request of shape s (spans, log records, metrics). */
-static uint64_t count_items(int s, const ProtobufCMessage *m) {
+/* Data points of a decoded Metric (protobuf-c keeps only the last data member). */
+static uint64_t metric_points(const Opentelemetry__Proto__Metrics__V1__Metric *m) {
+  switch (m->data_case) {
+  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_GAUGE: return m->gauge->n_data_points;
+  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_SUM: return m->sum->n_data_points;
+  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_HISTOGRAM: return m->histogram->n_data_points;
+  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_EXPONENTIAL_HISTOGRAM:
+    return m->exponential_histogram->n_data_points;
+  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_SUMMARY: return m->summary->n_data_points;
+  default: return 0;
+  }
+}
+
+/* Items of an unpacked request of shape s (spans, log records, metric data points); *recs: item records
+ * (spans, log records, Metrics). */
+static uint64_t count_items(int s, const ProtobufCMessage *m, uint64_t *recs) {
   uint64_t n = 0;
+  *recs = 0;
   if (s == 0) {
     const Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest *q = (const void *)m;
     for (size_t r = 0; r < q->n_resource_spans; r++)
       for (size_t k = 0; k < q->resource_spans[r]->n_scope_spans; k++) n += q->resource_spans[r]->scope_spans[k]->n_spans;
+    *recs = n;
   } else if (s == 1) {
     const Opentelemetry__Proto__Collector__Logs__V1__ExportLogsServiceRequest *q = (const void *)m;
     for (size_t r = 0; r < q->n_resource_logs; r++)
       for (size_t k = 0; k < q->resource_logs[r]->n_scope_logs; k++)
         n += q->resource_logs[r]->scope_logs[k]->n_log_records;
+    *recs = n;
   } else {
     const Opentelemetry__Proto__Collector__Metrics__V1__ExportMetricsServiceRequest *q = (const void *)m;
     for (size_t r = 0; r < q->n_resource_metrics; r++)
-      for (size_t k = 0; k < q->resource_metrics[r]->n_scope_metrics; k++)
-        n += q->resource_metrics[r]->scope_metrics[k]->n_metrics;
+      for (size_t k = 0; k < q->resource_metrics[r]->n_scope_metrics; k++) {
+        const Opentelemetry__Proto__Metrics__V1__ScopeMetrics *sm = q->resource_metrics[r]->scope_metrics[k];
+        *recs += sm->n_metrics;
+        for (size_t i = 0; i < sm->n_metrics; i++) n += metric_points(sm->metrics[i]);
+      }
   }
   return n;
 }
@@ -69,7 +91,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int s = data[0] % 3;
   const bl_shape_t *shape = s == 0 ? &bl_shape_traces : s == 1 ? &bl_shape_logs : &bl_shape_metrics;
   const bl_ring_t *ring = rings[(data[0] / 3) % 8];
-  bl_route_t route = (data[0] / 24) & 1 ? BL_ROUTE_SERVICE : BL_ROUTE_TRACE_ID;
+  bl_route_t route = (bl_route_t)((data[0] / 24) % 4);
   const uint8_t *body = data + 1;
   size_t len = size - 1;
 
@@ -77,13 +99,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   bl_error_t err;
   int rc = bl_split(shape, route, body, len, ring, &sp, &err);
   REQUIRE(rc == 0 || rc == -1);
+  {
+    bl_split_t sp2;
+    bl_error_t err2;
+    int rc2 = bl_split(shape, (bl_route_t)((route + 1) % 4), body, len, ring, &sp2, &err2);
+    REQUIRE(rc2 == rc);
+    if (rc2 == 0) {
+      REQUIRE(sp2.items == sp.items);
+      bl_split_dispose(&sp2);
+    } else {
+      REQUIRE(err2.offset == err.offset);
+    }
+  }
   if (rc == -1) {
     REQUIRE(err.offset <= len);
     REQUIRE(memchr(err.msg, '\0', sizeof err.msg) != NULL && err.msg[0]);
     return 0;
   }
   ProtobufCMessage *whole = protobuf_c_message_unpack(descs[s], NULL, len, body);
-  uint64_t items = 0, decoded = 0;
+  uint64_t items = 0, decoded = 0, decoded_recs = 0;
   uint32_t targets = 0;
   for (size_t b = 0; b < sp.n_parts; b++) {
     const bl_part_t *p = &sp.parts[b];
@@ -103,18 +137,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     ProtobufCMessage *m = protobuf_c_message_unpack(descs[s], NULL, p->len, d);
     REQUIRE(m != NULL);
-    uint64_t n = count_items(s, m);
+    uint64_t recs;
+    uint64_t n = count_items(s, m, &recs);
     REQUIRE(n == p->items);
+    REQUIRE(recs > 0);
     decoded += n;
+    decoded_recs += recs;
     protobuf_c_message_free_unpacked(m, NULL);
     free(d);
   }
   REQUIRE(items == sp.items);
   REQUIRE(targets == sp.n_targets);
-  REQUIRE((sp.n_targets == 0) == (sp.items == 0));
+  if (s != 2) REQUIRE((sp.n_targets == 0) == (sp.items == 0)); /* a Metric without points is still sent */
+  else REQUIRE(sp.n_targets > 0 || sp.items == 0);
   if (whole) {
-    REQUIRE(count_items(s, whole) == sp.items);
+    uint64_t recs;
+    REQUIRE(count_items(s, whole, &recs) == sp.items);
     REQUIRE(decoded == sp.items);
+    REQUIRE((sp.n_targets == 0) == (recs == 0));
+    REQUIRE(decoded_recs == recs);
     protobuf_c_message_free_unpacked(whole, NULL);
   }
   bl_split_dispose(&sp);

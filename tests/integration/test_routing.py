@@ -113,6 +113,25 @@ def test_backend_compression_gzip_for_reassembled_parts():
         assert wire < res["bytes"] / 2, (wire, res["bytes"])  # parts arrived gzip-compressed
 
 
+def test_json_routes_like_protobuf():
+    """OTLP/JSON (plain and gzip) is transcoded and routed exactly like the same requests in protobuf: equal
+    seeds give equal trace IDs, so through one gateway each trace must stay on one sink, with the spans of all
+    three encodings."""
+    with routed("json") as (pool, g):
+        acked = collections.Counter()
+        for name, extra in (("pbref", ()), ("json", ("--json",)), ("jsongz", ("--json", "--gzip"))):
+            f = os.path.join(TMP, name + ".acked.txt")
+            res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "300", "--spans", "100", "--traces",
+                                "10", "--seed", "42", "--trace-file", f, *extra)
+            assert res["ok"] == 300 and res["spans_acked"] == 30000, out
+            acked.update(read_traces(f))
+        assert len(acked) == 3000 and set(acked.values()) == {30}, "the three loads should share trace IDs"
+        per_sink = check_delivery(acked, pool.traces(), expect_spans=90000)
+        print("    spans per sink (protobuf + JSON + gzip JSON): %s" % per_sink)
+        for enc in ("identity", "gzip"):
+            assert g.metric('otlp_gateway_received_bytes_total{signal="traces",encoding="%s"}' % enc) > 0
+
+
 def test_single_trace_requests_pass_through_gzip():
     """100 spans of one trace per request: one owner, so the body is forwarded as is (still gzip)."""
     with routed("pass") as (pool, g):
@@ -161,6 +180,30 @@ def test_logs_and_metrics_are_routed():
     finally:
         g.stop()
         pool.stop()
+
+
+def test_metrics_routing_modes_count_data_points():
+    """routing.metrics: service | resource | metric. Whatever the unit routed, every data point arrives once,
+    and the gateway's item counters count data points."""
+    for mode in ("service", "resource", "metric"):
+        pool = Pool("metrics-" + mode)
+        cfg = gateway_config(backends=pool.endpoints).replace("backends:\n", "routing:\n  metrics: %s\nbackends:\n" % mode)
+        g = Gateway(cfg, name="metrics-%s.yaml" % mode)
+        try:
+            res, out = run_load("http://127.0.0.1:%d" % g.port, "--signal", "metrics", "--requests", "200", "--spans",
+                                "30", "--resources", "3", "--connections", "4")
+            assert res["ok"] == 200, out
+            got = [s.stats()["metrics"]["items"] for s in pool.sinks]
+            print("    routing.metrics=%s: data points per sink %s" % (mode, got))
+            assert sum(got) == 200 * 30, (mode, got)
+            assert g.metric('otlp_gateway_received_items_total{signal="metrics"}') == 200 * 30
+            assert sum(g.metric('otlp_gateway_backend_items_total{backend="%s",signal="metrics"}' % e)
+                       for e in pool.endpoints) == 200 * 30
+            if mode != "service":  # random service.instance.id / many metric names: spread over the pool
+                assert sum(1 for n in got if n) >= 2, (mode, got)
+        finally:
+            g.stop()
+            pool.stop()
 
 
 def test_malformed_protobuf_names_the_offset():

@@ -159,8 +159,28 @@ def test_415_content_type_and_encoding():
     expect(st, h, body, 415, 3, "Content-Type")
     st, h, body = http_request(g.port, "POST", "/v1/traces", b"x", dict(PB, **{"Content-Encoding": "br"}))
     expect(st, h, body, 415, 3, "Content-Encoding")
-    st, h, body = http_request(g.port, "POST", "/v1/traces", b"{}", JS)
-    expect(st, h, body, 415, 3, "OTLP/JSON", ctype="application/json")
+
+
+def test_json_200_and_400_with_field_path():
+    g = setup()
+    for path in ("/v1/traces", "/v1/logs", "/v1/metrics"):  # empty OTLP/JSON requests
+        st, h, body = http_request(g.port, "POST", path, b"{}", JS)
+        assert st == 200 and h["content-type"] == "application/json" and body == b"{}", (path, st, h, body)
+    st, h, body = http_request(g.port, "POST", "/v1/traces", b'{"resourceSpans": [', JS)
+    expect(st, h, body, 400, 3, "invalid JSON", ctype="application/json")
+    bad_id = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0102","spanId":"0102030405060708"}]}]}]}'
+    st, h, body = http_request(g.port, "POST", "/v1/traces", bad_id, JS)
+    expect(st, h, body, 400, 3, "resourceSpans[0].scopeSpans[0].spans[0].traceId", ctype="application/json")
+    st, h, body = http_request(g.port, "POST", "/v1/logs", gz(b'{"resourceLogs": 5}'),
+                               dict(JS, **{"Content-Encoding": "gzip"}))
+    expect(st, h, body, 400, 3, "resourceLogs", ctype="application/json")
+    # valid, with spans: its one backend is down, so 503 (it was parsed and counted first)
+    ok = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10",' \
+         b'"spanId":"0102030405060708","name":"x"}]}]}]}'
+    before = g.metric('otlp_gateway_received_items_total{signal="traces"}')
+    st, h, body = http_request(g.port, "POST", "/v1/traces", ok, JS)
+    expect(st, h, body, 503, 14, "no backends available", ctype="application/json")
+    assert g.metric('otlp_gateway_received_items_total{signal="traces"}') == before + 1
 
 
 def test_431_header_too_large():
