@@ -354,7 +354,8 @@ def test_all_down():
 
 
 def test_reload_add():
-    """3 configured sinks and a 4th running; at 3 s the config lists 4 and SIGHUP reloads it."""
+    """3 configured sinks and a 4th running; at 3 s the config lists 4 and SIGHUP reloads it; later a reload
+    removes one of them under load."""
     pool = Pool("reload", n=4)
     g = Gateway(resilience_config(pool.endpoints[:3]), name="reload.yaml")
     new = pool.sinks[3]
@@ -381,6 +382,24 @@ def test_reload_add():
         print("    the added sink holds %.1f%% of %d traces" % (100 * share, len(acked2)))
         assert abs(share - 0.25) <= 0.07, share
         check_accounting("reload_add", [load.acked_file, load2.acked_file], pool.files, [res, res2])
+        # and removing one under load: its traffic moves to the others, no client sees an error
+        gone = pool.sinks[0]
+        load3 = start_load(g, "reload3", "4s", seed=3)
+        load3.at(1.5)
+        write_config(resilience_config(pool.endpoints[1:]), "reload.yaml")
+        g.signal(signal.SIGHUP)
+        wait_ring(g, 3, timeout=3)
+        g.wait_line(r'msg="backend removed" backend=%s' % gone.endpoint.replace(".", r"\."))
+        time.sleep(0.3)  # requests already in flight to it finish (they are not cut off)
+        lines_after_removal = count_lines(pool.files[0])
+        res3 = load3.result()
+        print("    load across the removal: " + result_line(res3))
+        assert res3["errors"] == 0 and res3["ok"] == res3["requests"], "non-2xx across the removal"
+        wait_drained(g)
+        assert count_lines(pool.files[0]) == lines_after_removal, "the removed sink still got traffic"
+        assert g.metric_or_none(up_metric(gone.endpoint)) is None, "the removed backend is still in /metrics"
+        check_accounting("reload_remove", [load.acked_file, load2.acked_file, load3.acked_file], pool.files,
+                         [res, res2, res3])
     finally:
         rc = g.stop()
         pool.stop()
