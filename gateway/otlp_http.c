@@ -152,7 +152,7 @@ int otlp_gzip_iov(const struct iovec *iov, size_t n_iov, uint8_t **out, size_t *
   return OTLP_OK;
 }
 
-static uint64_t count_metric_points(const Opentelemetry__Proto__Metrics__V1__Metric *m) {
+uint64_t otlp_metric_points(const Opentelemetry__Proto__Metrics__V1__Metric *m) {
   switch (m->data_case) {
     case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_GAUGE: return m->gauge->n_data_points;
     case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_SUM: return m->sum->n_data_points;
@@ -184,7 +184,7 @@ int otlp_count_items(otlp_signal_t sig, const uint8_t *body, size_t len, uint64_
     for (size_t i = 0; i < r->n_resource_metrics; i++)
       for (size_t j = 0; j < r->resource_metrics[i]->n_scope_metrics; j++) {
         Opentelemetry__Proto__Metrics__V1__ScopeMetrics *sm = r->resource_metrics[i]->scope_metrics[j];
-        for (size_t k = 0; k < sm->n_metrics; k++) n += count_metric_points(sm->metrics[k]);
+        for (size_t k = 0; k < sm->n_metrics; k++) n += otlp_metric_points(sm->metrics[k]);
       }
   }
   protobuf_c_message_free_unpacked(msg, NULL);

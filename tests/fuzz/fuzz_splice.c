@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "balancer/splice.h"
+#include "gateway/otlp_http.h"
 #include "opentelemetry/proto/collector/logs/v1/logs_service.pb-c.h"
 #include "opentelemetry/proto/collector/metrics/v1/metrics_service.pb-c.h"
 #include "opentelemetry/proto/collector/trace/v1/trace_service.pb-c.h"
@@ -36,18 +37,6 @@ static const ProtobufCMessageDescriptor *const descs[3] = {
     &opentelemetry__proto__collector__metrics__v1__export_metrics_service_request__descriptor,
 };
 
-/* Data points of a decoded Metric (protobuf-c keeps only the last data member). */
-static uint64_t metric_points(const Opentelemetry__Proto__Metrics__V1__Metric *m) {
-  switch (m->data_case) {
-  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_GAUGE: return m->gauge->n_data_points;
-  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_SUM: return m->sum->n_data_points;
-  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_HISTOGRAM: return m->histogram->n_data_points;
-  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_EXPONENTIAL_HISTOGRAM:
-    return m->exponential_histogram->n_data_points;
-  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_SUMMARY: return m->summary->n_data_points;
-  default: return 0;
-  }
-}
 
 /* Items of an unpacked request of shape s (spans, log records, metric data points); *recs: item records
  * (spans, log records, Metrics). */
@@ -71,7 +60,7 @@ static uint64_t count_items(int s, const ProtobufCMessage *m, uint64_t *recs) {
       for (size_t k = 0; k < q->resource_metrics[r]->n_scope_metrics; k++) {
         const Opentelemetry__Proto__Metrics__V1__ScopeMetrics *sm = q->resource_metrics[r]->scope_metrics[k];
         *recs += sm->n_metrics;
-        for (size_t i = 0; i < sm->n_metrics; i++) n += metric_points(sm->metrics[i]);
+        for (size_t i = 0; i < sm->n_metrics; i++) n += otlp_metric_points(sm->metrics[i]);
       }
   }
   return n;

@@ -162,6 +162,34 @@ def gateway_config(backends=(DEAD_BACKEND,), max_request_bytes="1MiB", max_conne
                               backends=b) + extra
 
 
+FAST_HEALTH = '{enabled: true, path: "/", interval: 200ms, timeout: 200ms, rise: 2, fall: 2, eject_after_failures: 3}'
+FAST_RETRY = "{initial_interval: 50ms, max_interval: 500ms, max_elapsed: 60s}"
+
+
+def resilient_config(endpoints=(), dns=None, request_timeout="1s"):
+    """A gateway config with fast health checks and retries (the fault-injection and interop tests): static
+    endpoints and/or a backends.dns block (a dict: hostname, port, interval, server)."""
+    lines = ['server:', '  listen: "127.0.0.1:0"', '  shutdown_timeout: 10s',
+             'telemetry:', '  listen: "127.0.0.1:0"',
+             'backends:']
+    if endpoints:
+        lines.append('  static:')
+        lines += ['    - {endpoint: "%s"}' % e for e in endpoints]
+    if dns:
+        lines.append('  dns: {hostname: "%s", port: %d, interval: %s, servers: ["%s"]}'
+                     % (dns["hostname"], dns["port"], dns["interval"], dns["server"]))
+    lines += ['  request_timeout: ' + request_timeout, '  health_check: ' + FAST_HEALTH, '  retry: ' + FAST_RETRY,
+              '  queue: {max_bytes: 64MiB}']
+    return "\n".join(lines) + "\n"
+
+
+def fresh(path):
+    """path, with any file left there by an earlier run removed."""
+    if os.path.exists(path):
+        os.unlink(path)
+    return path
+
+
 class Gateway(Proc):
     def __init__(self, config_text, name="gw.yaml"):
         self.config_path = write_config(config_text, name)

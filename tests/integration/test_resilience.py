@@ -15,35 +15,14 @@ import struct
 import subprocess
 import time
 
-from harness import (TMP, BackgroundLoad, Conn, Gateway, Proc, Sink, build_request, http_request, read_traces,
-                     run_tests, trace_request, wait_until, write_config)
+from harness import (FAST_HEALTH, FAST_RETRY, TMP, BackgroundLoad, Conn, Gateway, Proc, Sink, build_request, fresh,
+                     http_request, read_traces, resilient_config, run_tests, trace_request, wait_until, write_config)
 
-HEALTH = '{enabled: true, path: "/", interval: 200ms, timeout: 200ms, rise: 2, fall: 2, eject_after_failures: 3}'
-RETRY = "{initial_interval: 50ms, max_interval: 500ms, max_elapsed: 60s}"
+HEALTH = FAST_HEALTH
+RETRY = FAST_RETRY
 DRAIN_TIMEOUT = 30
 RSS_LIMIT_MIB = 256
-
-
-def resilience_config(endpoints=(), dns=None):
-    """The gateway config of these tests: static endpoints and/or a backends.dns block (a dict)."""
-    lines = ['server:', '  listen: "127.0.0.1:0"', '  shutdown_timeout: 10s',
-             'telemetry:', '  listen: "127.0.0.1:0"',
-             'backends:']
-    if endpoints:
-        lines.append('  static:')
-        lines += ['    - {endpoint: "%s"}' % e for e in endpoints]
-    if dns:
-        lines.append('  dns: {hostname: "%s", port: %d, interval: %s, servers: ["%s"]}'
-                     % (dns["hostname"], dns["port"], dns["interval"], dns["server"]))
-    lines += ['  request_timeout: 1s', '  health_check: ' + HEALTH, '  retry: ' + RETRY,
-              '  queue: {max_bytes: 64MiB}']
-    return "\n".join(lines) + "\n"
-
-
-def fresh(path):
-    if os.path.exists(path):
-        os.unlink(path)
-    return path
+resilience_config = resilient_config
 
 
 class Pool:

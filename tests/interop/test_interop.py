@@ -28,7 +28,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
-from harness import TMP, Gateway, Proc, Sink, args, read_traces, run_tests, wait_until  # noqa: E402
+from harness import (TMP, Gateway, Proc, Sink, args, fresh, read_traces, resilient_config, run_tests,  # noqa: E402
+                     wait_until)
 
 APP = os.path.join(HERE, "app.js")
 NPM_TIMEOUT = 240          # npm ci, seconds
@@ -36,27 +37,13 @@ APP_TIMEOUT = 120          # one app run, seconds
 TRACES = 2000              # traces per steady scenario
 RETRY_TRACES = 500         # traces of the retry scenario
 SINKS = 3
-HEALTH = '{enabled: true, path: "/", interval: 200ms, timeout: 200ms, rise: 2, fall: 2, eject_after_failures: 3}'
-RETRY = "{initial_interval: 50ms, max_interval: 500ms, max_elapsed: 60s}"
 NETWORK_ERRORS = re.compile(r"\b(ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH|"
                             r"ESOCKETTIMEDOUT|ENETDOWN)\b")
 
 
 def interop_config(endpoints):
-    """Like test_resilience's config: static endpoints, fast health checks, retry queues."""
-    lines = ['server:', '  listen: "127.0.0.1:0"', '  shutdown_timeout: 10s',
-             'telemetry:', '  listen: "127.0.0.1:0"',
-             'backends:', '  static:']
-    lines += ['    - {endpoint: "%s"}' % e for e in endpoints]
-    lines += ['  request_timeout: 5s', '  health_check: ' + HEALTH, '  retry: ' + RETRY,
-              '  queue: {max_bytes: 64MiB}']
-    return "\n".join(lines) + "\n"
-
-
-def fresh(path):
-    if os.path.exists(path):
-        os.unlink(path)
-    return path
+    """The fault-injection tests' config (fast health checks, retry queues), with the SDK's patience."""
+    return resilient_config(endpoints, request_timeout="5s")
 
 
 # ---- npm ------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 
 #include "balancer/ring.h"
 #include "balancer/splice.h"
+#include "gateway/otlp_http.h"
 #include "bench/payload.h"
 #include "opentelemetry/proto/collector/logs/v1/logs_service.pb-c.h"
 #include "opentelemetry/proto/collector/metrics/v1/metrics_service.pb-c.h"
@@ -192,18 +193,6 @@ static uint32_t expected_metric_owner(const bl_ring_t *ring, const Resource *res
   return bl_ring_lookup(ring, bl_hash(k, n));
 }
 
-/* Data points of a decoded metric (its one data member). */
-static uint64_t metric_points(const Metric *m) {
-  switch (m->data_case) {
-  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_GAUGE: return m->gauge->n_data_points;
-  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_SUM: return m->sum->n_data_points;
-  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_HISTOGRAM: return m->histogram->n_data_points;
-  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_EXPONENTIAL_HISTOGRAM:
-    return m->exponential_histogram->n_data_points;
-  case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_SUMMARY: return m->summary->n_data_points;
-  default: return 0;
-  }
-}
 
 /* ------------------------------------------------------------------------------ the generated model */
 
@@ -802,7 +791,7 @@ static void check_split(enum kind k, bl_route_t route, const model *cm, const ui
         uint64_t n_metrics = 0, n_points = 0;
         for (size_t s = 0; s < vr->n; s++) {
           n_metrics += vr->scopes[s].n;
-          for (size_t i = 0; i < vr->scopes[s].n; i++) n_points += metric_points((const Metric *)vr->scopes[s].items[i]);
+          for (size_t i = 0; i < vr->scopes[s].n; i++) n_points += otlp_metric_points((const Metric *)vr->scopes[s].items[i]);
         }
         CHECK_EQ_INT(n_metrics, mr->recs);
         CHECK_EQ_INT(n_points, mr->points);
@@ -834,8 +823,8 @@ static void check_split(enum kind k, bl_route_t route, const model *cm, const ui
           if (!it->nocmp) CHECK(bytes_eq_packed(vs->items[i], it->bytes, it->len));
           if (k == K_METRICS) {
             const Metric *me = (const Metric *)vs->items[i];
-            CHECK_EQ_INT(metric_points(me), it->points);
-            got += metric_points(me);
+            CHECK_EQ_INT(otlp_metric_points(me), it->points);
+            got += otlp_metric_points(me);
             CHECK_EQ_INT(b, expected_metric_owner(ring, vr->res, me->name));
           } else {
             got++;
@@ -1392,7 +1381,7 @@ TEST(metric_route_stable) {
             if (seen_owner[si][ni] == UINT32_MAX) seen_owner[si][ni] = (uint32_t)b;
             CHECK_EQ_INT(b, seen_owner[si][ni]);
             CHECK_EQ_INT(b, expected_metric_owner(r, rm->resource, me->name));
-            part_pts += metric_points(me);
+            part_pts += otlp_metric_points(me);
             got++;
           }
         }
@@ -1457,7 +1446,7 @@ TEST(metric_data_points) {
   if (q) {
     const Opentelemetry__Proto__Metrics__V1__ScopeMetrics *sm = q->resource_metrics[0]->scope_metrics[0];
     CHECK_EQ_INT(sm->n_metrics, 8);
-    if (sm->n_metrics == 8) CHECK_EQ_INT(metric_points(sm->metrics[7]), 2);
+    if (sm->n_metrics == 8) CHECK_EQ_INT(otlp_metric_points(sm->metrics[7]), 2);
     protobuf_c_message_free_unpacked(&q->base, NULL);
   }
   bl_split_t sp;
@@ -1476,7 +1465,7 @@ TEST(metric_data_points) {
     uint64_t n = 0;
     for (size_t i = 0; pq && i < pq->resource_metrics[0]->scope_metrics[0]->n_metrics; i++) {
       const Metric *me = pq->resource_metrics[0]->scope_metrics[0]->metrics[i];
-      n += metric_points(me);
+      n += otlp_metric_points(me);
       CHECK_EQ_INT(b, bl_ring_lookup(r, bl_hash((char[8]){'s', 'v', 'c', 0, me->name[0]}, 5)));
     }
     CHECK_EQ_INT(n, sp.parts[b].items);
