@@ -259,31 +259,9 @@ static void control_error(hs_request_t *req, const char *fmt, size_t len, const 
   hs_respond(req, 400, "application/json", NULL, 0, buf, strlen(buf));
 }
 
-/* The query string of req: the server strips it from req->path but stores the request target first in the
- * request's header buffer, followed by the header names and values; so the query runs from the end of the
- * path to the first header's name. Without any header its end is unknown: *len = (size_t)-1. */
-static const char *query_of(const hs_request_t *req, size_t *len) {
-  *len = 0;
-  const char *p = req->path.base + req->path.len;
-  if (req->n_headers == 0) {
-    *len = (size_t)-1;
-    return NULL;
-  }
-  const char *end = req->headers[0].name.base;
-  if (end <= p || *p != '?') return NULL;
-  size_t n = 1;
-  while (p + n < end && p[n] != '#') n++;
-  *len = n - 1;
-  return p + 1;
-}
-
 static void on_control(sink_t *s, hs_request_t *req) {
-  size_t qlen;
-  const char *q = query_of(req, &qlen);
-  if (qlen == (size_t)-1) {
-    control_error(req, "%.*sno headers: cannot find the end of the query string", 0, "");
-    return;
-  }
+  size_t qlen = req->query.len;
+  const char *q = req->query.base;
   long status = -1, retry_after = -1, hang = -1;
   for (size_t i = 0; i < qlen;) {
     size_t j = i;

@@ -475,8 +475,18 @@ static int on_headers_complete(llhttp_t *p) {
   hs_req_t *r = c->req;
   hs_request_t *q = &r->pub;
   q->path.base = r->hdr;
-  for (size_t i = 0; i < q->path.len; i++)
-    if (r->hdr[i] == '?' || r->hdr[i] == '#') { q->path.len = i; break; }
+  size_t target_len = q->path.len;
+  q->query = (hs_slice_t){NULL, 0};
+  for (size_t i = 0; i < target_len; i++)
+    if (r->hdr[i] == '?' || r->hdr[i] == '#') {
+      q->path.len = i;
+      if (r->hdr[i] == '?') {
+        size_t e = i + 1;
+        while (e < target_len && r->hdr[e] != '#') e++;
+        q->query = (hs_slice_t){r->hdr + i + 1, e - i - 1};
+      }
+      break;
+    }
   q->method = llhttp_get_method(p);
   if (p->flags & F_CHUNKED) q->content_length = HS_LEN_CHUNKED;
   else if (p->flags & F_CONTENT_LENGTH) q->content_length = p->content_length;

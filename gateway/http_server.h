@@ -40,6 +40,7 @@ typedef struct hs_header {
 typedef struct hs_request {
   int method;              /* llhttp_method_t */
   hs_slice_t path;         /* request target without the query string */
+  hs_slice_t query;        /* what follows '?' up to any '#' (without either); len 0 when none */
   hs_header_t headers[HS_MAX_HEADERS];
   size_t n_headers;
   uint64_t content_length; /* value, HS_LEN_CHUNKED or HS_LEN_NONE */

@@ -54,8 +54,9 @@ static void on_request(hs_request_t *req, void *ud) {
     return;
   }
   char buf[2048];
-  int n = snprintf(buf, sizeof buf, "%s %.*s %zu:", llhttp_method_name(req->method), (int)req->path.len,
-                   req->path.base, req->body_len);
+  int n = snprintf(buf, sizeof buf, "%s %.*s%s%.*s %zu:", llhttp_method_name(req->method), (int)req->path.len,
+                   req->path.base, req->query.base ? "?" : "", (int)req->query.len,
+                   req->query.base ? req->query.base : "", req->body_len);
   if (req->body_len) memcpy(buf + n, req->body, req->body_len);
   hs_respond(req, 200, "text/plain", NULL, 0, buf, (size_t)n + req->body_len);
 }
@@ -166,7 +167,23 @@ TEST(keep_alive_two_requests) {
   CHECK_EQ_INT(r.close, 0);
   sendstr(c, "POST /b?q=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
   CHECK_EQ_INT(read_response(c, &r), 0);
-  CHECK_EQ_STR(r.body, "POST /b 5:hello");
+  CHECK_EQ_STR(r.body, "POST /b?q=1 5:hello");
+  client_close(c);
+}
+
+/* The query string is split from the path ('#' ends it), also on a request without any header. */
+TEST(query_string) {
+  client_t *c = connect_client();
+  response_t r;
+  sendstr(c, "GET /c?status=503&x=1#frag HTTP/1.1\r\nHost: x\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_STR(r.body, "GET /c?status=503&x=1 0:");
+  sendstr(c, "GET /d? HTTP/1.1\r\nHost: x\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_STR(r.body, "GET /d? 0:");
+  sendstr(c, "GET /e#x?y HTTP/1.1\r\n\r\n");
+  CHECK_EQ_INT(read_response(c, &r), 0);
+  CHECK_EQ_STR(r.body, "GET /e 0:");
   client_close(c);
 }
 
