@@ -510,13 +510,39 @@ class Dnsmasq(Proc):
     """dnsmasq answering for *.test from a hosts file; kill -HUP re-reads it."""
 
     def __init__(self, hosts_file):
-        self.port = free_port(socket.SOCK_DGRAM)
-        super().__init__(["/usr/sbin/dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-                          "--no-hosts", "--addn-hosts=" + hosts_file, "--listen-address=127.0.0.1",
-                          "--bind-interfaces", "--port=%d" % self.port, "--local=/test/", "--pid-file=",
-                          "--user=root",  # else it drops to nobody, who cannot read the private TMP
-                          "--log-facility=-"])
-        self.wait_line(r"read .* names")
+        # dnsmasq binds UDP and TCP on its port; an ephemeral port free for UDP can be some connection's TCP
+        # port on a busy machine, so pick one free for both and try again if it was taken meanwhile.
+        for attempt in range(5):
+            self.port = free_dns_port()
+            super().__init__(["/usr/sbin/dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+                              "--no-hosts", "--addn-hosts=" + hosts_file, "--listen-address=127.0.0.1",
+                              "--bind-interfaces", "--port=%d" % self.port, "--local=/test/", "--pid-file=",
+                              "--user=root",  # else it drops to nobody, who cannot read the private TMP
+                              "--log-facility=-"])
+            try:
+                self.wait_line(r"read .* names")
+                return
+            except AssertionError:
+                self.stop()
+                if attempt == 4 or not any("Address already in use" in ln for ln in self.err):
+                    raise
+
+
+def free_dns_port():
+    """A port on 127.0.0.1 free for both UDP and TCP right now."""
+    while True:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        port = u.getsockname()[1]
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            t.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            t.close()
+            u.close()
 
 
 def write_hosts(path, addrs, name="backends.test"):
