@@ -467,6 +467,31 @@ def test_retry_gives_up_after_max_elapsed():
     assert rc == 0, "gateway exit code %s (a sanitizer report?)" % rc
 
 
+def test_sigterm_deadline_drops_what_cannot_drain():
+    """SIGTERM with a backend that keeps answering 503: the queue cannot drain, so at server.shutdown_timeout
+    what is still queued is dropped, counted and logged, and the gateway still exits 0."""
+    failing = Sink("--status", "503")
+    cfg = resilient_config([failing.endpoint]).replace("shutdown_timeout: 10s", "shutdown_timeout: 1s")
+    cfg = cfg.replace("eject_after_failures: 3", "eject_after_failures: 1000")
+    g = Gateway(cfg, name="deadline.yaml")
+    try:
+        st, _, _ = http_request(g.port, "POST", "/v1/traces", trace_request(12, 3), PB)
+        assert st == 200, st  # queued for retry
+        g.wait_metric('otlp_gateway_retries_total{backend="%s"}' % failing.endpoint, lambda v: v >= 1)
+        t = time.time()
+        g.signal(signal.SIGTERM)
+        rc = g.wait(timeout=10)
+        took = time.time() - t
+        print("    exit %d after %.2f s with a backend that never accepts" % (rc, took))
+        assert rc == 0
+        assert took >= 0.9, took  # it waited for the deadline before giving up (a lower bound only)
+        g.wait_line(r'msg="items dropped" reason=shutdown backend=%s signal=traces items=12'
+                    % failing.endpoint.replace(".", r"\."))
+    finally:
+        g.stop()
+        failing.stop()
+
+
 # ---- DNS -------------------------------------------------------------------------------------------------
 
 def free_port(kind=socket.SOCK_STREAM, host="127.0.0.1"):
