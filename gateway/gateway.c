@@ -26,6 +26,7 @@
 #include "gateway/metrics.h"
 #include "gateway/otlp_http.h"
 #include "gateway/otlp_json.h"
+#include "gateway/telemetry.h"
 #include "gateway/upstream.h"
 
 #define NO_BACKEND_RETRY_AFTER_S 5
@@ -35,6 +36,7 @@
 
 struct gw_app {
   uv_loop_t *loop;
+  gw_app_opts_t opts;
   cfg_t *cfg;
   us_set_t *up;          /* backends, health, ring, retry queues */
   bl_ring_t *validation_ring; /* one stand-in member: validates requests while no backend is up */
@@ -374,61 +376,47 @@ static size_t ingest_error_body(const hs_request_t *req, int status, const char 
 
 /* ---- telemetry listener ---------------------------------------------------------------------------------- */
 
+int gw_app_scrape(gw_app_t *app, gw_scrape_t *out) {
+  memset(out, 0, sizeof *out);
+  out->metrics = app->metrics;
+  gw_metrics_gauges_t *g = &out->gauges;
+  if (app->ingest) {
+    g->client_connections = hs_server_stats(app->ingest)->connections_open;
+    g->client_connections_rejected = hs_server_stats(app->ingest)->connections_rejected;
+  }
+  if (!app->up) return 0;
+  size_t nb = us_backend_count(app->up);
+  gw_backend_view_t *views = calloc(nb ? nb : 1, sizeof *views);
+  if (!views) return -1;
+  uint64_t backend_connections = 0;
+  size_t n = us_backend_views(app->up, views, nb, &backend_connections);
+  int rc = gw_scrape_set_views(out, views, n);
+  free(views);
+  g->backend_connections = backend_connections;
+  g->ring_backends = bl_ring_size(us_ring(app->up));
+  g->ring_rebuilds = us_ring_rebuilds(app->up);
+  return rc;
+}
+
 static void telemetry_on_request(hs_request_t *req, void *ud) {
-  gw_app_t *app = ud;
-  if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
-    static const hs_header_t allow = {{"Allow", 5}, {"GET, HEAD", 9}};
-    hs_respond(req, 405, "text/plain", &allow, 1, "method not allowed\n", 19);
-    return;
-  }
-  if (hs_slice_eq(req->path, "/healthz")) {
-    hs_respond(req, 200, "text/plain", NULL, 0, "ok\n", 3);
-  } else if (hs_slice_eq(req->path, "/readyz")) {
-    /* Ready means "can accept data": at least one backend in the ring. */
-    if (bl_ring_size(us_ring(app->up)) > 0) {
-      hs_respond(req, 200, "text/plain", NULL, 0, "ready\n", 6);
-    } else {
-      static const char nr[] = "not ready: no backend is up\n";
-      hs_respond(req, 503, "text/plain", NULL, 0, nr, sizeof nr - 1);
-    }
-  } else if (hs_slice_eq(req->path, "/metrics")) {
-    gw_metrics_gauges_t g = {0};
-    g.client_connections = hs_server_stats(app->ingest)->connections_open;
-    g.client_connections_rejected = hs_server_stats(app->ingest)->connections_rejected;
-    size_t nb = us_backend_count(app->up);
-    gw_backend_view_t *views = calloc(nb ? nb : 1, sizeof *views);
-    if (!views) {
-      hs_respond(req, 500, "text/plain", NULL, 0, "out of memory\n", 14);
-      return;
-    }
-    g.backends = views;
-    g.n_backends = us_backend_views(app->up, views, nb, &g.backend_connections);
-    g.ring_backends = bl_ring_size(us_ring(app->up));
-    g.ring_rebuilds = us_ring_rebuilds(app->up);
-    char *text = NULL;
-    size_t len = gw_metrics_render(&app->metrics, 1, &g, &text);
-    free(views);
-    if (!len) {
-      hs_respond(req, 500, "text/plain", NULL, 0, "out of memory\n", 14);
-      return;
-    }
-    hs_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, 0, text, len);
-    free(text);
-  } else {
-    hs_respond(req, 404, "text/plain", NULL, 0, "not found: try /metrics, /healthz or /readyz\n", 45);
-  }
+  gw_scrape_t sc;
+  if (gw_app_scrape(ud, &sc) != 0) hs_respond(req, 500, "text/plain", NULL, 0, "out of memory\n", 14);
+  else gw_telemetry_answer(req, &sc, 1);
+  gw_scrape_dispose(&sc);
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------------------------- */
 
-static int listen_on(hs_server_t *s, const char *hostport, const char *what, char *err, size_t errlen) {
+/* port_override: the port another worker already bound (its "host:0" resolved), else 0. */
+static int listen_on(hs_server_t *s, const char *hostport, uint16_t port_override, int reuseport, const char *what,
+                     char *err, size_t errlen) {
   char *host = NULL;
   uint16_t port = 0;
   if (cfg_parse_hostport(hostport, &host, &port) != 0) {
     snprintf(err, errlen, "%s: invalid address \"%s\"", what, hostport);
     return -1;
   }
-  int rc = hs_server_listen(s, host, port);
+  int rc = hs_server_listen_ex(s, host, port_override ? port_override : port, reuseport);
   free(host);
   if (rc != 0) {
     snprintf(err, errlen, "%s: cannot listen on %s: %s", what, hostport, uv_strerror(rc));
@@ -437,7 +425,9 @@ static int listen_on(hs_server_t *s, const char *hostport, const char *what, cha
   return 0;
 }
 
-int gw_app_start(uv_loop_t *loop, cfg_t *cfg, gw_app_t **out, char *err, size_t errlen) {
+int gw_app_start(uv_loop_t *loop, cfg_t *cfg, const gw_app_opts_t *opts, gw_app_t **out, char *err, size_t errlen) {
+  static const gw_app_opts_t defaults = {.telemetry = 1};
+  if (!opts) opts = &defaults;
   gw_app_t *app = calloc(1, sizeof *app);
   cfg_t *owned = malloc(sizeof *owned);
   if (!app || !owned) {
@@ -448,6 +438,7 @@ int gw_app_start(uv_loop_t *loop, cfg_t *cfg, gw_app_t **out, char *err, size_t 
     return -1;
   }
   app->loop = loop;
+  app->opts = *opts;
   *owned = *cfg;
   memset(cfg, 0, sizeof *cfg);
   app->cfg = owned;
@@ -465,6 +456,7 @@ int gw_app_start(uv_loop_t *loop, cfg_t *cfg, gw_app_t **out, char *err, size_t 
       .on_request = ingest_on_request,
       .error_body = ingest_error_body,
       .ud = app,
+      .shared_connections = opts->client_connections,
   };
   hs_config_t tc = {
       .name = "telemetry",
@@ -484,17 +476,20 @@ int gw_app_start(uv_loop_t *loop, cfg_t *cfg, gw_app_t **out, char *err, size_t 
     goto fail;
   }
   if (us_create(loop, app->cfg, &app->metrics, &app->up, err, errlen) != 0) goto fail;
-  if (hs_server_create(loop, &ic, &app->ingest) != 0 || hs_server_create(loop, &tc, &app->telemetry) != 0) {
+  if (hs_server_create(loop, &ic, &app->ingest) != 0 ||
+      (opts->telemetry && hs_server_create(loop, &tc, &app->telemetry) != 0)) {
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
-  if (listen_on(app->ingest, app->cfg->server.listen, "server.listen", err, errlen) != 0) goto fail;
-  if (listen_on(app->telemetry, app->cfg->telemetry.listen, "telemetry.listen", err, errlen) != 0) goto fail;
-  gw_log(GW_LOG_INFO, "listening", "server", "ingest", "addr", hs_server_address(app->ingest), NULL);
-  gw_log(GW_LOG_INFO, "listening", "server", "telemetry", "addr", hs_server_address(app->telemetry), NULL);
-  if (app->cfg->server.workers != 1)
-    gw_log(GW_LOG_INFO, "running one event loop", "workers_configured", gw_log_u64(app->cfg->server.workers),
-           "note", "multi-loop workers are not built yet", NULL);
+  if (listen_on(app->ingest, app->cfg->server.listen, opts->ingest_port, opts->reuseport, "server.listen", err,
+                errlen) != 0)
+    goto fail;
+  if (app->telemetry &&
+      listen_on(app->telemetry, app->cfg->telemetry.listen, 0, 0, "telemetry.listen", err, errlen) != 0)
+    goto fail;
+  if (opts->worker == 0) gw_log(GW_LOG_INFO, "listening", "server", "ingest", "addr", hs_server_address(app->ingest), NULL);
+  if (app->telemetry)
+    gw_log(GW_LOG_INFO, "listening", "server", "telemetry", "addr", hs_server_address(app->telemetry), NULL);
   *out = app;
   return 0;
 fail:
@@ -603,7 +598,8 @@ void gw_app_reload(gw_app_t *app, const char *path) {
   const cfg_t *old = app->cfg;
   if (strcmp(old->server.listen, next->server.listen) || strcmp(old->telemetry.listen, next->telemetry.listen))
     gw_log(GW_LOG_WARN, "listen addresses changed: they apply at the next restart", NULL);
-  gw_log_setup((gw_log_level_t)next->telemetry.log_level, (gw_log_format_t)next->telemetry.log_format);
+  if (app->opts.worker == 0) /* one worker applies the process-wide log settings */
+    gw_log_setup((gw_log_level_t)next->telemetry.log_level, (gw_log_format_t)next->telemetry.log_format);
   /* Backends, health checks, retry, queue, routing and DNS settings apply now; the listeners' settings
    * and existing backends' connection settings apply at restart (new backends get the new ones). */
   us_apply_config(app->up, next);
@@ -612,6 +608,8 @@ void gw_app_reload(gw_app_t *app, const char *path) {
   free((cfg_t *)old);
   gw_log(GW_LOG_INFO, "config reloaded", "path", path, "backends", gw_log_u64(us_backend_count(app->up)), NULL);
 }
+
+uint16_t gw_app_ingest_port(const gw_app_t *app) { return hs_server_port(app->ingest); }
 
 void gw_app_destroy(gw_app_t *app) {
   if (!app) return;

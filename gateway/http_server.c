@@ -14,6 +14,7 @@
 #include "gateway/http_server.h"
 
 #include <errno.h>
+#include <unistd.h>
 #include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -226,6 +227,7 @@ static void conn_close(hs_conn_t *c) {
   if (c->prev) c->prev->next = c->next; else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   s->stats.connections_open--;
+  if (s->cfg.shared_connections) atomic_fetch_sub(s->cfg.shared_connections, 1);
   /* A request being parsed is ours alone; one at the handler stays until it is answered. */
   if (c->req) {
     hs_req_t *r = c->req;
@@ -696,6 +698,7 @@ static hs_conn_t *conn_new(hs_server_t *s) {
   if (s->conns) s->conns->prev = c;
   s->conns = c;
   s->stats.connections_open++;
+  if (s->cfg.shared_connections) atomic_fetch_add(s->cfg.shared_connections, 1);
   return c;
 }
 
@@ -706,7 +709,8 @@ static void conn_start(hs_conn_t *c) {
   s->stats.connections_accepted++;
   llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
   c->parser.data = c;
-  if (s->cfg.max_connections && s->stats.connections_open > s->cfg.max_connections) {
+  uint64_t open = s->cfg.shared_connections ? atomic_load(s->cfg.shared_connections) : s->stats.connections_open;
+  if (s->cfg.max_connections && open > s->cfg.max_connections) {
     s->stats.connections_rejected++;
     c->close_after = 1;
     static const char busy[] = "too many connections\n";
@@ -770,14 +774,40 @@ int hs_server_create(uv_loop_t *loop, const hs_config_t *cfg, hs_server_t **out)
 }
 
 int hs_server_listen(hs_server_t *s, const char *host, uint16_t port) {
+  return hs_server_listen_ex(s, host, port, 0);
+}
+
+/* SO_REUSEPORT lets any process of the same user share a port; the first worker makes sure nobody listens
+ * there yet with a plain bind (SO_REUSEADDR, as libuv binds, so TIME_WAIT does not count). */
+static int probe_port_free(const struct sockaddr_storage *ss) {
+  int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return uv_translate_sys_error(errno);
+  int one = 1, rc = 0;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  if (bind(fd, (const struct sockaddr *)ss, len) != 0) rc = uv_translate_sys_error(errno);
+  close(fd);
+  return rc;
+}
+
+int hs_server_listen_ex(hs_server_t *s, const char *host, uint16_t port, int reuseport) {
   struct sockaddr_storage ss;
   int rc;
   if (strchr(host, ':')) rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
   else rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
   if (rc) return rc;
-  uv_tcp_init(s->loop, &s->listener);
+  /* With reuseport the socket exists before bind (uv_tcp_init_ex), so SO_REUSEPORT can be set on it: each
+   * worker loop then has its own listener on the same port and the kernel spreads connections over them. */
+  if ((rc = uv_tcp_init_ex(s->loop, &s->listener, ss.ss_family)) != 0) return rc;
   s->listener.data = s;
   s->listening = 1;
+  if (reuseport == HS_LISTEN_REUSEPORT_FIRST && port != 0 && (rc = probe_port_free(&ss)) != 0) return rc;
+  if (reuseport) {
+    uv_os_fd_t fd;
+    int one = 1;
+    if ((rc = uv_fileno((uv_handle_t *)&s->listener, &fd)) != 0) return rc;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) return uv_translate_sys_error(errno);
+  }
   if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) != 0 ||
       (rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) {
     return rc;

@@ -14,6 +14,7 @@
 #ifndef OTLPGW_HTTP_SERVER_H
 #define OTLPGW_HTTP_SERVER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <llhttp.h> /* llhttp_method_t: HTTP_GET, HTTP_POST, ... */
@@ -68,6 +69,9 @@ typedef struct hs_config {
   size_t (*error_body)(const hs_request_t *req, int status, const char *msg, char *out, size_t cap,
                        const char **content_type, void *ud);
   void *ud;
+  /* Optional: a connection count shared by several servers (one per worker loop), so max_connections
+   * bounds them together; NULL = this server's own count. Updated atomically. */
+  atomic_uint_least64_t *shared_connections;
 } hs_config_t;
 
 typedef struct hs_stats {
@@ -83,6 +87,12 @@ int hs_server_create(uv_loop_t *loop, const hs_config_t *cfg, hs_server_t **out)
 
 /* Binds and listens on host:port (port 0 = ephemeral). Returns 0 or a negative libuv error. */
 int hs_server_listen(hs_server_t *s, const char *host, uint16_t port);
+/* Same, with SO_REUSEPORT (reuseport = HS_LISTEN_REUSEPORT*): several servers (one per worker loop) listen
+ * on one port and the kernel balances new connections between them. The first of them passes
+ * HS_LISTEN_REUSEPORT_FIRST: it fails with UV_EADDRINUSE when anything already listens on that port (another
+ * process of the same user could otherwise silently share it). */
+enum { HS_LISTEN_PLAIN = 0, HS_LISTEN_REUSEPORT = 1, HS_LISTEN_REUSEPORT_FIRST = 2 };
+int hs_server_listen_ex(hs_server_t *s, const char *host, uint16_t port, int reuseport);
 
 /* The bound address as "host:port" (valid after hs_server_listen). */
 const char *hs_server_address(const hs_server_t *s);

@@ -33,6 +33,12 @@ int gw_log_limit_take(gw_log_limit_t *l, uint64_t now_ns, uint64_t interval_ns, 
 
 static _Thread_local char num_bufs[8][24];
 static _Thread_local unsigned num_next;
+static _Thread_local char tl_worker[12]; /* "" outside worker loops */
+
+void gw_log_set_worker(int worker) {
+  if (worker < 0) tl_worker[0] = 0;
+  else snprintf(tl_worker, sizeof tl_worker, "%d", worker);
+}
 
 const char *gw_log_u64(uint64_t v) {
   char *b = num_bufs[num_next++ % 8];
@@ -118,6 +124,10 @@ void gw_log(gw_log_level_t level, const char *msg, ...) {
       put(&l, ":", 1);
       put_json_string(&l, v ? v : "");
     }
+    if (tl_worker[0]) {
+      puts_(&l, ",\"worker\":");
+      put_json_string(&l, tl_worker);
+    }
     put(&l, "}", 1);
   } else {
     puts_(&l, "ts=");
@@ -132,6 +142,10 @@ void gw_log(gw_log_level_t level, const char *msg, ...) {
       puts_(&l, k);
       put(&l, "=", 1);
       put_logfmt_value(&l, v ? v : "");
+    }
+    if (tl_worker[0]) {
+      puts_(&l, " worker=");
+      puts_(&l, tl_worker);
     }
   }
   va_end(ap);

@@ -27,6 +27,8 @@ typedef struct gw_log_limit {
 int gw_log_limit_take(gw_log_limit_t *l, uint64_t now_ns, uint64_t interval_ns, uint64_t *suppressed);
 
 void gw_log_setup(gw_log_level_t level, gw_log_format_t format);
+/* Lines logged from this thread end with worker=N (a worker loop's index); -1 = none (the default). */
+void gw_log_set_worker(int worker);
 int gw_log_enabled(gw_log_level_t level);
 void gw_log(gw_log_level_t level, const char *msg, ...) __attribute__((sentinel));
 const char *gw_log_u64(uint64_t v);

@@ -12,7 +12,9 @@
 #include "config/config.h"
 #include "gateway/gateway.h"
 #include "gateway/log.h"
+#include "gateway/otlp_http.h"
 #include "gateway/version.h"
+#include "gateway/workers.h"
 
 static const char usage[] =
     "usage: otlp-gateway [--config FILE] [--check-config] [--version] [--help]\n"
@@ -30,7 +32,8 @@ static const char usage[] =
 
 typedef struct {
   uv_loop_t *loop;
-  gw_app_t *app;
+  gw_app_t *app;         /* server.workers = 1: the app runs on the main loop */
+  gw_workers_t *workers; /* more: worker threads, telemetry and signals here */
   const char *config_path;
   uv_signal_t sig_term, sig_int, sig_hup;
   int stopping;
@@ -46,13 +49,15 @@ static void on_app_done(void *ud) {
 static void on_signal(uv_signal_t *h, int signum) {
   main_t *m = h->data;
   if (signum == SIGHUP) {
-    gw_app_reload(m->app, m->config_path);
+    if (m->workers) gw_workers_reload(m->workers);
+    else gw_app_reload(m->app, m->config_path);
     return;
   }
   if (m->stopping) return;
   m->stopping = 1;
   gw_log(GW_LOG_INFO, "shutting down", "signal", signum == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
-  gw_app_shutdown(m->app, on_app_done, m);
+  if (m->workers) gw_workers_shutdown(m->workers, on_app_done, m);
+  else gw_app_shutdown(m->app, on_app_done, m);
 }
 
 /* Loads the config the CLI names; 0 or -1 with the reason printed to stderr. */
@@ -82,6 +87,12 @@ static int load_config(const char *path, cfg_t *cfg) {
     return -1;
   }
   return 0;
+}
+
+/* Each worker loads its own copy of the config (already validated once by main). */
+static int load_for_worker(void *ud, cfg_t *out) {
+  const main_t *m = ud;
+  return load_config(m->config_path, out);
 }
 
 int main(int argc, char **argv) {
@@ -131,7 +142,14 @@ int main(int argc, char **argv) {
   m.loop = uv_default_loop();
   m.config_path = path;
   char err[512];
-  if (gw_app_start(m.loop, &cfg, &m.app, err, sizeof err) != 0) {
+  unsigned n_workers = gw_workers_count(cfg.server.workers);
+  if (n_workers > 1) {
+    cfg_dispose(&cfg);
+    if (gw_workers_start(m.loop, n_workers, load_for_worker, &m, path, &m.workers, err, sizeof err) != 0) {
+      gw_log(GW_LOG_ERROR, "cannot start", "error", err, NULL);
+      return 1;
+    }
+  } else if (gw_app_start(m.loop, &cfg, NULL, &m.app, err, sizeof err) != 0) {
     gw_log(GW_LOG_ERROR, "cannot start", "error", err, NULL);
     return 1;
   }
@@ -146,6 +164,8 @@ int main(int argc, char **argv) {
 
   uv_run(m.loop, UV_RUN_DEFAULT);
   gw_app_destroy(m.app);
+  gw_workers_destroy(m.workers);
+  otlp_thread_cleanup();
   if (uv_loop_close(m.loop) != 0) gw_log(GW_LOG_WARN, "stopped with handles still open", NULL);
   else gw_log(GW_LOG_INFO, "stopped", NULL);
   return 0;

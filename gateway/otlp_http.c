@@ -152,6 +152,13 @@ int otlp_gzip_iov(const struct iovec *iov, size_t n_iov, uint8_t **out, size_t *
   return OTLP_OK;
 }
 
+void otlp_thread_cleanup(void) {
+  libdeflate_free_decompressor(tl_decompressor);
+  libdeflate_free_compressor(tl_compressor);
+  tl_decompressor = NULL;
+  tl_compressor = NULL;
+}
+
 uint64_t otlp_metric_points(const Opentelemetry__Proto__Metrics__V1__Metric *m) {
   switch (m->data_case) {
     case OPENTELEMETRY__PROTO__METRICS__V1__METRIC__DATA_GAUGE: return m->gauge->n_data_points;

@@ -59,6 +59,9 @@ int otlp_gzip_iov(const struct iovec *iov, size_t n_iov, uint8_t **out, size_t *
  * and tests: a full decode costs ~30x the gateway's wire scan (balancer/splice), which the gateway uses. */
 int otlp_count_items(otlp_signal_t sig, const uint8_t *body, size_t len, uint64_t *items, uint64_t *resources);
 
+/* Frees this thread's gzip (de)compressor (kept per thread for reuse); call before a worker thread ends. */
+void otlp_thread_cleanup(void);
+
 /* Data points of a decoded Metric: its one data member's (protobuf-c keeps the last one on the wire). */
 struct Opentelemetry__Proto__Metrics__V1__Metric;
 uint64_t otlp_metric_points(const struct Opentelemetry__Proto__Metrics__V1__Metric *m);

@@ -129,6 +129,7 @@ def write_config(text, name="gw.yaml"):
 BASE_CONFIG = """
 server:
   listen: "127.0.0.1:0"
+  workers: 1
   max_request_bytes: {max_request_bytes}
   max_connections: {max_connections}
   read_timeout: {read_timeout}
@@ -166,10 +167,10 @@ FAST_HEALTH = '{enabled: true, path: "/", interval: 200ms, timeout: 200ms, rise:
 FAST_RETRY = "{initial_interval: 50ms, max_interval: 500ms, max_elapsed: 60s}"
 
 
-def resilient_config(endpoints=(), dns=None, request_timeout="1s"):
+def resilient_config(endpoints=(), dns=None, request_timeout="1s", workers=1):
     """A gateway config with fast health checks and retries (the fault-injection and interop tests): static
     endpoints and/or a backends.dns block (a dict: hostname, port, interval, server)."""
-    lines = ['server:', '  listen: "127.0.0.1:0"', '  shutdown_timeout: 10s',
+    lines = ['server:', '  listen: "127.0.0.1:0"', '  workers: %d' % workers, '  shutdown_timeout: 10s',
              'telemetry:', '  listen: "127.0.0.1:0"',
              'backends:']
     if endpoints:

@@ -80,7 +80,8 @@ def test_env_expansion_in_config():
 def test_listen_failure_is_reported():
     g = Gateway(gateway_config())
     try:
-        text = gateway_config().replace('listen: "127.0.0.1:0"\n  max_request', 'listen: "127.0.0.1:%d"\n  max_request' % g.port, 1)
+        text = gateway_config().replace('listen: "127.0.0.1:0"\n  workers', 'listen: "127.0.0.1:%d"\n  workers' % g.port, 1)
+        assert ":%d" % g.port in text
         path = write_config(text, "busy.yaml")
         r = gw("--config", path)
         assert r.returncode == 1 and "cannot listen" in r.stderr, r.stderr

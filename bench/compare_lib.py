@@ -1,0 +1,404 @@
+"""Helpers for bench/compare: starting and stopping the sinks and the three proxies (otlp-gateway, HAProxy,
+nginx) on 127.0.0.1, reading their CPU time and peak RSS from /proc, and the idle-connection client of
+scenario S5 (run as `python3 bench/compare_lib.py idle PORT N`).
+
+Every process is started in its own process group (start_new_session) and registered with a Procs object;
+Procs.stop_all() signals each group (SIGTERM, then SIGKILL after a grace period), so nginx's workers go with
+their master and nothing outlives the benchmark, also on Ctrl-C or an exception.
+"""
+import os
+import re
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from benchlib import cpu_seconds, parse_result  # noqa: F401  (re-exported for bench/compare)
+
+
+def raise_nofile():
+    """Soft RLIMIT_NOFILE up to the hard limit (children inherit it); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def parse_duration(d):
+    d = d.strip()
+    for suf, mul in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if d.endswith(suf):
+            return float(d[: -len(suf)]) * mul
+    return float(d)
+
+
+def fmt_duration(sec):
+    return "%dms" % round(sec * 1000)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def children(pid):
+    """Direct children of pid, from /proc (no pgrep needed)."""
+    out = []
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            out = [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def vm_hwm_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for ln in f:
+            if ln.startswith("VmHWM:"):
+                return int(ln.split()[1])
+    return 0
+
+
+class Procs:
+    """Registry of everything we started; stop_all() is called from a finally block."""
+
+    def __init__(self):
+        self.live = []
+
+    def spawn(self, args, **kw):
+        p = subprocess.Popen(args, start_new_session=True, **kw)
+        self.live.append(p)
+        return p
+
+    def stop(self, p, grace=5.0):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+        else:
+            # the leader is gone; its group (e.g. orphaned workers) may still exist
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for f in (p.stdin, p.stdout, p.stderr):
+            if f:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        if p in self.live:
+            self.live.remove(p)
+
+    def stop_all(self):
+        for p in list(reversed(self.live)):
+            self.stop(p, grace=3.0)
+
+
+def wait_port(port, proc=None, timeout=15.0, what="server"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("%s exited with %s before listening" % (what, proc.returncode))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.03)
+    raise RuntimeError("%s on port %d did not come up" % (what, port))
+
+
+def wait_log(path, needle, proc, timeout=15.0, what="server"):
+    """Polls a log file for a line containing needle; returns the port of the first HOST:PORT after it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(path) as f:
+                for ln in f:
+                    m = re.search(re.escape(needle) + r".*?:(\d+)\b", ln)
+                    if m:
+                        return int(m.group(1))
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    tail = ""
+    try:
+        with open(path) as f:
+            tail = f.read()[-2000:]
+    except OSError:
+        pass
+    raise RuntimeError("%s did not report its port (%s):\n%s" % (what, path, tail))
+
+
+class Proxy:
+    """One running proxy: pids for CPU (all processes), rss_pids for VmHWM (the ones serving traffic)."""
+
+    def __init__(self, name, proc, port, pids, rss_pids):
+        self.name, self.proc, self.port, self.pids, self.rss_pids = name, proc, port, pids, rss_pids
+
+    def cpu(self):
+        return cpu_seconds(self.pids)
+
+    def rss_mib(self):
+        return sum(vm_hwm_kib(p) for p in self.rss_pids) / 1024.0
+
+
+def start_sinks(procs, build, tmp, n):
+    ps = []
+    for i in range(n):
+        log = os.path.join(tmp, "sink%d.out" % i)
+        out = open(log, "w")
+        p = procs.spawn([os.path.join(build, "otlp-sink"), "--no-decode", "--listen", "127.0.0.1:0"],
+                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        out.close()
+        ps.append((p, log))
+    return [(p, wait_log(log, "listening on", p, what="otlp-sink")) for p, log in ps]
+
+
+def start_gateway(procs, build, tmp, sink_ports, workers, tag):
+    cfg = os.path.join(tmp, "gw-%s.yaml" % tag)
+    with open(cfg, "w") as f:
+        f.write('server: {listen: "127.0.0.1:0", workers: %d, max_connections: 20000, idle_timeout: 600s, '
+                'read_timeout: 600s}\n'
+                'telemetry: {listen: "127.0.0.1:0"}\n'
+                'backends:\n  static:\n' % workers +
+                "".join('    - {endpoint: "http://127.0.0.1:%d"}\n' % p for p in sink_ports))
+    log = os.path.join(tmp, "gw-%s.err" % tag)
+    err = open(log, "w")
+    p = procs.spawn([os.path.join(build, "otlp-gateway"), "--config", cfg], stdout=subprocess.DEVNULL, stderr=err,
+                    stdin=subprocess.DEVNULL)
+    err.close()
+    port = wait_log(log, "server=ingest", p, what="otlp-gateway")
+    return Proxy("gateway", p, port, [p.pid], [p.pid])
+
+
+def start_haproxy(procs, tmp, sink_ports, workers, tag, maxconn=10100, bufsize=0):
+    port = free_port()
+    cfg = os.path.join(tmp, "haproxy-%s.cfg" % tag)
+    # maxconn: 10,000 idle clients + load; with http-reuse always an idle client holds no server connection,
+    # so ~maxconn fds suffice. HAProxy wants 2*maxconn fds and by default refuses to start below that
+    # (strict-limits); with a hard limit of 20000 (this machine) `no strict-limits` lets it warn and run.
+    with open(cfg, "w") as f:
+        f.write("""global
+  nbthread %d
+  maxconn %d
+  no strict-limits
+%sdefaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+  timeout http-request 600s
+  timeout http-keep-alive 600s
+  timeout queue 30s
+frontend fe
+  bind 127.0.0.1:%d backlog 1024
+  maxconn %d
+  default_backend sinks
+backend sinks
+  balance roundrobin
+  http-reuse always
+%s""" % (workers, maxconn, "  tune.bufsize %d\n" % bufsize if bufsize else "", port, maxconn,
+         "".join("  server s%d 127.0.0.1:%d\n" % (i, p) for i, p in enumerate(sink_ports))))
+    log = os.path.join(tmp, "haproxy-%s.err" % tag)
+    err = open(log, "w")
+    p = procs.spawn(["haproxy", "-db", "-f", cfg], stdout=err, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    err.close()
+    wait_port(port, p, what="haproxy")
+    pids = [p.pid] + children(p.pid)
+    return Proxy("HAProxy", p, port, pids, pids)
+
+
+def start_nginx(procs, tmp, sink_ports, workers, tag):
+    port = free_port()
+    d = os.path.join(tmp, "nginx-%s" % tag)
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    with open(conf, "w") as f:
+        f.write("""%sworker_processes %d; daemon off; master_process on; pid %s/nginx.pid; error_log %s/error.log;
+worker_rlimit_nofile %d;
+events { worker_connections %d; }
+http {
+  access_log off;
+  client_body_temp_path %s/body; proxy_temp_path %s/proxy;
+  keepalive_requests 100000000; keepalive_timeout 600s;
+  client_header_timeout 600s; client_body_timeout 600s; send_timeout 600s;
+  client_max_body_size 64m; client_body_buffer_size 1m;
+  upstream sinks {
+%s    keepalive 32; keepalive_requests 100000000; keepalive_timeout 600s;
+  }
+  server {
+    listen 127.0.0.1:%d backlog=1024;
+    location / {
+      proxy_pass http://sinks;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_read_timeout 600s; proxy_send_timeout 600s;
+    }
+  }
+}
+""" % (user, workers, d, d, nofile, nofile - 100, d, d,
+       "".join("    server 127.0.0.1:%d;\n" % p for p in sink_ports), port))
+    log = os.path.join(d, "stderr.log")
+    err = open(log, "w")
+    p = procs.spawn(["nginx", "-c", conf, "-p", d + "/", "-e", os.path.join(d, "error.log")], stdout=err,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    err.close()
+    wait_port(port, p, what="nginx")
+    deadline = time.time() + 5
+    while len(children(p.pid)) < workers and time.time() < deadline:
+        time.sleep(0.02)
+    kids = children(p.pid)
+    return Proxy("nginx", p, port, [p.pid] + kids, kids)
+
+
+def run_load(procs, build, url, duration, connections, spans, traces, resources=None, gzip=False, rate=0,
+             timeout=None):
+    """Runs otlp-load to completion; returns the RESULT line as a dict of floats (plus 'raw')."""
+    args = [os.path.join(build, "otlp-load"), "--url", url, "--quiet", "--duration", duration,
+            "--connections", str(connections), "--spans", str(spans), "--traces", str(traces)]
+    if resources:
+        args += ["--resources", str(resources)]
+    if gzip:
+        args += ["--gzip-level", "1"]
+    if rate:
+        args += ["--rate", str(int(rate))]
+    p = procs.spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout or parse_duration(duration) + 60)
+    finally:
+        procs.stop(p)
+    try:
+        r = parse_result(out)
+    except IndexError:
+        raise RuntimeError("otlp-load printed no RESULT line (exit %s): %s" % (p.returncode, err[-1000:]))
+    res = {}
+    for k, v in r.items():
+        try:
+            res[k] = float(v)
+        except ValueError:
+            pass
+    res["raw"] = " ".join("%s=%s" % kv for kv in r.items())
+    return res
+
+
+class IdleClients:
+    """S5: a child process holding N idle keep-alive connections (each after one empty OTLP request)."""
+
+    def __init__(self, procs, port, n):
+        self.procs = procs
+        self.p = procs.spawn([sys.executable, os.path.abspath(__file__), "idle", str(port), str(n)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()
+        if not line.startswith("READY"):
+            err = self.p.stderr.read() if self.p.poll() is not None else ""
+            raise RuntimeError("idle client failed: %r %s" % (line, err[-1000:]))
+        kv = dict(x.split("=") for x in line.split()[1:])
+        self.ok, self.failed, self.secs = int(kv["ok"]), int(kv["failed"]), float(kv["secs"])
+
+    def still_open(self):
+        self.p.stdin.write("check\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        return int(line.split("=")[1]) if line.startswith("OPEN") else -1
+
+    def close(self):
+        self.procs.stop(self.p)
+
+
+def _idle_main(port, n, concurrency=256, timeout=120.0):
+    raise_nofile()
+    req = (b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/x-protobuf\r\n"
+           b"Content-Length: 0\r\n\r\n" % port)
+    sel = selectors.DefaultSelector()
+    pending, done = {}, []
+    opened = failed = 0
+    t0 = time.time()
+    while (opened < n or pending) and time.time() - t0 < timeout:
+        while opened < n and len(pending) < concurrency:
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            sel.register(s, selectors.EVENT_WRITE)
+            pending[s] = [False, b""]
+            opened += 1
+        for key, _ in sel.select(timeout=1.0):
+            s = key.fileobj
+            st = pending[s]
+            try:
+                if not st[0]:
+                    if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                        raise OSError("connect")
+                    s.send(req)
+                    st[0] = True
+                    sel.modify(s, selectors.EVENT_READ)
+                    continue
+                data = s.recv(65536)
+                if not data:
+                    raise OSError("closed")
+                st[1] += data
+                head, sep, body = st[1].partition(b"\r\n\r\n")
+                if not sep:
+                    continue
+                clen = 0
+                for ln in head.split(b"\r\n")[1:]:
+                    k, _, v = ln.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        clen = int(v)
+                if len(body) < clen:
+                    continue
+                if not head.startswith(b"HTTP/1.1 2"):
+                    raise OSError("status " + head.split(b"\r\n")[0].decode(errors="replace"))
+                sel.unregister(s)
+                del pending[s]
+                done.append(s)
+            except OSError:
+                sel.unregister(s)
+                del pending[s]
+                s.close()
+                failed += 1
+    failed += len(pending)
+    print("READY ok=%d failed=%d secs=%.2f" % (len(done), failed, time.time() - t0), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    for line in sys.stdin:
+        if line.strip() == "check":
+            alive = 0
+            for s in done:
+                try:
+                    alive += s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+                except BlockingIOError:
+                    alive += 1
+                except OSError:
+                    pass
+            print("OPEN n=%d" % alive, flush=True)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "idle":
+        _idle_main(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        raise SystemExit("usage: compare_lib.py idle PORT N")

@@ -1,0 +1,31 @@
+/*
+ * gateway/telemetry — the telemetry listener's answers (/healthz, /readyz, /metrics) from scrapes: copies
+ * of one worker's counters and gauges taken on that worker's loop. With several worker loops the main
+ * thread collects one scrape per worker and answers from their sum; with one, the worker answers itself.
+ */
+#ifndef OTLPGW_TELEMETRY_H
+#define OTLPGW_TELEMETRY_H
+
+#include <stddef.h>
+
+#include "gateway/http_server.h"
+#include "gateway/metrics.h"
+
+/* One worker's state at one moment; owns its views, their endpoints and metrics copies. */
+typedef struct gw_scrape {
+  gw_metrics_t metrics;
+  gw_metrics_gauges_t gauges; /* backends points to owned views */
+  gw_backend_view_t *views;
+  gw_backend_metrics_t *view_metrics;
+} gw_scrape_t;
+
+/* Copies n views (endpoint strings and metrics included) into s->gauges. 0 or -1 (out of memory). */
+int gw_scrape_set_views(gw_scrape_t *s, const gw_backend_view_t *views, size_t n);
+void gw_scrape_dispose(gw_scrape_t *s);
+
+/* Answers a telemetry request from n scrapes (n >= 1): counters and per-backend series are summed over the
+ * workers, a backend is up only while every worker has it in its ring, /readyz is 200 while some worker's
+ * ring has a backend. */
+void gw_telemetry_answer(hs_request_t *req, const gw_scrape_t *scrapes, size_t n);
+
+#endif
