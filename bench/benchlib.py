@@ -1,5 +1,6 @@
 """Shared by the bench/ scripts: process CPU time from /proc and otlp-load's RESULT line."""
 import os
+import socket
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -18,3 +19,12 @@ def parse_result(stdout):
     """otlp-load's "RESULT k=v ..." line as a dict of strings (raises if absent)."""
     line = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][0]
     return dict(kv.split("=", 1) for kv in line[7:].split())
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p

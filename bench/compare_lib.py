@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import cpu_seconds, parse_result  # noqa: F401  (re-exported for bench/compare)
+from benchlib import cpu_seconds, free_port, parse_result  # noqa: F401  (re-exported for bench/compare)
 
 
 def raise_nofile():
@@ -39,14 +39,6 @@ def parse_duration(d):
 
 def fmt_duration(sec):
     return "%dms" % round(sec * 1000)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def children(pid):

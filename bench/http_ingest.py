@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import cpu_seconds, parse_result
+from benchlib import cpu_seconds, free_port, parse_result
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--build", default="build")
@@ -33,14 +33,6 @@ ap.add_argument("--spans", type=int, default=100)
 a = ap.parse_args()
 B = a.build
 TMP = tempfile.mkdtemp(prefix="otlpgw-bench-")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_port(port, timeout=10):

@@ -458,15 +458,7 @@ int gw_app_start(uv_loop_t *loop, cfg_t *cfg, const gw_app_opts_t *opts, gw_app_
       .ud = app,
       .shared_connections = opts->client_connections,
   };
-  hs_config_t tc = {
-      .name = "telemetry",
-      .max_body_bytes = 64 * 1024,
-      .max_connections = 256,
-      .read_timeout_ms = 10000,
-      .idle_timeout_ms = 60000,
-      .on_request = telemetry_on_request,
-      .ud = app,
-  };
+  hs_config_t tc = gw_telemetry_server_config(telemetry_on_request, app);
   if (app->cfg->backends.queue.directory && app->cfg->backends.queue.directory[0])
     gw_log(GW_LOG_WARN, "backends.queue.directory is not supported yet: retry queues are kept in memory", "directory",
            app->cfg->backends.queue.directory, NULL);

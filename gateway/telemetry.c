@@ -4,6 +4,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+hs_config_t gw_telemetry_server_config(void (*on_request)(hs_request_t *req, void *ud), void *ud) {
+  return (hs_config_t){
+      .name = "telemetry",
+      .max_body_bytes = 64 * 1024,
+      .max_connections = 256,
+      .read_timeout_ms = 10000,
+      .idle_timeout_ms = 60000,
+      .on_request = on_request,
+      .ud = ud,
+  };
+}
+
 int gw_scrape_set_views(gw_scrape_t *s, const gw_backend_view_t *views, size_t n) {
   s->views = calloc(n ? n : 1, sizeof *s->views);
   s->view_metrics = calloc(n ? n : 1, sizeof *s->view_metrics);

@@ -23,6 +23,9 @@ typedef struct gw_scrape {
 int gw_scrape_set_views(gw_scrape_t *s, const gw_backend_view_t *views, size_t n);
 void gw_scrape_dispose(gw_scrape_t *s);
 
+/* The telemetry listener's server settings (small bodies, few connections), answering with on_request. */
+hs_config_t gw_telemetry_server_config(void (*on_request)(hs_request_t *req, void *ud), void *ud);
+
 /* Answers a telemetry request from n scrapes (n >= 1): counters and per-backend series are summed over the
  * workers, a backend is up only while every worker has it in its ring, /readyz is 200 while some worker's
  * ring has a backend. */

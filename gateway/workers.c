@@ -273,15 +273,7 @@ int gw_workers_start(uv_loop_t *main_loop, unsigned n, gw_config_loader load, vo
     uv_async_init(&w->loop, &w->cmd, on_cmd);
     w->cmd.data = w;
   }
-  hs_config_t tc = {
-      .name = "telemetry",
-      .max_body_bytes = 64 * 1024,
-      .max_connections = 256,
-      .read_timeout_ms = 10000,
-      .idle_timeout_ms = 60000,
-      .on_request = telemetry_on_request,
-      .ud = g,
-  };
+  hs_config_t tc = gw_telemetry_server_config(telemetry_on_request, g);
   char *host = NULL;
   uint16_t tport = 0;
   int ok = started == n;

@@ -42,8 +42,10 @@ NETWORK_ERRORS = re.compile(r"\b(ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETI
 
 
 def interop_config(endpoints):
-    """The fault-injection tests' config (fast health checks, retry queues), with the SDK's patience."""
-    return resilient_config(endpoints, request_timeout="5s")
+    """The fault-injection tests' config (fast health checks, retry queues), with the SDK's patience, and two
+    worker loops as in production (server.workers defaults to one per core): the SDK's connections land on
+    both, and traces and their logs must still meet on one sink."""
+    return resilient_config(endpoints, request_timeout="5s", workers=2)
 
 
 # ---- npm ------------------------------------------------------------------------------------------------
