@@ -23,6 +23,10 @@
 #include <time.h>
 
 #define HS_READ_BUF_SIZE (64 * 1024)
+/* A Content-Length body that arrived whole in one read of at least this size is not copied: the request takes
+ * the read buffer and the server reads on into a fresh one (smaller bodies are copied, so a request never
+ * holds more than 4x its body). */
+#define HS_ADOPT_MIN (HS_READ_BUF_SIZE / 4)
 #define HS_LINGER_MS 2000 /* after a closing response, how long we keep draining the client's bytes */
 
 typedef struct hs_req hs_req_t;
@@ -42,7 +46,7 @@ struct hs_server {
   llhttp_settings_t settings;
   char date[40];        /* cached "Date: ..." value */
   time_t date_at;
-  char read_buf[HS_READ_BUF_SIZE];
+  char *read_buf;       /* HS_READ_BUF_SIZE bytes; handed to a request whose body it holds whole */
 };
 
 enum { TIMER_NONE, TIMER_IDLE, TIMER_READ, TIMER_LINGER };
@@ -77,6 +81,7 @@ struct hs_req {
   hs_request_t pub;
   hs_conn_t *conn;      /* NULL once the connection is gone */
   size_t body_cap;
+  char *owned_buf;      /* the read buffer the body lies in, when it was adopted rather than copied */
   size_t discarded;     /* body bytes dropped after an early answer */
   int answered;         /* hs_respond called */
   int complete;         /* parser finished the message */
@@ -156,7 +161,8 @@ static const char *date_header(hs_server_t *s) {
 
 static void req_free(hs_req_t *r) {
   if (!r) return;
-  free(r->pub.body);
+  if (r->owned_buf) free(r->owned_buf);
+  else free(r->pub.body);
   free(r);
 }
 
@@ -241,7 +247,7 @@ static void conn_close(hs_conn_t *c) {
 
 static void linger_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   hs_conn_t *c = h->data;
-  *buf = uv_buf_init(c->srv->read_buf, sizeof c->srv->read_buf);
+  *buf = uv_buf_init(c->srv->read_buf, HS_READ_BUF_SIZE);
 }
 
 static void on_linger_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
@@ -515,14 +521,8 @@ static int on_headers_complete(llhttp_t *p) {
       return HPE_USER;
     }
   }
-  if (q->content_length != HS_LEN_CHUNKED && q->content_length != HS_LEN_NONE && q->content_length > 0) {
-    q->body = malloc(q->content_length);
-    if (!q->body) {
-      c->err_status = 500;
-      return HPE_USER;
-    }
-    r->body_cap = q->content_length;
-  }
+  /* A Content-Length body is allocated when its first bytes arrive (on_body), so a body that came whole in
+   * the current read can take the read buffer instead of being copied. */
   return 0;
 }
 
@@ -537,6 +537,26 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
   if (q->body && (const uint8_t *)at == q->body + q->body_len && q->body_len + len <= r->body_cap) {
     q->body_len += len; /* read straight into the body buffer (see alloc_cb) */
     return 0;
+  }
+  if (!q->body && q->content_length < HS_LEN_CHUNKED) { /* the first bytes of a Content-Length body */
+    hs_server_t *s = c->srv;
+    if (len == q->content_length && len >= HS_ADOPT_MIN && at >= s->read_buf &&
+        at + len <= s->read_buf + HS_READ_BUF_SIZE) {
+      char *fresh = malloc(HS_READ_BUF_SIZE);
+      if (fresh) { /* all of it is in this read: the request keeps the buffer, the server reads into a new one */
+        r->owned_buf = s->read_buf;
+        s->read_buf = fresh;
+        q->body = (uint8_t *)at;
+        q->body_len = len;
+        r->body_cap = len;
+        return 0;
+      }
+    }
+    if (!(q->body = malloc(q->content_length))) {
+      c->err_status = 500;
+      return HPE_USER;
+    }
+    r->body_cap = q->content_length;
   }
   if (len > c->srv->cfg.max_body_bytes - q->body_len) {
     c->err_status = 413;
@@ -594,7 +614,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     *buf = uv_buf_init((char *)r->pub.body + r->pub.body_len, (unsigned)(r->body_cap - r->pub.body_len));
     return;
   }
-  *buf = uv_buf_init(c->srv->read_buf, sizeof c->srv->read_buf);
+  *buf = uv_buf_init(c->srv->read_buf, HS_READ_BUF_SIZE);
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
@@ -756,6 +776,10 @@ int hs_server_adopt_fd(hs_server_t *s, int fd) {
 int hs_server_create(uv_loop_t *loop, const hs_config_t *cfg, hs_server_t **out) {
   hs_server_t *s = calloc(1, sizeof *s);
   if (!s) return UV_ENOMEM;
+  if (!(s->read_buf = malloc(HS_READ_BUF_SIZE))) {
+    free(s);
+    return UV_ENOMEM;
+  }
   s->loop = loop;
   s->cfg = *cfg;
   if (!s->cfg.name) s->cfg.name = "http";
@@ -860,4 +884,8 @@ void hs_server_abort(hs_server_t *s) {
   }
 }
 
-void hs_server_destroy(hs_server_t *s) { free(s); }
+void hs_server_destroy(hs_server_t *s) {
+  if (!s) return;
+  free(s->read_buf);
+  free(s);
+}

@@ -56,6 +56,22 @@ def test_pipelining_responses_in_order():
     c.close()
 
 
+def test_large_bodies_whole_in_one_read_then_pipelined():
+    """Bodies of 16 KiB or more that arrive whole in one read are taken over by the request without a copy (the
+    server reads on into a fresh buffer); what follows them in the same read must still parse. A corrupted body
+    would be a 400; intact, a valid request with spans gets the dead backend's 503."""
+    g = setup()
+    big = trace_request(250, 40, service="svc-" + "x" * 12000)  # a long service.name makes it ~20 KB
+    assert len(big) > 16384, len(big)
+    c = Conn(g.port)
+    data = b"".join(build_request("POST", "/v1/traces", big, PB) for _ in range(3))
+    data += build_request("POST", "/v1/logs", b"", PB)
+    c.send(data)
+    got = [c.read_response()[0] for _ in range(4)]
+    assert got == [503, 503, 503, 200], got
+    c.close()
+
+
 def test_chunked_bodies():
     g = setup()
     c = Conn(g.port)
