@@ -28,7 +28,6 @@
  */
 #include "balancer/splice.h"
 
-#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,6 +113,7 @@ typedef struct arena {
   /* per-part scratch, allocated with the arena (n_parts of each) */
   uint64_t *acc_s, *acc_r;  /* byte counts of the current scope / resource per part */
   uint32_t *stamp_s, *stamp_r, *list_s, *list_r, *targets, *iov_cap;
+  int overflow;             /* pass 3 met a slice beyond a part's iov_cap (see put): the split is refused */
   emit_t *targets_emit;     /* the targets as an emit list, for the request's own fields */
   bl_part_t parts[];
 } arena_t;
@@ -302,12 +302,14 @@ typedef struct field {
 } field_t;
 
 /* Reads one field of a message at level lv ending at end, validating tag, wire type and bounds, and advances
- * *pp past it. Returns 0 or -1 with sc->err filled. */
+ * *pp past it. Returns 0 or -1 with sc->err filled. *f is fully written on every path (val NULL and len 0
+ * unless WT_LEN): the error paths return through cold out-of-line functions whose -1 the compiler cannot see,
+ * so without it -O3 reports the callers' reads of f as maybe-uninitialized. */
 static inline int next_field(scan_t *sc, enum level lv, const uint8_t **pp, const uint8_t *end, field_t *f) {
   const uint8_t *p = *pp;
   uint64_t t;
   int rc;
-  f->tag = p;
+  *f = (field_t){.tag = p};
   if ((rc = rd_varint(&p, end, &t))) return fail_varint(sc, lv, f->tag, rc, "field tag");
   if (__builtin_expect(t < 8 || t > 0xffffffffu, 0)) return fail(sc, lv, f->tag, ": invalid field number %llu", (unsigned long long)(t >> 3));
   f->num = t >> 3;
@@ -775,7 +777,13 @@ static int scan_request(scan_t *sc, const uint8_t *p, const uint8_t *end, uint32
 /* ------------------------------------------------------------------------------ pass 2: envelope sizes */
 
 /* Item modes: one emit per (scope entry, part) and per (resource entry, part) that has units; sizes every
- * envelope and part, counts each part's items, and bounds its iovec count (before coalescing). */
+ * envelope and part, counts each part's items, and bounds its iovec count (before coalescing).
+ * Why the bound holds for every input: fill gives a part one slice per unit it owns, one header per envelope
+ * emitted to it, and gap slices of envelopes emitted to it. A message's content is a sequence of whole field
+ * records; the children (units, scope entries, resource entries) are records of it, so every non-empty gap is
+ * one or more whole non-child fields, and gaps are disjoint: an envelope has at most n_other non-empty gaps
+ * (its non-child fields; the request: top_other). So per emit 1 + n_other, per unit 1, per target top_other
+ * (+1 spare), as counted here, in count_resources and in bl_split; coalescing only lowers the count. */
 static int count_units(scan_t *sc, size_t len) {
   arena_t *a = sc->a;
   bl_part_t *parts = a->parts;
@@ -856,9 +864,14 @@ static void count_resources(scan_t *sc, size_t len) {
 
 /* ---------------------------------------------------------------------------------- pass 3: iovecs */
 
-/* Appends a slice to a part, merged into the previous iovec when the bytes are adjacent. */
-static inline void put(bl_part_t *pt, const uint8_t *base, size_t n) {
+/* Appends a slice to part b, merged into the previous iovec when the bytes are adjacent. Never writes past the
+ * iov_cap[b] iovecs pass 2 sized for the part: a slice that would not fit sets a->overflow instead, and
+ * bl_split refuses the split. The bound cannot be exceeded by any input (why: at count_units), so this is a
+ * guard against a future counting mistake, kept in every build (an assert would vanish under -DNDEBUG and
+ * would only run after the write past the array). */
+static inline void put(arena_t *a, uint32_t b, const uint8_t *base, size_t n) {
   if (!n) return;
+  bl_part_t *pt = &a->parts[b];
   if (pt->n_iov) {
     struct iovec *l = &pt->iov[pt->n_iov - 1];
     if ((const uint8_t *)l->iov_base + l->iov_len == base) {
@@ -866,18 +879,22 @@ static inline void put(bl_part_t *pt, const uint8_t *base, size_t n) {
       return;
     }
   }
+  if (__builtin_expect(pt->n_iov >= a->iov_cap[b], 0)) {
+    a->overflow = 1;
+    return;
+  }
   pt->iov[pt->n_iov++] = (struct iovec){(void *)base, n};
 }
 
 static inline void put_emits(arena_t *a, const emit_t *e, uint32_t ne, const uint8_t *base, size_t n) {
   if (!n) return;
-  for (uint32_t k = 0; k < ne; k++) put(&a->parts[e[k].part], base, n);
+  for (uint32_t k = 0; k < ne; k++) put(a, e[k].part, base, n);
 }
 
 static uint8_t *put_headers(arena_t *a, const emit_t *e, uint32_t ne, uint8_t tag, uint8_t *h) {
   for (uint32_t k = 0; k < ne; k++) {
     size_t n = put_header(h, tag, e[k].clen);
-    put(&a->parts[e[k].part], h, n);
+    put(a, e[k].part, h, n);
     h += n;
   }
   return h;
@@ -894,7 +911,7 @@ static void fill(scan_t *sc, size_t len, uint32_t nt) {
     put_emits(a, all, nt, buf + prev, r->start - prev);
     prev = r->end;
     if (sc->mode >= M_RES_SERVICE) {
-      if (r->units) put(&a->parts[r->owner], buf + r->start, r->end - r->start);
+      if (r->units) put(a, r->owner, buf + r->start, r->end - r->start);
       continue;
     }
     if (!r->n_emits) continue;
@@ -911,7 +928,7 @@ static void fill(scan_t *sc, size_t len, uint32_t nt) {
       uint32_t ps = s->cstart;
       for (const unit_t *u = &a->units[s->first_unit], *ue = u + s->n_units; u < ue; u++) {
         put_emits(a, es, s->n_emits, buf + ps, u->start - ps);
-        put(&a->parts[u->owner], buf + u->start, u->end - u->start);
+        put(a, u->owner, buf + u->start, u->end - u->start);
         ps = u->end;
       }
       put_emits(a, es, s->n_emits, buf + ps, s->end - ps);
@@ -1041,7 +1058,12 @@ int bl_split(const bl_shape_t *shape, bl_route_t route, const uint8_t *buf, size
     iov += a->iov_cap[a->targets[k]];
   }
   fill(&sc, len, nt);
-  for (uint32_t k = 0; k < nt; k++) assert(a->parts[a->targets[k]].n_iov <= a->iov_cap[a->targets[k]]);
+  if (a->overflow) {
+    snprintf(err->msg, sizeof err->msg,
+             "%s: internal error: a part needs more iovecs than were counted for it; request refused", shape->name);
+    bl_split_dispose(out);
+    return -3;
+  }
   out->n_targets = nt;
   out->single_target = a->targets[0];
   return 0;

@@ -115,8 +115,11 @@ typedef struct bl_error {
 
 /* Scans buf and splits it over ring (which must have >= 1 member). route selects the key and the unit as
  * above (a route that means nothing for the shape is treated as BL_ROUTE_SERVICE; never an error). Returns 0,
- * or -1 with *err filled (malformed request), or -2 (out of memory). On success bl_split_dispose must be
- * called. An empty request (no resource entries) succeeds with n_targets == 0. */
+ * or -1 with *err filled (malformed request), or -2 (out of memory), or -3 with *err filled (internal error: a
+ * part needed more iovecs than the split sized for it; refused instead of written past its array). -3 is a bug
+ * in this module, never the request's fault, and no input is known to reach it (why: splice.c, count_units);
+ * callers answer it like an internal error (500), not like a malformed request. On success bl_split_dispose
+ * must be called. An empty request (no resource entries) succeeds with n_targets == 0. */
 int bl_split(const bl_shape_t *shape, bl_route_t route, const uint8_t *buf, size_t len, const bl_ring_t *ring,
              bl_split_t *out, bl_error_t *err);
 

@@ -1016,6 +1016,112 @@ TEST(coalescing) {
   free(body.p);
 }
 
+/* The iovec bound of each part (splice.c, count_units) at its tightest. Every envelope has unknown fields
+ * between its children, and each scope entry is T groups [unknown][span x][span y][span z] with x, y, z
+ * the three members: member y never gets a slice adjacent to its previous one (x's or z's bytes always lie
+ * between), so nothing of its part coalesces and its iovec count is exactly the bound (less the one spare).
+ * An empty scope entry (not emitted) splits a run of resource-level fields. If pass 2 counted one slice too
+ * few anywhere, bl_split would refuse this request with -3 (it used to write past the iovec array, with the
+ * assert compiled out by -DNDEBUG). Every part must also decode with every span once and every unknown field
+ * copied. */
+static void wb_unknown_fixed(wb *w) {
+  wb_tag(w, 100, 0);
+  wb_varint(w, 7);
+}
+
+TEST(gaps_everywhere_fill_the_iovec_bound_exactly) {
+  bl_ring_t *r = ring3();
+  enum { T = 10 }; /* groups per scope entry */
+  uint8_t tids[3][16];
+  uint32_t found = 0;
+  for (uint32_t x = 1; found != 7 && x < 10000; x++) { /* one trace id per member */
+    uint8_t t[16];
+    tid_of(t, x);
+    uint32_t o = bl_ring_lookup(r, bl_hash(t, 16));
+    if (found >> o & 1) continue;
+    memcpy(tids[o], t, 16);
+    found |= 1u << o;
+  }
+  CHECK_EQ_INT(found, 7);
+  wb body = {0};
+  wb_unknown_fixed(&body);
+  for (int ri = 0; ri < 2; ri++) {
+    /* [resource][empty scope entry][unknown][scope entry][unknown][scope entry] */
+    wb rs = {0}, res = {0}, kv = {0}, any = {0}, empty = {0};
+    wb_lenfield(&any, 1, "svc", 3);
+    wb_lenfield(&kv, 1, "service.name", 12);
+    wb_lenfield(&kv, 2, any.p, any.n);
+    wb_lenfield(&res, 1, kv.p, kv.n);
+    wb_lenfield(&rs, 1, res.p, res.n);
+    wb_lenfield(&empty, 1, "", 0); /* a scope entry with a scope and no span */
+    wb_lenfield(&rs, 2, empty.p, empty.n);
+    for (int si = 0; si < 2; si++) {
+      wb scope = {0};
+      for (int k = 0; k < T; k++) {
+        wb_unknown_fixed(&scope);
+        for (int m = 0; m < 3; m++) {
+          wb span = {0};
+          wb_lenfield(&span, 1, tids[m], 16);
+          wb_lenfield(&scope, 2, span.p, span.n);
+          free(span.p);
+        }
+      }
+      wb_unknown_fixed(&rs);
+      wb_lenfield(&rs, 2, scope.p, scope.n);
+      free(scope.p);
+    }
+    wb_lenfield(&body, 1, rs.p, rs.n);
+    wb_unknown_fixed(&body);
+    free(rs.p);
+    free(res.p);
+    free(kv.p);
+    free(any.p);
+    free(empty.p);
+  }
+  bl_split_t sp;
+  bl_error_t err;
+  int rc = bl_split(&bl_shape_traces, BL_ROUTE_TRACE_ID, body.p, body.n, r, &sp, &err);
+  CHECK_EQ_INT(rc, 0);
+  if (rc != 0) fprintf(stderr, "  error: %s\n", err.msg);
+  if (rc == 0) {
+    CHECK_EQ_INT(sp.n_targets, 3);
+    CHECK_EQ_INT(sp.items, 2 * 2 * 3 * T);
+    /* Member 1 (y): 3 request-level gaps; per resource entry a header and 3 gaps (resource, 2 unknown
+     * fields); per scope entry a header, T gaps and T spans. */
+    CHECK_EQ_INT(sp.parts[1].n_iov, 3 + 2 * (4 + 2 * (1 + 2 * T)));
+    for (uint32_t b = 0; b < 3; b++) {
+      const bl_part_t *pt = &sp.parts[b];
+      CHECK(pt->n_iov <= sp.parts[1].n_iov);
+      CHECK_EQ_INT(pt->items, 2 * 2 * T);
+      uint8_t *d = gather(pt);
+      TraceRequest *q =
+          opentelemetry__proto__collector__trace__v1__export_trace_service_request__unpack(NULL, pt->len, d);
+      CHECK(q != NULL);
+      if (q) {
+        CHECK_EQ_INT(q->base.n_unknown_fields, 3);
+        CHECK_EQ_INT(q->n_resource_spans, 2);
+        for (size_t i = 0; i < q->n_resource_spans; i++) {
+          const Opentelemetry__Proto__Trace__V1__ResourceSpans *e = q->resource_spans[i];
+          CHECK_EQ_INT(e->base.n_unknown_fields, 2);
+          CHECK(e->resource != NULL);
+          CHECK_EQ_INT(e->n_scope_spans, 2); /* the empty scope entry is not emitted */
+          for (size_t j = 0; j < e->n_scope_spans; j++) {
+            CHECK_EQ_INT(e->scope_spans[j]->base.n_unknown_fields, T);
+            CHECK_EQ_INT(e->scope_spans[j]->n_spans, T);
+            for (size_t k = 0; k < e->scope_spans[j]->n_spans; k++)
+              CHECK_EQ_INT(bl_ring_lookup(r, bl_hash(e->scope_spans[j]->spans[k]->trace_id.data, 16)), b);
+          }
+        }
+        opentelemetry__proto__collector__trace__v1__export_trace_service_request__free_unpacked(q, NULL);
+      }
+      free(d);
+    }
+    bl_split_dispose(&sp);
+  }
+  bl_ring_unref(r);
+  free(body.p);
+}
+
 static void expect_error_as(const bl_shape_t *shape, bl_route_t route, const uint8_t *d, size_t n, const char *want,
                             long long off) {
   bl_ring_t *r = ring3();
