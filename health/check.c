@@ -1,16 +1,17 @@
 /*
  * health/check — see check.h.
  *
- * One check at a time, so a checker embeds everything one check needs (resolver request, TCP handle,
+ * One check at a time, so a checker embeds everything one check needs (a DNS waiter, TCP handle,
  * connect/write requests, parser) and reuses it. A single timer serves both purposes: between checks it
- * waits for the next one, during a check it is the deadline. A check is over once its result is reported
- * (or dropped after hc_checker_stop) and every resource it took is back: the getaddrinfo callback has run
- * and the TCP handle has closed. Only then is the next check scheduled, so checks never overlap and the
- * embedded requests are never reused while libuv still holds them.
+ * waits for the next one, during a check it is the deadline. The address comes from the name's cache at
+ * once; only a name without a first answer is waited for (dns_name_wait), and the wait is cancelled
+ * synchronously when the check ends first. A check is over once its result is reported (or dropped after
+ * hc_checker_stop) and the TCP handle has closed. Only then is the next check scheduled, so checks never
+ * overlap and the embedded requests are never reused while libuv still holds them.
  *
- * Lifetime: refs counts the timer (until stop closes it), an inited TCP handle and a pending getaddrinfo;
- * the checker is freed when the last of them is released, always from a libuv callback, never inside the
- * user's callback.
+ * Lifetime: refs counts the timer (until stop closes it) and an inited TCP handle; the checker is freed
+ * when the last of them is released, always from a libuv callback, never inside the user's callback. A
+ * name the checker made for itself (no hc_config_t.name) is destroyed by hc_checker_stop.
  */
 #include "health/check.h"
 
@@ -32,7 +33,9 @@ struct hc_checker {
   uint64_t timeout_ms;
   uint64_t rng;            /* splitmix64 state, seeded once at start */
   uv_timer_t timer;        /* next check, or the deadline of the current one */
-  uv_getaddrinfo_t gai;
+  dns_name_t *name;        /* host's address */
+  dns_name_t *own_name;    /* the same, when the checker made it itself */
+  dns_wait_t wait;         /* for the name's first answer */
   uv_tcp_t tcp;
   uv_connect_t connect_req;
   uv_write_t write_req;
@@ -42,7 +45,7 @@ struct hc_checker {
   int stopped;
   int in_check;            /* a check began and has not given everything back yet */
   int reported;            /* the current check's result is known (or dropped) */
-  int gai_pending;
+  int waiting;             /* wait is queued on name */
   int tcp_state;
   char read_buf[4096];
   size_t request_len;
@@ -72,7 +75,7 @@ static void unref(hc_checker_t *c) {
 
 /* Ends the current check once its result is out and its resources are back; schedules the next. */
 static void check_maybe_over(hc_checker_t *c) {
-  if (!c->in_check || !c->reported || c->gai_pending || c->tcp_state != HC_TCP_NONE) return;
+  if (!c->in_check || !c->reported || c->waiting || c->tcp_state != HC_TCP_NONE) return;
   c->in_check = 0;
   if (!c->stopped) uv_timer_start(&c->timer, on_timer, next_delay(c), 0);
 }
@@ -84,14 +87,17 @@ static void on_tcp_closed(uv_handle_t *h) {
   unref(c);
 }
 
-/* Reports the current check's result once (not after stop), then gives back what the check holds. A
- * pending getaddrinfo is cancelled; its callback still runs (UV_EAI_CANCELED, or a late result) and releases. */
+/* Reports the current check's result once (not after stop), then gives back what the check holds: a
+ * queued wait for the name is cancelled (no callback comes), the TCP handle closes. */
 static void check_finish(hc_checker_t *c, int ok, int detail) {
   if (c->reported) return;
   c->reported = 1;
   uv_timer_stop(&c->timer);
   if (!c->stopped) c->cb(c->ud, ok, detail); /* may call hc_checker_stop: c stays valid (timer close is async) */
-  if (c->gai_pending) uv_cancel((uv_req_t *)&c->gai);
+  if (c->waiting) {
+    dns_name_cancel(&c->wait);
+    c->waiting = 0;
+  }
   if (c->tcp_state == HC_TCP_OPEN) {
     c->tcp_state = HC_TCP_CLOSING;
     uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
@@ -143,52 +149,44 @@ static void on_connect(uv_connect_t *req, int status) {
   if (rc < 0) check_finish(c, 0, rc);
 }
 
-/* Resolved: connect to the first IPv4 address if any (as gateway/backend does, so "localhost" reaches a
- * backend bound to 127.0.0.1), else the first address. */
-static void check_connect(hc_checker_t *c, int status, const struct addrinfo *res) {
-  if (status < 0 || !res) {
-    check_finish(c, 0, status < 0 ? status : UV_EAI_NONAME);
-    return;
-  }
-  const struct addrinfo *ai = res;
-  for (const struct addrinfo *x = res; x; x = x->ai_next)
-    if (x->ai_family == AF_INET) {
-      ai = x;
-      break;
-    }
+/* Connects to addr (the name's choice: IPv4 first, as gateway/backend, so "localhost" reaches a backend
+ * bound to 127.0.0.1). */
+static void check_connect(hc_checker_t *c, const struct sockaddr_storage *addr) {
   int rc = uv_tcp_init(c->loop, &c->tcp);
   if (rc == 0) {
     c->tcp_state = HC_TCP_OPEN;
     c->refs++;
-    rc = uv_tcp_connect(&c->connect_req, &c->tcp, ai->ai_addr, on_connect);
+    rc = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)addr, on_connect);
   }
   if (rc < 0) check_finish(c, 0, rc);
 }
 
-/* Runs for every getaddrinfo, also a cancelled one or one whose check is already over (timeout, stop). */
-static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res) {
-  hc_checker_t *c = g->data;
-  c->gai_pending = 0;
-  if (!c->reported) check_connect(c, status, res);
-  uv_freeaddrinfo(res);
-  check_maybe_over(c);
-  unref(c);
+/* The name has its first answer (or failed, or was destroyed): only while the check waits for it. */
+static void on_name(dns_wait_t *w, int status) {
+  hc_checker_t *c = w->data;
+  struct sockaddr_storage addr;
+  c->waiting = 0;
+  if (status == 0) status = dns_name_addr(c->name, c->port, &addr);
+  if (status != 0) check_finish(c, 0, status < 0 ? status : UV_EAI_AGAIN);
+  else check_connect(c, &addr);
 }
 
 static void check_begin(hc_checker_t *c) {
   c->in_check = 1;
   c->reported = 0;
   uv_timer_start(&c->timer, on_timer, c->timeout_ms, 0);
-  char port[8];
-  snprintf(port, sizeof port, "%u", c->port);
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-  int rc = uv_getaddrinfo(c->loop, &c->gai, on_resolved, c->host, port, &hints);
-  if (rc < 0) {
-    check_finish(c, 0, rc);
+  struct sockaddr_storage addr;
+  int rc = dns_name_addr(c->name, c->port, &addr);
+  if (rc == 0) {
+    check_connect(c, &addr);
     return;
   }
-  c->gai_pending = 1;
-  c->refs++;
+  /* No address yet: wait for the first answer within the check's deadline, or learn at once (next loop
+   * turn) that the name does not resolve. */
+  c->wait.data = c;
+  rc = dns_name_wait(c->name, &c->wait, on_name);
+  if (rc < 0) check_finish(c, 0, rc);
+  else c->waiting = 1;
 }
 
 /* Between checks: time for the next one. During a check: its deadline passed. */
@@ -224,6 +222,17 @@ int hc_checker_start(uv_loop_t *loop, const hc_config_t *cfg, hc_result_cb cb, v
     free(c);
     return UV_ENOMEM;
   }
+  c->name = cfg->name;
+  if (!c->name) {
+    char err[128];
+    dns_name_config_t nc = {.host = cfg->host};
+    if (dns_name_create(loop, &nc, &c->own_name, err, sizeof err) != 0) {
+      free(c->host);
+      free(c);
+      return UV_EINVAL;
+    }
+    c->name = c->own_name;
+  }
   c->request_len = (size_t)snprintf(c->request, (size_t)n + 1, fmt, cfg->path, cfg->host, cfg->port);
   c->loop = loop;
   c->cb = cb;
@@ -234,7 +243,6 @@ int hc_checker_start(uv_loop_t *loop, const hc_config_t *cfg, hc_result_cb cb, v
   c->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)c;
   llhttp_settings_init(&c->settings);
   c->settings.on_headers_complete = on_headers_complete;
-  c->gai.data = c;
   c->tcp.data = c;
   c->connect_req.data = c;
   c->write_req.data = c;
@@ -249,7 +257,9 @@ int hc_checker_start(uv_loop_t *loop, const hc_config_t *cfg, hc_result_cb cb, v
 void hc_checker_stop(hc_checker_t *c) {
   if (!c || c->stopped) return;
   c->stopped = 1;
-  if (c->in_check) check_finish(c, 0, UV_ECANCELED); /* not reported: stopped is set */
+  if (c->in_check) check_finish(c, 0, UV_ECANCELED); /* not reported: stopped is set; the wait is cancelled */
+  dns_name_destroy(c->own_name);
+  c->own_name = NULL;
   uv_close((uv_handle_t *)&c->timer, on_timer_closed);
 }
 

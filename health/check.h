@@ -2,9 +2,11 @@
  * health/check — active HTTP health checks of one backend, and the rise/fall hysteresis counter.
  *
  * A checker runs off the hot path on the loop: every interval (jittered by +-10%, the first check at a
- * random point in the first interval, so replicas don't probe in lockstep) it resolves host, connects,
- * sends "GET path HTTP/1.1" with "Connection: close", and reads the status line. 2xx before timeout = ok;
- * anything else (refused, reset, timeout, non-2xx) = failed. One check at a time per checker.
+ * random point in the first interval, so replicas don't probe in lockstep) it takes host's cached address
+ * (health/dns names: no lookup per check; only a name that has not answered yet is waited for, within the
+ * check's timeout), connects, sends "GET path HTTP/1.1" with "Connection: close", and reads the status
+ * line. 2xx before timeout = ok; anything else (refused, reset, timeout, non-2xx, a name that does not
+ * resolve) = failed. One check at a time per checker.
  *
  * The hysteresis is one counter, as in HAProxy: health runs 0 .. rise+fall-1. Up backends sit at the top;
  * each failure takes one off and the backend goes down when health falls below rise (after `fall`
@@ -17,6 +19,8 @@
 
 #include <stdint.h>
 #include <uv.h>
+
+#include "health/dns.h"
 
 typedef struct hc_state {
   uint32_t health;
@@ -33,20 +37,23 @@ int hc_state_force_down(hc_state_t *s);
 typedef struct hc_checker hc_checker_t;
 
 typedef struct hc_config {
-  const char *host;      /* name or address; copied */
+  const char *host;      /* name or address, for the Host header (and the lookup when name is NULL); copied */
+  dns_name_t *name;      /* host's cached address, shared with the backend's pool: borrowed, must outlive the
+                          * checker until hc_checker_stop. NULL = the checker keeps its own name for host */
   uint16_t port;
   const char *path;      /* "/" ...; copied */
   uint64_t interval_ms;
-  uint64_t timeout_ms;   /* whole check: resolve + connect + answer */
+  uint64_t timeout_ms;   /* whole check: waiting for a first DNS answer + connect + answer */
 } hc_config_t;
 
 /* Called once per check. ok: 1 for a 2xx; detail: the HTTP status, or a negative libuv error
  * (UV_ECONNREFUSED, UV_ETIMEDOUT, UV_EOF for a close before the status, UV_EPROTO for a malformed answer,
- * UV_EAI_* when resolving failed). May call hc_checker_stop(). */
+ * UV_EAI_NONAME / UV_EAI_AGAIN when the name has never resolved). May call hc_checker_stop(). */
 typedef void (*hc_result_cb)(void *ud, int ok, int detail);
 
 /* Starts checking on loop. Returns 0 or a negative errno: UV_EINVAL when interval_ms or timeout_ms is 0,
- * or host/path is empty or holds spaces or control characters; UV_ENOMEM. */
+ * or host/path is empty or holds spaces or control characters (or, without name, host cannot be a name);
+ * UV_ENOMEM. */
 int hc_checker_start(uv_loop_t *loop, const hc_config_t *cfg, hc_result_cb cb, void *ud, hc_checker_t **out);
 /* Stops checking, also mid-check; cb is never called after this returns; memory is freed once handles
  * close (the loop must run for that). c may be NULL. */

@@ -14,6 +14,7 @@
 
 #include "gateway/http_server.h"
 #include "health/check.h"
+#include "health/dns.h"
 #include "test.h"
 
 /* ---- state machine ------------------------------------------------------------------------------------ */
@@ -113,7 +114,7 @@ typedef struct probe {
   int stop_after; /* stop from the callback after this many results; 0 = the test stops it */
   int stop_on_ok; /* or at the first ok result */
   int n, late, stopped;
-  int ok[MAX_RESULTS], detail[MAX_RESULTS];
+  int ok[MAX_RESULTS], detail[MAX_RESULTS], blockers[MAX_RESULTS];
   uint64_t t_ms[MAX_RESULTS]; /* since the run began */
 } probe_t;
 
@@ -151,6 +152,8 @@ static struct {
   raw_t raw;
   int open_at_grace; /* raw server connections still open when the grace period ended */
   int blockers;      /* threadpool work items still running */
+  dns_name_t *name;  /* a name shared by the probes (destroyed after they stopped), or NULL */
+  int dns_fd;        /* a DNS server that never answers, or -1 */
 } L;
 
 static uint64_t now_ms(void) { return (uv_hrtime() - L.t0) / 1000000; }
@@ -276,7 +279,11 @@ static uint16_t refused_port(void) {
   return ntohs(a.sin_port);
 }
 
-static void grace_closed(uv_handle_t *h) { servers_stop(); }
+static void grace_closed(uv_handle_t *h) {
+  dns_name_destroy(L.name); /* after its checkers: they stopped */
+  L.name = NULL;
+  servers_stop();
+}
 static void grace_fire(uv_timer_t *t) {
   L.open_at_grace = L.raw.open;
   uv_close((uv_handle_t *)t, grace_closed);
@@ -298,6 +305,7 @@ static void on_result(void *ud, int ok, int detail) {
   if (p->n < MAX_RESULTS) {
     p->ok[p->n] = ok;
     p->detail[p->n] = detail;
+    p->blockers[p->n] = L.blockers;
     p->t_ms[p->n] = now_ms();
   }
   if (++p->n == p->stop_after || (ok && p->stop_on_ok)) probe_stop(p);
@@ -307,7 +315,8 @@ static void probe_start(probe_t *p, const char *host, uint16_t port, const char 
                         uint64_t timeout_ms, int stop_after) {
   memset(p, 0, sizeof *p);
   p->stop_after = stop_after;
-  hc_config_t cfg = {.host = host, .port = port, .path = path, .interval_ms = interval_ms, .timeout_ms = timeout_ms};
+  hc_config_t cfg = {.host = host, .name = L.name, .port = port, .path = path, .interval_ms = interval_ms,
+                     .timeout_ms = timeout_ms};
   CHECK_EQ_INT(hc_checker_start(&L.loop, &cfg, on_result, p, &p->hc), 0);
   L.probes[L.n_probes++] = p;
   L.active++;
@@ -325,6 +334,7 @@ static void watchdog_fire(uv_timer_t *t) {
 
 static void run_begin(uint64_t grace_ms) {
   memset(&L, 0, sizeof L);
+  L.dns_fd = -1;
   uv_loop_init(&L.loop);
   L.t0 = uv_hrtime();
   L.grace_ms = grace_ms;
@@ -343,6 +353,31 @@ static void run_end(void) {
   uv_run(&L.loop, UV_RUN_NOWAIT);
   CHECK_EQ_INT(uv_loop_close(&L.loop), 0);
   if (L.srv) hs_server_destroy(L.srv);
+}
+
+/* Probes started after this share a name for host whose only DNS server never answers (L.dns_fd). */
+static void silent_name(const char *host) {
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  socklen_t len = sizeof a;
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  L.dns_fd = socket(AF_INET, SOCK_DGRAM, 0);
+  CHECK_EQ_INT(bind(L.dns_fd, (struct sockaddr *)&a, sizeof a), 0);
+  CHECK_EQ_INT(getsockname(L.dns_fd, (struct sockaddr *)&a, &len), 0);
+  char server[32], err[256] = "";
+  snprintf(server, sizeof server, "127.0.0.1:%u", ntohs(a.sin_port));
+  const char *servers[] = {server};
+  dns_name_config_t nc = {.host = host, .servers = servers, .n_servers = 1};
+  CHECK_EQ_INT(dns_name_create(&L.loop, &nc, &L.name, err, sizeof err), 0);
+}
+
+/* Queries that reached L.dns_fd (after run_end), which it then closes. */
+static int silent_queries(void) {
+  char q[512];
+  int n = 0;
+  while (recv(L.dns_fd, q, sizeof q, MSG_DONTWAIT) > 0) n++;
+  close(L.dns_fd);
+  L.dns_fd = -1;
+  return n;
 }
 
 /* ---- checker tests ------------------------------------------------------------------------------------ */
@@ -550,7 +585,7 @@ TEST(checker_stop_while_waiting_for_answer) {
   CHECK_EQ_INT(L.open_at_grace, 0);          /* and stop closed its connection */
 }
 
-/* Stops after k loop iterations, for growing k: before the first check, while resolving, connecting,
+/* Stops after k loop iterations, for growing k: before the first check, while connecting,
  * writing, reading. Against a silent server (the check is in flight whenever stopped) and an answering
  * one (also right after a result, while the TCP handle closes). */
 static void count_iter(uv_idle_t *h) {
@@ -589,7 +624,7 @@ TEST(checker_stop_at_every_stage) {
   CHECK(connected_runs > 0); /* some stops did land after the connect */
 }
 
-/* Threadpool work that holds every thread, so a getaddrinfo stays queued (and cancellable). */
+/* Threadpool work that holds every thread (4) for 300 ms. */
 static void block_work(uv_work_t *w) { usleep(300 * 1000); }
 static void block_done(uv_work_t *w, int status) {
   L.blockers--;
@@ -604,42 +639,77 @@ static void block_threadpool(void) {
   }
 }
 
-TEST(checker_stop_while_resolving) {
+/* An IP literal needs no lookup: checks go out while every threadpool thread is busy (they used to queue a
+ * getaddrinfo there, behind the blockers, and time out). */
+TEST(checker_ip_literal_ignores_a_busy_threadpool) {
+  probe_t p;
+  run_begin(20);
+  uint16_t port = srv_start(200);
+  block_threadpool();
+  probe_start(&p, "127.0.0.1", port, "/", 1, 2000, 2);
+  run_end();
+  CHECK_EQ_INT(p.n, 2);
+  for (int i = 0; i < 2; i++) {
+    CHECK_EQ_INT(p.ok[i], 1);
+    CHECK_EQ_INT(p.blockers[i], 4); /* answered while the threadpool was still blocked */
+  }
+  CHECK_EQ_INT(L.blockers, 0);
+}
+
+/* A name whose resolver never answers: each check waits for the first answer until its own deadline
+ * (UV_ETIMEDOUT), and the checks share the name's one round of queries instead of each looking up. */
+TEST(checker_timeout_waiting_for_the_first_answer) {
+  probe_t p;
+  run_begin(20);
+  uint16_t port = srv_start(200);
+  silent_name("slow.test");
+  probe_start(&p, "slow.test", port, "/", 1, 100, 3);
+  run_end();
+  CHECK_EQ_INT(p.n, 3);
+  for (int i = 0; i < 3 && i < p.n; i++) {
+    CHECK_EQ_INT(p.ok[i], 0);
+    CHECK_EQ_INT(p.detail[i], UV_ETIMEDOUT);
+  }
+  CHECK_EQ_INT(L.srv_requests, 0);
+  int q = silent_queries();
+  CHECK(q >= 1 && q <= 4); /* A + AAAA of one round (and their retry), not one lookup per check */
+}
+
+TEST(checker_stop_while_waiting_for_the_first_answer) {
   probe_t p;
   uv_timer_t t;
   run_begin(20);
   uint16_t port = srv_start(200);
-  block_threadpool();
-  probe_start(&p, "127.0.0.1", port, "/", 1, 2000, 0);
+  silent_name("slow.test");
+  probe_start(&p, "slow.test", port, "/", 1, 2000, 0);
   uv_timer_init(&L.loop, &t);
   t.data = &p;
-  uv_timer_start(&t, stop_timer_fire, 50, 0); /* the resolve is still queued behind the blockers */
+  uv_timer_start(&t, stop_timer_fire, 50, 0); /* the check waits for the name */
   run_end();
   CHECK_EQ_INT(p.n, 0);
   CHECK_EQ_INT(L.srv_requests, 0);
-  CHECK_EQ_INT(L.blockers, 0);
+  CHECK(silent_queries() >= 1); /* the name was asked */
 }
 
-TEST(checker_timeout_while_resolving) {
+/* A name that cannot resolve (its resolver refuses) fails each check with the name's error, not a
+ * timeout. */
+TEST(checker_name_that_does_not_resolve_fails_with_its_error) {
   probe_t p;
   run_begin(20);
   uint16_t port = srv_start(200);
-  block_threadpool();
-  probe_start(&p, "127.0.0.1", port, "/", 1, 100, 0);
-  p.stop_on_ok = 1;
+  char server[32], err[256] = "";
+  snprintf(server, sizeof server, "127.0.0.1:%u", refused_port());
+  const char *servers[] = {server};
+  dns_name_config_t nc = {.host = "gone.test", .servers = servers, .n_servers = 1};
+  CHECK_EQ_INT(dns_name_create(&L.loop, &nc, &L.name, err, sizeof err), 0);
+  probe_start(&p, "gone.test", port, "/", 1, 5000, 3);
   run_end();
-  /* resolves stay queued until the blockers end at 300 ms: each check times out, until one gets through */
-  CHECK(p.n >= 2 && p.n <= 5);
-  CHECK(p.t_ms[0] >= 95 && p.t_ms[0] < 200);
-  for (int i = 0; i + 1 < p.n && i < MAX_RESULTS; i++) {
+  CHECK_EQ_INT(p.n, 3);
+  for (int i = 0; i < 3 && i < p.n; i++) {
     CHECK_EQ_INT(p.ok[i], 0);
-    CHECK_EQ_INT(p.detail[i], UV_ETIMEDOUT);
+    CHECK_EQ_INT(p.detail[i], UV_EAI_AGAIN);
   }
-  int last = p.n - 1 < MAX_RESULTS ? p.n - 1 : MAX_RESULTS - 1;
-  CHECK_EQ_INT(p.ok[last], 1);
-  CHECK_EQ_INT(p.detail[last], 200);
-  CHECK(p.t_ms[last] >= 280);
-  CHECK_EQ_INT(L.srv_requests, 1);
+  CHECK_EQ_INT(L.srv_requests, 0);
 }
 
 static void setup(void) { setenv("UV_THREADPOOL_SIZE", "4", 1); }
