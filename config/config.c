@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,7 @@ static const char *check_token(const char *s);
 static const char *check_http_path(const char *s);
 static const char *check_hostname(const char *s);
 static const char *check_resolver(const char *s);
+static const char *check_spool_directory(const char *s);
 
 #define KEY(path, type, def, field, lo, hi, enums, check, help) \
   {path, type, def, offsetof(cfg_t, field), 0, lo, hi, enums, check, help}
@@ -100,6 +102,9 @@ static const cfg_key_t cfg_keys[] = {
     KEY("server.workers", CT_U32, "0", server.workers, 0, 1024, NULL, NULL, "event loops; 0 = one per CPU core"),
     KEY("server.max_request_bytes", CT_SIZE, "64MiB", server.max_request_bytes, KIB, 4 * GIB, NULL, NULL,
         "largest request body after decompression; 413 above it"),
+    KEY("server.memory_limit", CT_SIZE, "1GiB", server.memory_limit, MIB, 64 * TIB, NULL, NULL,
+        "one budget for all buffered telemetry (bodies being read or forwarded, retry queues; all workers): "
+        "a request that would cross it gets 503 + Retry-After before its body is read"),
     KEY("server.max_connections", CT_U32, "10000", server.max_connections, 1, 1000000, NULL, NULL,
         "client connections accepted at once"),
     KEY("server.read_timeout", CT_DURATION, "30s", server.read_timeout_ms, 1, DUR_MAX, NULL, NULL,
@@ -156,8 +161,8 @@ static const cfg_key_t cfg_keys[] = {
         1000, NULL, NULL, "passive: consecutive failed sends -> down at once"),
     KEY("backends.queue.max_bytes", CT_SIZE, "256MiB", backends.queue.max_bytes, 64 * KIB, TIB, NULL, NULL,
         "retry queue per backend"),
-    KEY("backends.queue.directory", CT_STRING, "", backends.queue.directory, 0, 0, NULL, NULL,
-        "non-empty -> persistent, crash-safe spool"),
+    KEY("backends.queue.directory", CT_STRING, "", backends.queue.directory, 0, 0, NULL, check_spool_directory,
+        "reserved for the crash-safe on-disk spool, not implemented yet: a non-empty value is rejected"),
     KEY("backends.retry.initial_interval", CT_DURATION, "100ms", backends.retry.initial_interval_ms, 1, DUR_MAX,
         NULL, NULL, "first retry backoff; at most max_interval"),
     KEY("backends.retry.max_interval", CT_DURATION, "5s", backends.retry.max_interval_ms, 1, DUR_MAX, NULL, NULL,
@@ -422,6 +427,14 @@ static const char *check_resolver(const char *s) {
   free(h);
   if (why) return why;
   return p == 0 ? "port must be 1..65535" : NULL;
+}
+
+/* The spool is not built: a config that asks for it is refused rather than run with in-memory queues that lose
+ * their data on a crash, which would contradict the key's promise. "" (the default) stays valid. */
+static const char *check_spool_directory(const char *s) {
+  if (!*s) return NULL;
+  return "the on-disk spool is not implemented yet (issue: crash-safe spool); remove the key to keep retry queues "
+         "in memory";
 }
 
 /* RFC 9110 token characters, for header names. */
@@ -1174,4 +1187,40 @@ void cfg_print_reference(void *file) {
     if (cfg_keys[i].type == CT_BACKENDS)
       for (size_t j = 0; j < ARRAY_LEN(backend_keys); j++) print_row(f, "backends.static[].", &backend_keys[j]);
   }
+}
+
+/* ---- shared snapshots -------------------------------------------------------------------------------- */
+
+struct cfg_snapshot {
+  cfg_t cfg;
+  uint64_t generation;
+  atomic_uint refs;
+};
+
+cfg_snapshot_t *cfg_snapshot_create(cfg_t *c, uint64_t generation) {
+  cfg_snapshot_t *s = malloc(sizeof *s);
+  if (!s) {
+    cfg_dispose(c);
+    return NULL;
+  }
+  s->cfg = *c;
+  memset(c, 0, sizeof *c);
+  s->generation = generation;
+  atomic_init(&s->refs, 1);
+  return s;
+}
+
+const cfg_t *cfg_snapshot_cfg(const cfg_snapshot_t *s) { return &s->cfg; }
+uint64_t cfg_snapshot_generation(const cfg_snapshot_t *s) { return s->generation; }
+
+cfg_snapshot_t *cfg_snapshot_ref(cfg_snapshot_t *s) {
+  atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed); /* the caller already holds one */
+  return s;
+}
+
+void cfg_snapshot_unref(cfg_snapshot_t *s) {
+  /* acq_rel: every holder's reads of the cfg happen before the last holder frees it. */
+  if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1) return;
+  cfg_dispose(&s->cfg);
+  free(s);
 }

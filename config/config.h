@@ -36,6 +36,7 @@ typedef struct cfg {
     char *listen;                 /* "host:port" */
     uint32_t workers;             /* 0 = one per core */
     uint64_t max_request_bytes;
+    uint64_t memory_limit;        /* process-wide budget for buffered telemetry (gateway/memory) */
     uint32_t max_connections;
     uint64_t read_timeout_ms;
     uint64_t idle_timeout_ms;
@@ -114,5 +115,23 @@ int cfg_parse_hostport(const char *s, char **host, uint16_t *port); /* "0.0.0.0:
 
 /* Writes the key table as a markdown table (key, type, default, help) — used to keep docs/ true to the code. */
 void cfg_print_reference(void *file /* FILE* */);
+
+/* ---- shared snapshots ----------------------------------------------------------------------------------
+ * A loaded, validated cfg_t frozen for sharing between threads (SIGHUP: the main thread parses the file once
+ * and every worker loop adopts the same snapshot). Nothing may write to the cfg_t once it is in a snapshot.
+ * Reference-counted with an atomic count: ref and unref are safe on any thread, and whichever holder drops
+ * the last reference frees the cfg_t (cfg_dispose) and the snapshot. generation is the caller's label (the
+ * CLI counts 1 at start, +1 per applied reload) so logs can show which snapshot each worker runs. */
+typedef struct cfg_snapshot cfg_snapshot_t;
+
+/* Takes over *c (zeroes it) and returns a snapshot holding one reference for the caller; NULL when out of
+ * memory (then *c is disposed). */
+cfg_snapshot_t *cfg_snapshot_create(cfg_t *c, uint64_t generation);
+const cfg_t *cfg_snapshot_cfg(const cfg_snapshot_t *s);
+uint64_t cfg_snapshot_generation(const cfg_snapshot_t *s);
+/* One more reference (returns s). */
+cfg_snapshot_t *cfg_snapshot_ref(cfg_snapshot_t *s);
+/* Drops one reference; the last one frees. NULL is a no-op. */
+void cfg_snapshot_unref(cfg_snapshot_t *s);
 
 #endif

@@ -37,7 +37,7 @@ enum { CONN_RESOLVING, CONN_CONNECTING, CONN_IDLE, CONN_BUSY, CONN_CLOSED };
 struct be_conn {
   uv_tcp_t tcp;
   uv_connect_t connect_req;
-  uv_getaddrinfo_t gai;
+  dns_wait_t wait;         /* for the name's first answer (CONN_RESOLVING) */
   uv_write_t write_req;
   be_pool_t *pool;
   be_conn_t *prev, *next;  /* all connections */
@@ -47,7 +47,10 @@ struct be_conn {
   int state;
   int reused;              /* carried a request before: a failure may be a stale keep-alive */
   int got_bytes;           /* response bytes seen for the current request */
+  int writing;             /* write_req is libuv's until on_write runs: never reuse it before */
+  int pool_after_write;    /* response done and keep-alive, request written: idle once on_write runs */
   int tcp_inited;
+  int open_err;            /* uv_tcp_connect failed at once: reported from the handle's close callback */
   uint32_t retry_after;    /* Retry-After of the current response, seconds */
   int in_retry_after;      /* parsing the Retry-After header's value */
   uint8_t *body;
@@ -58,6 +61,8 @@ struct be_conn {
 struct be_pool {
   uv_loop_t *loop;
   char *host;
+  dns_name_t *name;        /* host's cached address (be_pool_config_t.name, or own_name) */
+  dns_name_t *own_name;    /* made by the pool when the config gave none; destroyed with the pool */
   uint16_t port;
   char *extra_headers;     /* preformatted "Name: value\r\n"... */
   char host_header[300];
@@ -77,10 +82,7 @@ struct be_pool {
 
 static void pump(be_pool_t *p);
 static void conn_close(be_conn_t *c);
-
-int be_status_retryable(int status) {
-  return status < 0 || status == 429 || status == 502 || status == 503 || status == 504;
-}
+static void conn_close_finish(be_conn_t *c, int status, const uint8_t *body, size_t len, uint32_t retry_after);
 
 const be_stats_t *be_pool_stats(const be_pool_t *p) { return &p->stats; }
 
@@ -160,9 +162,9 @@ static void on_req_timeout(uv_timer_t *t) {
   be_req_t *r = t->data;
   be_pool_t *p = r->pool;
   if (r->conn) {
-    be_conn_t *c = r->conn;
-    req_finish(r, UV_ETIMEDOUT, NULL, 0);
-    conn_close(c); /* the response may still come: this connection's stream position is unknown */
+    /* The response may still come, and the body may still be being written: this connection's stream
+     * position is unknown, so it closes (before r's owner may free what it was writing). */
+    conn_close_finish(r->conn, UV_ETIMEDOUT, NULL, 0, 0);
   } else {
     queue_remove(p, r);
     req_finish(r, UV_ETIMEDOUT, NULL, 0);
@@ -196,6 +198,8 @@ static void conn_free_unopened(be_conn_t *c) {
   pool_unref(p);
 }
 
+/* Closes c. A request still on it fails with UV_ECONNRESET, after the handle is closed: once uv_close has
+ * run, libuv writes nothing more from the request's buffers, so its owner may free them in the callback. */
 static void conn_close(be_conn_t *c) {
   be_pool_t *p = c->pool;
   if (c->state == CONN_CLOSED) return;
@@ -203,20 +207,29 @@ static void conn_close(be_conn_t *c) {
   int was_opening = c->state == CONN_RESOLVING || c->state == CONN_CONNECTING;
   if (c->state == CONN_IDLE) idle_remove(p, c);
   c->state = CONN_CLOSED;
+  c->pool_after_write = 0;
   if (c->prev) c->prev->next = c->next; else p->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   p->n_conns--;
   if (was_opening) p->n_opening--;
   if (was_open) p->stats.connections_open--;
-  if (c->req) {
-    be_req_t *r = c->req;
-    c->req = NULL;
-    r->conn = NULL;
-    req_finish(r, UV_ECONNRESET, NULL, 0);
-  }
-  /* A connection without a TCP handle is still resolving: on_resolved frees it once getaddrinfo returns
-   * (or the caller does, when resolving never started). */
+  be_req_t *r = c->req;
+  c->req = NULL;
+  if (r) r->conn = NULL;
+  /* A connection without a TCP handle is still waiting for its address: on_resolved frees it when the name
+   * answers (or is destroyed), on_connect_error_closed when its connect failed at once. */
   if (c->tcp_inited) uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+  if (r) req_finish(r, UV_ECONNRESET, NULL, 0);
+}
+
+/* Takes r off c and closes c, then completes r with status: the order that keeps r's buffers out of
+ * libuv's hands before its owner hears of the outcome. */
+static void conn_close_finish(be_conn_t *c, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
+  be_req_t *r = c->req;
+  c->req = NULL;
+  if (r) r->conn = NULL;
+  conn_close(c);
+  if (r) req_finish_ra(r, status, body, len, retry_after);
 }
 
 /* Opening c failed: one queued request learns of it now; the others get their own attempts via pump. */
@@ -240,12 +253,10 @@ static void conn_fail(be_conn_t *c, int err) {
     c->req = NULL;
     r->conn = NULL;
     queue_push(p, r, 1);
-  } else if (r) {
-    c->req = NULL;
-    r->conn = NULL;
-    req_finish(r, err == UV_EOF ? UV_ECONNRESET : err, NULL, 0);
+    conn_close(c);
+  } else {
+    conn_close_finish(c, err == UV_EOF ? UV_ECONNRESET : err, NULL, 0, 0);
   }
-  conn_close(c);
   pump(p);
 }
 
@@ -279,10 +290,49 @@ static int on_header_value(llhttp_t *h, const char *at, size_t len) {
   return 0;
 }
 
+static void conn_make_idle(be_conn_t *c) {
+  be_pool_t *p = c->pool;
+  c->state = CONN_IDLE;
+  c->reused = 1;
+  c->idle_next = p->idle;
+  p->idle = c;
+}
+
+/* The response to c->req is complete (keep: it allows keep-alive and nothing followed it). The connection
+ * goes back to the pool only once the whole request was written too (PATTERNS.md 1): a response that
+ * arrives while body bytes are still unsent is an early answer (413, 429, 503, 401 after the head), and
+ * the connection closes, which stops the write, before the request's owner hears of the answer. A request
+ * whose bytes are all out but whose write callback has not run yet is answered now, and the connection
+ * waits for that callback (write_req is libuv's until then) before it is reused. */
+static void conn_response_done(be_conn_t *c, int keep) {
+  be_pool_t *p = c->pool;
+  int status = llhttp_get_status_code(&c->parser);
+  if (c->writing && uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0) {
+    conn_close_finish(c, status, c->body, c->body_len, c->retry_after);
+    c->body_len = 0;
+    pump(p);
+    return;
+  }
+  be_req_t *r = c->req;
+  c->req = NULL;
+  r->conn = NULL;
+  keep = keep && !p->destroying && !p->cancelling;
+  if (!keep) conn_close(c);
+  else if (c->writing) c->pool_after_write = 1;
+  else conn_make_idle(c);
+  req_finish_ra(r, status, c->body, c->body_len, c->retry_after);
+  c->body_len = 0;
+  pump(p);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   be_conn_t *c = s->data;
-  be_pool_t *p = c->pool;
   if (nread == 0) return;
+  if (nread == UV_EOF && c->req && c->got_bytes && llhttp_finish(&c->parser) == HPE_PAUSED &&
+      llhttp_get_status_code(&c->parser) >= 200) {
+    conn_response_done(c, 0); /* a response delimited by the end of the connection */
+    return;
+  }
   if (nread < 0) {
     conn_fail(c, (int)nread);
     return;
@@ -301,10 +351,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   /* A complete response. Anything after it on a non-pipelined connection is a protocol error. */
   const char *pos = llhttp_get_error_pos(&c->parser);
   int clean = pos == buf->base + nread;
-  int keep = clean && llhttp_should_keep_alive(&c->parser);
-  int status = llhttp_get_status_code(&c->parser);
-  if (status < 200) { /* 1xx interim: llhttp treats it as a message; keep reading for the final one */
+  if (llhttp_get_status_code(&c->parser) < 200) { /* 1xx interim: llhttp treats it as a message */
     llhttp_resume(&c->parser);
+    c->body_len = 0;
     if (!clean) {
       size_t rest = (size_t)(buf->base + nread - pos);
       uv_buf_t more = uv_buf_init((char *)pos, (unsigned)rest);
@@ -312,18 +361,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
     return;
   }
-  be_req_t *r = c->req;
-  req_finish_ra(r, status, c->body, c->body_len, c->retry_after);
-  c->body_len = 0;
-  if (!keep || p->destroying) {
-    conn_close(c);
-  } else {
-    c->state = CONN_IDLE;
-    c->reused = 1;
-    c->idle_next = p->idle;
-    p->idle = c;
-  }
-  pump(p);
+  conn_response_done(c, clean && llhttp_should_keep_alive(&c->parser));
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -333,7 +371,16 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 static void on_write(uv_write_t *w, int status) {
   be_conn_t *c = w->data;
-  if (status < 0 && c->state == CONN_BUSY) conn_fail(c, status);
+  c->writing = 0;
+  if (c->state != CONN_BUSY) return; /* closed meanwhile: the write was cancelled */
+  if (c->pool_after_write) {          /* answered already: now the connection is free */
+    c->pool_after_write = 0;
+    if (status < 0) conn_close(c);
+    else conn_make_idle(c);
+    pump(c->pool);
+    return;
+  }
+  if (status < 0) conn_fail(c, status);
 }
 
 static void conn_assign(be_conn_t *c, be_req_t *r) {
@@ -344,6 +391,7 @@ static void conn_assign(be_conn_t *c, be_req_t *r) {
   c->body_len = 0;
   c->retry_after = 0;
   c->in_retry_after = 0;
+  c->pool_after_write = 0;
   r->conn = c;
   llhttp_init(&c->parser, HTTP_RESPONSE, &p->settings);
   c->parser.data = c;
@@ -351,6 +399,7 @@ static void conn_assign(be_conn_t *c, be_req_t *r) {
   p->stats.requests++;
   int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, r->bufs, (unsigned)r->n_bufs, on_write);
   if (rc < 0) conn_fail(c, rc);
+  else c->writing = 1;
 }
 
 static void on_connect(uv_connect_t *cr, int status) {
@@ -372,41 +421,61 @@ static void on_connect(uv_connect_t *cr, int status) {
   pump(p);
 }
 
-static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res) {
-  be_conn_t *c = g->data;
+/* A connect that libuv refused at once (no socket: EMFILE; no route: ENETUNREACH) is reported from here,
+ * the close callback of the handle, because conn_open runs inside be_send. Until then c is still RESOLVING
+ * with tcp_inited 0, so conn_close leaves it to this callback. */
+static void on_connect_error_closed(uv_handle_t *h) {
+  be_conn_t *c = h->data;
   be_pool_t *p = c->pool;
-  if (c->state == CONN_CLOSED) { /* closed while resolving */
-    uv_freeaddrinfo(res);
+  if (c->state == CONN_CLOSED) { /* closed meanwhile (cancel, destroy) */
     conn_free_unopened(c);
     return;
   }
-  if (status < 0 || !res) {
-    uv_freeaddrinfo(res);
-    conn_open_failed(c, status < 0 ? status : UV_EAI_NONAME);
+  conn_open_failed(c, c->open_err);
+  pump(p);
+}
+
+/* Connects c to addr. One address per attempt, the name's choice: IPv4 first, so "localhost" reaches a
+ * collector bound to 127.0.0.1 on hosts whose resolver lists ::1 first. Trying each address in turn is left
+ * for DNS discovery. */
+static void conn_connect(be_conn_t *c, const struct sockaddr_storage *addr) {
+  be_pool_t *p = c->pool;
+  uv_tcp_init(p->loop, &c->tcp); /* AF_UNSPEC: no socket yet, nothing that can fail */
+  c->tcp.data = c;
+  c->connect_req.data = c;
+  int rc = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)addr, on_connect);
+  if (rc == 0) {
+    c->tcp_inited = 1;
+    c->state = CONN_CONNECTING;
+    return;
+  }
+  c->open_err = rc;
+  uv_close((uv_handle_t *)&c->tcp, on_connect_error_closed);
+}
+
+/* The pool's name has its first answer, or failed to get one (UV_EAI_NONAME, UV_EAI_AGAIN), or was
+ * destroyed (UV_ECANCELED). Runs for every wait, also one whose connection was closed meanwhile: it frees
+ * that connection. */
+static void on_resolved(dns_wait_t *w, int status) {
+  be_conn_t *c = w->data;
+  be_pool_t *p = c->pool;
+  if (c->state == CONN_CLOSED) { /* closed while resolving */
+    conn_free_unopened(c);
+    return;
+  }
+  struct sockaddr_storage addr;
+  if (status == 0) status = dns_name_addr(p->name, p->port, &addr);
+  if (status != 0) {
+    conn_open_failed(c, status < 0 ? status : UV_EAI_AGAIN);
     pump(p);
     return;
   }
-  uv_tcp_init(p->loop, &c->tcp);
-  c->tcp.data = c;
-  c->tcp_inited = 1;
-  c->state = CONN_CONNECTING;
-  c->connect_req.data = c;
-  /* One address per attempt; IPv4 first, so "localhost" reaches a collector bound to 127.0.0.1 on hosts
-   * whose resolver lists ::1 first. Trying each address in turn is left for DNS discovery. */
-  const struct addrinfo *ai = res;
-  for (const struct addrinfo *x = res; x; x = x->ai_next)
-    if (x->ai_family == AF_INET) {
-      ai = x;
-      break;
-    }
-  int rc = uv_tcp_connect(&c->connect_req, &c->tcp, ai->ai_addr, on_connect);
-  uv_freeaddrinfo(res);
-  if (rc < 0) {
-    conn_open_failed(c, rc);
-    pump(p);
-  }
+  conn_connect(c, &addr);
 }
 
+/* Opens one more connection to the pool's cached address: at once when the name has one, else after its
+ * first answer (bounded by the requests' own deadlines); a name that does not resolve fails it on the next
+ * loop turn with the name's error. Never looks anything up itself. */
 static void conn_open(be_pool_t *p) {
   be_conn_t *c = calloc(1, sizeof *c);
   if (!c) return;
@@ -419,12 +488,11 @@ static void conn_open(be_pool_t *p) {
   p->n_opening++;
   p->refs++;
   p->stats.connects++;
-  c->gai.data = c;
-  char port[8];
-  snprintf(port, sizeof port, "%u", p->port);
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-  int rc = uv_getaddrinfo(p->loop, &c->gai, on_resolved, p->host, port, &hints);
-  if (rc < 0) conn_open_failed(c, rc); /* no callback will come: free it here (pump called us) */
+  c->wait.data = c;
+  struct sockaddr_storage addr;
+  int rc = dns_name_addr(p->name, p->port, &addr);
+  if (rc == 0) conn_connect(c, &addr);
+  else if ((rc = dns_name_wait(p->name, &c->wait, on_resolved)) < 0) conn_open_failed(c, rc); /* cannot happen */
 }
 
 /* Hands queued requests to idle connections, opening new ones (up to the limit) for the rest. */
@@ -455,12 +523,18 @@ int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out
   size_t n = 1;
   for (size_t i = 0; i < cfg->n_headers; i++) n += strlen(cfg->headers[i].name) + strlen(cfg->headers[i].value) + 4;
   p->extra_headers = malloc(n);
-  if (!p->host || !p->extra_headers) {
+  char err[128];
+  dns_name_config_t nc = {.host = cfg->host};
+  p->name = cfg->name;
+  int rc = !p->host || !p->extra_headers ? UV_ENOMEM : 0;
+  if (rc == 0 && !p->name && dns_name_create(loop, &nc, &p->own_name, err, sizeof err) != 0) rc = UV_EINVAL;
+  if (rc != 0) {
     free(p->host);
     free(p->extra_headers);
     free(p);
-    return UV_ENOMEM;
+    return rc;
   }
+  if (!p->name) p->name = p->own_name;
   size_t off = 0;
   for (size_t i = 0; i < cfg->n_headers; i++)
     off += (size_t)sprintf(p->extra_headers + off, "%s: %s\r\n", cfg->headers[i].name, cfg->headers[i].value);
@@ -519,16 +593,7 @@ int be_send(be_pool_t *p, const char *path, const char *content_type, const char
 /* Fails everything queued and in flight with UV_ECANCELED and closes every connection. */
 static void fail_all(be_pool_t *p) {
   for (be_req_t *r; (r = queue_pop(p)) != NULL;) req_finish(r, UV_ECANCELED, NULL, 0);
-  while (p->conns) {
-    be_conn_t *c = p->conns;
-    if (c->req) {
-      be_req_t *r = c->req;
-      c->req = NULL;
-      r->conn = NULL;
-      req_finish(r, UV_ECANCELED, NULL, 0);
-    }
-    conn_close(c);
-  }
+  while (p->conns) conn_close_finish(p->conns, UV_ECANCELED, NULL, 0, 0);
 }
 
 void be_pool_cancel(be_pool_t *p) {
@@ -542,5 +607,7 @@ void be_pool_destroy(be_pool_t *p) {
   if (!p || p->destroying) return;
   p->destroying = 1;
   fail_all(p);
+  dns_name_destroy(p->own_name); /* connections still waiting for it hear UV_ECANCELED later and go */
+  p->own_name = NULL;
   pool_unref(p);
 }

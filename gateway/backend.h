@@ -1,7 +1,9 @@
 /*
  * gateway/backend — an HTTP/1.1 client for one backend collector: a keep-alive connection pool
  * (max_connections_per_backend), requests written with one writev (caller's iovecs), responses parsed with
- * llhttp, a deadline per request (request_timeout, connect included).
+ * llhttp, a deadline per request (request_timeout, connect included). New connections take the host's
+ * cached address from its health/dns name: nothing is looked up per connection, and only a name without
+ * a first answer is waited for (within the requests' deadlines).
  *
  * A request on a reused keep-alive connection that fails before any response byte arrived (the backend
  * closed the idle connection) is retried once on a fresh connection: OTLP exports may be delivered twice
@@ -19,11 +21,14 @@
 #include <uv.h>
 
 #include "config/config.h"
+#include "health/dns.h"
 
 typedef struct be_pool be_pool_t;
 
 typedef struct be_pool_config {
-  const char *host;
+  const char *host;            /* for the Host header, and the name the pool resolves when name is NULL; copied */
+  dns_name_t *name;            /* host's cached address (health/dns), shared with the health checker: borrowed,
+                                * destroy it after the pool. NULL = the pool keeps its own name for host */
   uint16_t port;
   uint32_t max_connections;
   uint64_t request_timeout_ms;
@@ -60,8 +65,5 @@ void be_pool_cancel(be_pool_t *p);
 /* Fails queued and in-flight requests with UV_ECANCELED, closes every connection, and frees the pool once
  * all handles are closed (after the loop runs). */
 void be_pool_destroy(be_pool_t *p);
-
-/* "Retryable" per OTLP/HTTP: transport errors and 429, 502, 503, 504. */
-int be_status_retryable(int status);
 
 #endif

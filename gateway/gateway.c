@@ -7,8 +7,9 @@
  * read), then 413 body too large (decompressed), 400 bad gzip / malformed protobuf (with the byte offset),
  * 200 for an empty request, 503 when no backend is up, 503 when a target backend's queue budget is full
  * (nothing forwarded). Every other request is split by balancer/ over the ring and its parts are sent to
- * their backends; the client is answered once every part is delivered (2xx), refused as bad (dropped,
- * reported in partial_success) or, after a retryable failure, handed to the upstream's retry queues: 200.
+ * their backends; the client is answered once every part is delivered (2xx), refused as bad (400/413:
+ * dropped, reported in partial_success) or, after any other answer or a transport failure, handed to the
+ * upstream's retry queues: 200.
  * Shutdown: stop accepting, answer what is in flight, drain the retry queues, then close telemetry.
  */
 #include "gateway/gateway.h"
@@ -23,6 +24,7 @@
 #include "gateway/backend.h"
 #include "gateway/http_server.h"
 #include "gateway/log.h"
+#include "gateway/memory.h"
 #include "gateway/metrics.h"
 #include "gateway/otlp_http.h"
 #include "gateway/otlp_json.h"
@@ -32,12 +34,15 @@
 #define NO_BACKEND_RETRY_AFTER_S 5
 #define BACKEND_RETRY_AFTER_S 1
 #define QUEUE_FULL_RETRY_AFTER_S 1
+#define MEMORY_RETRY_AFTER_S 1 /* server.memory_limit reached */
+#define TRIM_CHECK_MS 1000
 #define DRAIN_POLL_MS 20
 
 struct gw_app {
   uv_loop_t *loop;
   gw_app_opts_t opts;
-  cfg_t *cfg;
+  const cfg_t *cfg;      /* snap's: read-only, the same snapshot as every other worker loop's */
+  cfg_snapshot_t *snap;  /* one reference, dropped when a reload replaces it or at destroy */
   us_set_t *up;          /* backends, health, ring, retry queues */
   bl_ring_t *validation_ring; /* one stand-in member: validates requests while no backend is up */
   hs_server_t *ingest;
@@ -45,6 +50,9 @@ struct gw_app {
   gw_metrics_t metrics; /* one worker for now */
   uv_timer_t shutdown_timer; /* server.shutdown_timeout */
   uv_timer_t drain_timer;    /* polls the retry queues while draining */
+  uv_timer_t trim_timer;     /* gives memory back to the kernel after a burst (on_trim_timer) */
+  uv_work_t trim_work;
+  int trimming;
   int timers_live;
   int shutting_down;
   int ingest_closed;
@@ -224,6 +232,20 @@ static void on_part_done(void *ud, int status, const uint8_t *body, size_t len, 
 
 static const bl_shape_t *const shapes[OTLP_N_SIGNALS] = {&bl_shape_traces, &bl_shape_logs, &bl_shape_metrics};
 
+/* otlp_gunzip_ex's reserve: a decompressed body is charged to its request, given back when it is answered. */
+static int reserve_for_request(void *req, size_t bytes) { return hs_request_reserve(req, bytes, 0); }
+
+/* The memory budget refused a decompressed or transcoded copy (stage): 503 + Retry-After, and a warn line at most
+ * every 10 s per worker, as the HTTP server logs the bodies it refuses itself (stage=body). */
+static void refuse_memory(gw_app_t *app, hs_request_t *req, int sig, otlp_encoding_t enc, const char *stage) {
+  static _Thread_local gw_log_limit_t lim;
+  uint64_t held = 0;
+  if (gw_log_limit_take(&lim, uv_hrtime(), 10ull * 1000 * 1000 * 1000, &held))
+    gw_log(GW_LOG_WARN, "memory limit reached, request refused", "server", "ingest", "stage", stage, "client_answer",
+           "503", "suppressed_since_last", gw_log_u64(held), NULL);
+  answer(app, req, sig, enc, 503, "memory limit reached: retry later", MEMORY_RETRY_AFTER_S, NULL, 0);
+}
+
 static void ingest_on_request(hs_request_t *req, void *ud) {
   gw_app_t *app = ud;
   req_facts_t facts = {.ptr = req->user};
@@ -236,7 +258,12 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
   size_t len = req->body_len;
   uint8_t *plain = NULL;
   if (gzipped) {
-    int rc = otlp_gunzip(req->body, req->body_len, app->cfg->server.max_request_bytes, &plain, &len);
+    int rc = otlp_gunzip_ex(req->body, req->body_len, app->cfg->server.max_request_bytes, reserve_for_request, req,
+                            &plain, &len);
+    if (rc == OTLP_EMEMORY) {
+      refuse_memory(app, req, sig, enc, "gunzip");
+      return;
+    }
     if (rc == OTLP_ETOOBIG) {
       answer(app, req, sig, enc, 413, "decompressed body exceeds server.max_request_bytes", 0, NULL, 0);
       return;
@@ -259,6 +286,11 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
     plain = NULL;
     if (jr != 0) {
       answer(app, req, sig, enc, jr == -1 ? 400 : 500, jr == -1 ? jerr : "out of memory", 0, NULL, 0);
+      return;
+    }
+    if (hs_request_reserve(req, pb_len, 0) != 0) { /* the transcoded copy is charged like a decompressed one */
+      free(pb);
+      refuse_memory(app, req, sig, enc, "json");
       return;
     }
     plain = pb;
@@ -290,12 +322,12 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
   int rc = bl_split(shapes[sig], route, body, len, f->ring, &f->split, &err);
   if (rc != 0) {
     char msg[300];
-    if (rc == -1) snprintf(msg, sizeof msg, "%s", err.msg);
+    if (rc != -2) snprintf(msg, sizeof msg, "%s", err.msg); /* -1 malformed, -3 internal error */
     memset(&f->split, 0, sizeof f->split); /* nothing to dispose after a failed split */
     bl_ring_unref(f->ring);
     f->ring = NULL;
     fwd_free(f);
-    answer(app, req, sig, enc, rc == -1 ? 400 : 500, rc == -1 ? msg : "out of memory", 0, NULL, 0);
+    answer(app, req, sig, enc, rc == -1 ? 400 : 500, rc == -2 ? "out of memory" : msg, 0, NULL, 0);
     return;
   }
   app->metrics.received_items[sig] += f->split.items;
@@ -345,6 +377,7 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
       /* A re-assembled part follows backends.compression. */
       size_t zl;
       if (otlp_gzip_iov(iov, n_iov, &fp->gz, &zl) == OTLP_OK) {
+        hs_request_reserve(req, zl, 1); /* freed with the request (fwd_free): charged to it, never refused */
         fp->gz_iov.iov_base = fp->gz;
         fp->gz_iov.iov_len = zl;
         iov = &fp->gz_iov;
@@ -398,14 +431,29 @@ int gw_app_scrape(gw_app_t *app, gw_scrape_t *out) {
   return rc;
 }
 
+/* One loop (server.workers: 1): probes from the app's own state, /metrics from a scrape of it. */
 static void telemetry_on_request(hs_request_t *req, void *ud) {
+  gw_app_t *app = ud;
+  if (gw_telemetry_answer_probe(req, gw_app_ready(app), app->shutting_down)) return;
   gw_scrape_t sc;
-  if (gw_app_scrape(ud, &sc) != 0) hs_respond(req, 500, "text/plain", NULL, 0, "out of memory\n", 14);
-  else gw_telemetry_answer(req, &sc, 1);
+  if (gw_app_scrape(app, &sc) != 0) hs_respond(req, 500, "text/plain", NULL, 0, "out of memory\n", 14);
+  else gw_telemetry_answer_metrics(req, &sc, 1);
   gw_scrape_dispose(&sc);
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------------------------- */
+
+/* After a burst (usage fell a lot), malloc_trim gives the freed heap pages back to the kernel. It takes
+ * ~100-250 ms after a 1.5 GB burst: it runs on libuv's thread pool, not on the ingest loop. Every worker's
+ * timer checks; gm_trim_due lets one of them run it per drop. */
+static void trim_work(uv_work_t *w) { gm_trim(); }
+static void trim_done(uv_work_t *w, int status) { ((gw_app_t *)w->data)->trimming = 0; }
+static void on_trim_timer(uv_timer_t *t) {
+  gw_app_t *app = t->data;
+  if (app->trimming || !gm_trim_due(&gm_process)) return;
+  app->trim_work.data = app;
+  app->trimming = uv_queue_work(app->loop, &app->trim_work, trim_work, trim_done) == 0;
+}
 
 /* port_override: the port another worker already bound (its "host:0" resolved), else 0. */
 static int listen_on(hs_server_t *s, const char *hostport, uint16_t port_override, int reuseport, const char *what,
@@ -425,27 +473,28 @@ static int listen_on(hs_server_t *s, const char *hostport, uint16_t port_overrid
   return 0;
 }
 
-int gw_app_start(uv_loop_t *loop, cfg_t *cfg, const gw_app_opts_t *opts, gw_app_t **out, char *err, size_t errlen) {
+int gw_app_start(uv_loop_t *loop, cfg_snapshot_t *snap, const gw_app_opts_t *opts, gw_app_t **out, char *err,
+                 size_t errlen) {
   static const gw_app_opts_t defaults = {.telemetry = 1};
   if (!opts) opts = &defaults;
   gw_app_t *app = calloc(1, sizeof *app);
-  cfg_t *owned = malloc(sizeof *owned);
-  if (!app || !owned) {
-    free(app);
-    free(owned);
-    cfg_dispose(cfg);
+  if (!app) {
+    cfg_snapshot_unref(snap);
     snprintf(err, errlen, "out of memory");
     return -1;
   }
   app->loop = loop;
   app->opts = *opts;
-  *owned = *cfg;
-  memset(cfg, 0, sizeof *cfg);
-  app->cfg = owned;
+  app->snap = snap;
+  app->cfg = cfg_snapshot_cfg(snap);
   uv_timer_init(loop, &app->shutdown_timer);
   uv_timer_init(loop, &app->drain_timer);
   app->shutdown_timer.data = app->drain_timer.data = app;
   app->timers_live = 1;
+  uv_timer_init(loop, &app->trim_timer); /* closed with the other two in finish() */
+  app->trim_timer.data = app;
+  uv_timer_start(&app->trim_timer, on_trim_timer, TRIM_CHECK_MS, TRIM_CHECK_MS);
+  uv_unref((uv_handle_t *)&app->trim_timer);
   hs_config_t ic = {
       .name = "ingest",
       .max_body_bytes = app->cfg->server.max_request_bytes,
@@ -457,11 +506,13 @@ int gw_app_start(uv_loop_t *loop, cfg_t *cfg, const gw_app_opts_t *opts, gw_app_
       .error_body = ingest_error_body,
       .ud = app,
       .shared_connections = opts->client_connections,
+      .mem_reserve = gm_reserve_cb, /* server.memory_limit: one budget for the process, all workers */
+      .mem_release = gm_release_cb,
+      .mem_ud = &gm_process,
+      .mem_retry_after_s = MEMORY_RETRY_AFTER_S,
   };
+  gm_set_limit(&gm_process, app->cfg->server.memory_limit); /* every worker sets the same value */
   hs_config_t tc = gw_telemetry_server_config(telemetry_on_request, app);
-  if (app->cfg->backends.queue.directory && app->cfg->backends.queue.directory[0])
-    gw_log(GW_LOG_WARN, "backends.queue.directory is not supported yet: retry queues are kept in memory", "directory",
-           app->cfg->backends.queue.directory, NULL);
   static const bl_ring_member_t stand_in = {"validation", 1, NULL};
   if (!(app->validation_ring = bl_ring_create(&stand_in, 1))) {
     snprintf(err, errlen, "out of memory");
@@ -512,6 +563,7 @@ static void finish(gw_app_t *app) {
   if (app->timers_live) {
     uv_close((uv_handle_t *)&app->shutdown_timer, NULL);
     uv_close((uv_handle_t *)&app->drain_timer, NULL);
+    uv_close((uv_handle_t *)&app->trim_timer, NULL);
     app->timers_live = 0;
   }
   if (app->telemetry) hs_server_shutdown(app->telemetry, telemetry_closed, app);
@@ -565,40 +617,24 @@ void gw_app_shutdown(gw_app_t *app, void (*done)(void *ud), void *ud) {
 
 /* ---- reload ---------------------------------------------------------------------------------------------- */
 
-void gw_app_reload(gw_app_t *app, const char *path) {
-  if (!path) {
-    gw_log(GW_LOG_WARN, "SIGHUP ignored: no config file to reload", NULL);
+void gw_app_reload(gw_app_t *app, cfg_snapshot_t *next, const char *path) {
+  if (app->shutting_down || !app->up) {
+    cfg_snapshot_unref(next);
     return;
   }
-  if (app->shutting_down) return;
-  cfg_t *next = calloc(1, sizeof *next);
-  char err[512];
-  if (!next) return;
-  if (cfg_load_file(next, path, err, sizeof err) != 0) {
-    gw_log(GW_LOG_ERROR, "config reload failed, keeping the running config", "error", err, NULL);
-    cfg_dispose(next);
-    free(next);
-    return;
-  }
-  if (next->backends.n_statics == 0 && (!next->backends.dns.hostname || !next->backends.dns.hostname[0])) {
-    gw_log(GW_LOG_ERROR, "config reload failed, keeping the running config", "error",
-           "no backends: set backends.static or backends.dns.hostname", NULL);
-    cfg_dispose(next);
-    free(next);
-    return;
-  }
-  const cfg_t *old = app->cfg;
-  if (strcmp(old->server.listen, next->server.listen) || strcmp(old->telemetry.listen, next->telemetry.listen))
-    gw_log(GW_LOG_WARN, "listen addresses changed: they apply at the next restart", NULL);
-  if (app->opts.worker == 0) /* one worker applies the process-wide log settings */
-    gw_log_setup((gw_log_level_t)next->telemetry.log_level, (gw_log_format_t)next->telemetry.log_format);
   /* Backends, health checks, retry, queue, routing and DNS settings apply now; the listeners' settings
    * and existing backends' connection settings apply at restart (new backends get the new ones). */
-  us_apply_config(app->up, next);
-  app->cfg = next;
-  cfg_dispose((cfg_t *)old);
-  free((cfg_t *)old);
-  gw_log(GW_LOG_INFO, "config reloaded", "path", path, "backends", gw_log_u64(us_backend_count(app->up)), NULL);
+  cfg_snapshot_t *old = app->snap;
+  us_apply_config(app->up, cfg_snapshot_cfg(next));
+  app->snap = next;
+  app->cfg = cfg_snapshot_cfg(next);
+  cfg_snapshot_unref(old); /* the upstream let go of it in us_apply_config */
+  gw_log(GW_LOG_INFO, "config reloaded", "path", path ? path : "(defaults)", "backends",
+         gw_log_u64(us_backend_count(app->up)), "generation", gw_log_u64(cfg_snapshot_generation(next)), NULL);
+}
+
+int gw_app_ready(const gw_app_t *app) {
+  return !app->shutting_down && app->up && bl_ring_size(us_ring(app->up)) > 0;
 }
 
 uint16_t gw_app_ingest_port(const gw_app_t *app) { return hs_server_port(app->ingest); }
@@ -608,7 +644,6 @@ void gw_app_destroy(gw_app_t *app) {
   hs_server_destroy(app->ingest);
   hs_server_destroy(app->telemetry);
   bl_ring_unref(app->validation_ring);
-  if (app->cfg) cfg_dispose(app->cfg);
-  free(app->cfg);
+  cfg_snapshot_unref(app->snap);
   free(app);
 }

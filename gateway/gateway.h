@@ -26,9 +26,13 @@ typedef struct gw_app_opts {
   atomic_uint_least64_t *client_connections; /* shared by the workers: server.max_connections is for all */
 } gw_app_opts_t;
 
-/* Starts listening on cfg's addresses. Takes ownership of *cfg (zeroes it) on success and on failure.
- * Returns 0, or -1 with a one-line reason in err. opts may be NULL. */
-int gw_app_start(uv_loop_t *loop, cfg_t *cfg, const gw_app_opts_t *opts, gw_app_t **out, char *err, size_t errlen);
+/* Starts listening on the addresses of snap (a validated config, see config.h's snapshots). Takes over the
+ * caller's reference to snap, on success and on failure: the app runs on it, and its upstream keeps pointers
+ * into it (us_create), until gw_app_reload hands it a newer one or the app is destroyed. Several apps (worker
+ * loops) may run on one snapshot: none of them writes to it. Returns 0, or -1 with a one-line reason in err.
+ * opts may be NULL. */
+int gw_app_start(uv_loop_t *loop, cfg_snapshot_t *snap, const gw_app_opts_t *opts, gw_app_t **out, char *err,
+                 size_t errlen);
 
 /* The port the ingest listener is bound to. */
 uint16_t gw_app_ingest_port(const gw_app_t *app);
@@ -40,9 +44,18 @@ int gw_app_scrape(gw_app_t *app, gw_scrape_t *out);
  * everything and calls done(ud). */
 void gw_app_shutdown(gw_app_t *app, void (*done)(void *ud), void *ud);
 
-/* Re-reads the config file the app was started with (SIGHUP). A bad file is logged and ignored. */
-void gw_app_reload(gw_app_t *app, const char *path);
+/* SIGHUP, on the app's loop: adopts next, a config the caller has already parsed and validated once (every
+ * worker loop gets the same snapshot, so they cannot diverge). Takes over the caller's reference to next. The
+ * upstream switches to next (us_apply_config) and the app then drops its reference to the previous snapshot:
+ * nothing in the app refers to it after that, and it is freed by whichever thread drops the last reference.
+ * Ignored (the reference dropped) while shutting down. Logs "config reloaded" with path, the backend count and
+ * next's generation. The listener settings and the log settings are the caller's to handle (once). */
+void gw_app_reload(gw_app_t *app, cfg_snapshot_t *next, const char *path);
 
+/* Readiness, on the app's loop: 1 while it is not shutting down and its ring has at least one backend. */
+int gw_app_ready(const gw_app_t *app);
+
+/* Frees the app (after its shutdown's done callback) and drops its reference to its config snapshot. */
 void gw_app_destroy(gw_app_t *app);
 
 #endif

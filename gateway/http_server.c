@@ -22,12 +22,22 @@
 #include <strings.h>
 #include <time.h>
 
+#include "gateway/log.h"
+
 #define HS_READ_BUF_SIZE (64 * 1024)
 /* A Content-Length body that arrived whole in one read of at least this size is not copied: the request takes
  * the read buffer and the server reads on into a fresh one (smaller bodies are copied, so a request never
  * holds more than 4x its body). */
 #define HS_ADOPT_MIN (HS_READ_BUF_SIZE / 4)
 #define HS_LINGER_MS 2000 /* after a closing response, how long we keep draining the client's bytes */
+#define HS_MEMORY_LOG_REPEAT_NS (10ull * 1000 * 1000 * 1000) /* memory refusals: one warn line per server per 10 s */
+/* The one line an HTTP/2 client (a gRPC exporter with prior knowledge, which opens with the connection preface
+ * "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") gets on this HTTP/1.1 port: in the 400's body and in the warn log line.
+ * When OTLP/gRPC is served (server.grpc_listen), this is where the answer should name that address instead. */
+#define HS_H2_PREFACE_ANSWER                                                                                      \
+  "this port speaks OTLP/HTTP/1.1 (POST /v1/traces, /v1/logs, /v1/metrics); OTLP/gRPC over HTTP/2 is not served " \
+  "by this version"
+#define HS_H2_LOG_REPEAT_NS (10ull * 1000 * 1000 * 1000) /* at most one such warn line per server per 10 s */
 
 typedef struct hs_req hs_req_t;
 
@@ -47,6 +57,8 @@ struct hs_server {
   char date[40];        /* cached "Date: ..." value */
   time_t date_at;
   char *read_buf;       /* HS_READ_BUF_SIZE bytes; handed to a request whose body it holds whole */
+  gw_log_limit_t log_memory; /* bodies the memory budget refused */
+  gw_log_limit_t log_h2; /* HTTP/2 prefaces seen (the server runs on one loop: no lock needed) */
 };
 
 enum { TIMER_NONE, TIMER_IDLE, TIMER_READ, TIMER_LINGER };
@@ -83,6 +95,10 @@ struct hs_req {
   size_t body_cap;
   char *owned_buf;      /* the read buffer the body lies in, when it was adopted rather than copied */
   size_t discarded;     /* body bytes dropped after an early answer */
+  uint64_t reserved;    /* bytes charged to the memory budget (cfg.mem_reserve), given back in req_free */
+  int (*mem_reserve)(uint64_t bytes, uint64_t total, int force, void *mem_ud); /* copied from the config: */
+  void (*mem_release)(uint64_t bytes, void *mem_ud); /* a request may outlive its server (answered late) */
+  void *mem_ud;
   int answered;         /* hs_respond called */
   int complete;         /* parser finished the message */
   int expect_continue;
@@ -163,7 +179,26 @@ static void req_free(hs_req_t *r) {
   if (!r) return;
   if (r->owned_buf) free(r->owned_buf);
   else free(r->pub.body);
+  if (r->reserved) r->mem_release(r->reserved, r->mem_ud);
   free(r);
+}
+
+/* Charges bytes more to r's share of the memory budget; 0, or -1 refused (nothing charged). */
+static int req_reserve(hs_req_t *r, uint64_t bytes, int force) {
+  if (!r->mem_reserve || bytes == 0) return 0;
+  if (r->mem_reserve(bytes, r->reserved + bytes, force, r->mem_ud) != 0) return -1;
+  r->reserved += bytes;
+  return 0;
+}
+
+static void req_unreserve(hs_req_t *r, uint64_t bytes) {
+  if (!r->mem_reserve || bytes == 0) return;
+  r->mem_release(bytes, r->mem_ud);
+  r->reserved -= bytes;
+}
+
+int hs_request_reserve(hs_request_t *req, uint64_t bytes, int force) {
+  return req_reserve((hs_req_t *)req, bytes, force);
 }
 
 /* Drops r's reference on its connection, freeing the connection when it was the last one. */
@@ -423,6 +458,11 @@ static int on_message_begin(llhttp_t *p) {
   }
   memset(r, 0, offsetof(hs_req_t, hdr));
   r->conn = c;
+  if (c->srv->cfg.mem_reserve && c->srv->cfg.mem_release) {
+    r->mem_reserve = c->srv->cfg.mem_reserve;
+    r->mem_release = c->srv->cfg.mem_release;
+    r->mem_ud = c->srv->cfg.mem_ud;
+  }
   r->pub.start_ns = uv_hrtime();
   r->pub.content_length = HS_LEN_NONE;
   r->pub.path.base = r->hdr; /* the URL is the first thing stored; its length grows in on_url */
@@ -477,6 +517,44 @@ static int on_header_value_complete(llhttp_t *p) {
   return 0;
 }
 
+/* The memory budget refused r's body (before or while it is read): 503 + Retry-After now, like an early answer
+ * from on_headers, so the rest of the body is read and discarded and the client reads the answer instead of a
+ * reset. What r holds is given back at once. Returns 0 to go on parsing, or HPE_USER when the connection ends
+ * (Expect: 100-continue, or the write failed). */
+static int refuse_body(hs_conn_t *c, hs_req_t *r, uint64_t wanted) {
+  hs_server_t *s = c->srv;
+  hs_request_t *q = &r->pub;
+  s->stats.memory_refused++;
+  uint64_t held = 0;
+  if (gw_log_limit_take(&s->log_memory, uv_hrtime(), HS_MEMORY_LOG_REPEAT_NS, &held))
+    gw_log(GW_LOG_WARN, "memory limit reached, request refused", "server", s->cfg.name, "stage", "body",
+           "request_bytes", gw_log_u64(r->reserved + wanted), "client_answer", "503", "suppressed_since_last",
+           gw_log_u64(held), NULL);
+  if (!r->owned_buf) free(q->body);
+  q->body = NULL;
+  q->body_len = 0;
+  r->body_cap = 0;
+  req_unreserve(r, r->reserved);
+  static const char msg[] = "memory limit reached: retry later";
+  char body[1200];
+  const char *ctype = "text/plain";
+  size_t bl = 0;
+  if (s->cfg.error_body) bl = s->cfg.error_body(q, 503, msg, body, sizeof body, &ctype, s->cfg.ud);
+  if (bl == 0) {
+    ctype = "text/plain";
+    bl = (size_t)snprintf(body, sizeof body, "%s\n", msg);
+  }
+  char ra[16];
+  int n = snprintf(ra, sizeof ra, "%u", s->cfg.mem_retry_after_s ? s->cfg.mem_retry_after_s : 1);
+  hs_header_t retry_after = {{"Retry-After", 11}, {ra, (size_t)n}};
+  hs_respond(q, 503, ctype, &retry_after, 1, body, bl);
+  if (c->closed || c->close_after) {
+    c->stop_quiet = 1;
+    return HPE_USER; /* as after an early answer from on_headers: nothing more is read */
+  }
+  return 0;
+}
+
 static int on_headers_complete(llhttp_t *p) {
   hs_conn_t *c = CONN(p);
   hs_server_t *s = c->srv;
@@ -507,13 +585,17 @@ static int on_headers_complete(llhttp_t *p) {
   r->expect_continue = expect && hs_slice_eq(*expect, "100-continue");
   if (s->cfg.on_headers && s->cfg.on_headers(q, s->cfg.ud)) {
     /* Answered from the headers; the body (if any) is discarded. With 100-continue the client sends
-     * no body and hs_respond marked the connection to close. */
-    if (c->close_after) {
+     * no body and hs_respond marked the connection to close. If the answer could not be written, hs_respond
+     * closed the connection and released the request: nothing may be parsed into it. */
+    if (c->close_after || c->closed) {
       c->stop_quiet = 1;
       return HPE_USER; /* stop parsing: nothing more is read on this connection */
     }
     return 0;
   }
+  /* A Content-Length body is charged in full before its first byte is read (a chunked one as it grows). */
+  if (q->content_length < HS_LEN_CHUNKED && req_reserve(r, q->content_length, 0) != 0)
+    return refuse_body(c, r, q->content_length);
   if (r->expect_continue && q->content_length != 0) {
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     if (conn_write(c, cont, sizeof cont - 1, NULL, 0) < 0) {
@@ -540,10 +622,11 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
   }
   if (!q->body && q->content_length < HS_LEN_CHUNKED) { /* the first bytes of a Content-Length body */
     hs_server_t *s = c->srv;
+    /* All of it is in this read: the request keeps the buffer (charged whole), the server reads into a new one. */
     if (len == q->content_length && len >= HS_ADOPT_MIN && at >= s->read_buf &&
-        at + len <= s->read_buf + HS_READ_BUF_SIZE) {
+        at + len <= s->read_buf + HS_READ_BUF_SIZE && req_reserve(r, HS_READ_BUF_SIZE - len, 0) == 0) {
       char *fresh = malloc(HS_READ_BUF_SIZE);
-      if (fresh) { /* all of it is in this read: the request keeps the buffer, the server reads into a new one */
+      if (fresh) {
         r->owned_buf = s->read_buf;
         s->read_buf = fresh;
         q->body = (uint8_t *)at;
@@ -551,6 +634,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
         r->body_cap = len;
         return 0;
       }
+      req_unreserve(r, HS_READ_BUF_SIZE - len);
     }
     if (!(q->body = malloc(q->content_length))) {
       c->err_status = 500;
@@ -566,8 +650,14 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
     size_t cap = r->body_cap ? r->body_cap : 16 * 1024;
     while (cap < q->body_len + len) cap *= 2;
     if (cap > c->srv->cfg.max_body_bytes) cap = c->srv->cfg.max_body_bytes;
+    if (req_reserve(r, cap - r->body_cap, 0) != 0) { /* a chunked body outgrew the memory budget */
+      int rc = refuse_body(c, r, cap - r->body_cap);
+      if (rc == 0) r->discarded += len;
+      return rc;
+    }
     uint8_t *nb = realloc(q->body, cap);
     if (!nb) {
+      req_unreserve(r, cap - r->body_cap);
       c->err_status = 500;
       return HPE_USER;
     }
@@ -657,9 +747,56 @@ static void resume_reading(hs_conn_t *c) {
   if (!c->req) timer_arm(c, TIMER_IDLE, s->cfg.idle_timeout_ms);
 }
 
+/* "host:port" of c's peer for log lines ("[v6]:port"); "-" when unknown or not TCP (hs_server_adopt_fd). */
+static const char *conn_peer(hs_conn_t *c, char *out, size_t cap) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  char host[64];
+  if (c->h.stream.type != UV_TCP || uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) != 0) return "-";
+  if (ss.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+    if (uv_ip6_name(a, host, sizeof host) != 0) return "-";
+    snprintf(out, cap, "[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
+  } else if (ss.ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+    if (uv_ip4_name(a, host, sizeof host) != 0) return "-";
+    snprintf(out, cap, "%s:%u", host, (unsigned)ntohs(a->sin_port));
+  } else {
+    return "-";
+  }
+  return out;
+}
+
+/* An HTTP/2 connection preface: a client that speaks HTTP/2 with prior knowledge (gRPC) reached this HTTP/1.1
+ * port, so it is misconfigured. It gets an HTTP/1.1 400 with the one-line answer (the client cannot read it as
+ * HTTP/2, but its error shows the bytes looked like HTTP/1.1; a curl or a proxy shows the line), counted like
+ * the other framing errors, and the operator gets a rate-limited warn line naming the peer. */
+static void conn_answer_h2_preface(hs_conn_t *c) {
+  hs_server_t *s = c->srv;
+  uint64_t held = 0;
+  if (gw_log_limit_take(&s->log_h2, uv_hrtime(), HS_H2_LOG_REPEAT_NS, &held)) {
+    char peer[80];
+    gw_log(GW_LOG_WARN, "HTTP/2 client on the HTTP/1.1 port, answered 400", "server", s->cfg.name, "peer",
+           conn_peer(c, peer, sizeof peer), "answer", HS_H2_PREFACE_ANSWER, "suppressed_since_last",
+           gw_log_u64(held), NULL);
+  }
+  conn_answer_error(c, 400, HS_H2_PREFACE_ANSWER);
+}
+
 static void conn_execute(hs_conn_t *c, const char *data, size_t len) {
   hs_server_t *s = c->srv;
   llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+  while (err == HPE_PAUSED_UPGRADE) {
+    /* The request before asked for an Upgrade (h2c, websocket) or was a CONNECT. It was answered as plain
+     * HTTP/1.1, never 101, which declines the upgrade (RFC 9110 7.8: a server may ignore Upgrade): what follows
+     * it is the next HTTP/1.1 request. */
+    const char *pos = llhttp_get_error_pos(&c->parser);
+    size_t used = pos ? (size_t)(pos - data) : len;
+    llhttp_resume_after_upgrade(&c->parser);
+    data += used;
+    len -= used;
+    err = len ? llhttp_execute(&c->parser, data, len) : HPE_OK;
+  }
   if (err == HPE_OK) return;
   if (err == HPE_PAUSED) {
     const char *pos = llhttp_get_error_pos(&c->parser);
@@ -696,8 +833,8 @@ static void conn_execute(hs_conn_t *c, const char *data, size_t len) {
                                   : "internal error");
     return;
   }
-  if (err == HPE_PAUSED_UPGRADE) {
-    conn_answer_error(c, 400, "protocol upgrade is not supported");
+  if (err == HPE_PAUSED_H2_UPGRADE) {
+    conn_answer_h2_preface(c);
     return;
   }
   char msg[160];

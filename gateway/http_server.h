@@ -4,8 +4,9 @@
  *
  * What it does for its user: keep-alive, pipelining (requests are handed out one at a time per connection
  * and answered in order), Content-Length and chunked bodies assembled into one buffer, Expect: 100-continue,
- * limits (header bytes -> 431, body bytes -> 413, connections), a whole-request deadline (read_timeout: a
- * client that trickles bytes gets 408 and is cut off) and an idle deadline between requests.
+ * limits (header bytes -> 431, body bytes -> 413, connections, an optional memory budget -> 503 before the
+ * body is read), a whole-request deadline (read_timeout: a client that trickles bytes gets 408 and is cut
+ * off) and an idle deadline between requests.
  *
  * Ownership: the server owns every hs_request_t. The handler must answer each request it is given exactly
  * once with hs_respond(), now or later from the same loop; the request (and the slices in it) stays valid
@@ -62,16 +63,29 @@ typedef struct hs_config {
   int (*on_headers)(hs_request_t *req, void *ud);
   /* Called with the complete request. Must lead to exactly one hs_respond(). */
   void (*on_request)(hs_request_t *req, void *ud);
-  /* Optional: the body of an error the server answers itself (400 bad framing, 408, 413, 431), called
-   * once per such answer. req is the request as far as it was parsed (n_headers counts only complete
-   * headers; path may be empty) or NULL. Writes at most cap bytes into out, sets *content_type and
-   * returns the length; 0 = the default text/plain message. */
+  /* Optional: the body of an error the server answers itself (400 bad framing, 408, 413, 431, and 503 when the
+   * memory budget refuses a body), called once per such answer. req is the request as far as it was parsed
+   * (n_headers counts only complete headers; path may be empty) or NULL. Writes at most cap bytes into out,
+   * sets *content_type and returns the length; 0 = the default text/plain message. */
   size_t (*error_body)(const hs_request_t *req, int status, const char *msg, char *out, size_t cap,
                        const char **content_type, void *ud);
   void *ud;
   /* Optional: a connection count shared by several servers (one per worker loop), so max_connections
    * bounds them together; NULL = this server's own count. Updated atomically. */
   atomic_uint_least64_t *shared_connections;
+  /* Optional memory budget for what requests hold (e.g. gateway/memory's, shared by every worker's server).
+   * mem_reserve(bytes, total, force, mem_ud) is asked for a request's Content-Length once its headers are
+   * accepted (after on_headers, before any body byte is read), for each growth of a chunked body's buffer, and
+   * by hs_request_reserve; total is what the request holds in all with bytes. It returns 0 to charge them, or
+   * non-zero to refuse: a request refused while its body is read is answered 503 with "Retry-After:
+   * mem_retry_after_s" (the body made by error_body, which is called as for the server's other errors), the
+   * rest of its body is read and discarded, and the connection stays usable. With force != 0 it must charge
+   * and return 0. mem_release(bytes, mem_ud) gives back all a request was charged when its body buffer is
+   * freed (it is answered, or its connection closes before it reached the handler). NULL = no budget. */
+  int (*mem_reserve)(uint64_t bytes, uint64_t total, int force, void *mem_ud);
+  void (*mem_release)(uint64_t bytes, void *mem_ud);
+  void *mem_ud;
+  unsigned mem_retry_after_s; /* 0 = 1 */
 } hs_config_t;
 
 typedef struct hs_stats {
@@ -80,6 +94,7 @@ typedef struct hs_stats {
   uint64_t connections_rejected; /* over max_connections */
   uint64_t requests;             /* complete requests handed to the handler */
   uint64_t framing_errors;       /* 400/408/411/413/431 answered by the server itself */
+  uint64_t memory_refused;       /* 503: the memory budget refused the body */
 } hs_stats_t;
 
 /* Creates a server on loop; nothing listens yet. Returns 0 or a negative errno (UV_ENOMEM). */
@@ -119,6 +134,12 @@ void hs_server_destroy(hs_server_t *s);
  * negative errno; in every case req is consumed and must not be used again. */
 int hs_respond(hs_request_t *req, int status, const char *content_type, const hs_header_t *extra,
                size_t n_extra, const void *body, size_t body_len);
+
+/* Charges bytes more to req's share of the memory budget (hs_config_t.mem_reserve), for memory the handler
+ * holds for the request and frees no later than it answers it (a decompressed copy of the body, say); given
+ * back with the body. force != 0 charges even over the budget. Returns 0, or -1 when the budget refuses
+ * (nothing charged: the handler answers, e.g. 503). Without a budget, 0. */
+int hs_request_reserve(hs_request_t *req, uint64_t bytes, int force);
 
 /* Non-zero once the client's connection is gone: the response will be discarded. */
 int hs_request_gone(const hs_request_t *req);

@@ -35,9 +35,75 @@ typedef struct {
   gw_app_t *app;         /* server.workers = 1: the app runs on the main loop */
   gw_workers_t *workers; /* more: worker threads, telemetry and signals here */
   const char *config_path;
+  cfg_snapshot_t *snap;  /* the running config (one reference); every app runs on this same snapshot */
+  unsigned n_workers;
   uv_signal_t sig_term, sig_int, sig_hup;
   int stopping;
 } main_t;
+
+/* Parses and validates the config the CLI names: the file, else the embedded defaults with backends from
+ * $OTLP_GATEWAY_BACKENDS. The one place a config is loaded, at start and on SIGHUP, by the main thread only.
+ * Returns 0, or -1 with the reason in err (*cfg must be disposed either way). */
+static int load_config(const char *path, cfg_t *cfg, char *err, size_t errlen) {
+  if (path) {
+    if (cfg_load_file(cfg, path, err, errlen) != 0) return -1;
+  } else {
+    if (cfg_init_defaults(cfg) != 0) {
+      snprintf(err, errlen, "out of memory");
+      return -1;
+    }
+    const char *list = getenv("OTLP_GATEWAY_BACKENDS");
+    char why[768];
+    if (list && cfg_add_backends_from_list(cfg, list, why, sizeof why) != 0) {
+      snprintf(err, errlen, "OTLP_GATEWAY_BACKENDS: %s", why);
+      return -1;
+    }
+  }
+  if (cfg->backends.n_statics == 0 && (!cfg->backends.dns.hostname || !cfg->backends.dns.hostname[0])) {
+    if (path)
+      snprintf(err, errlen, "%s: no backends: set backends.static or backends.dns.hostname", path);
+    else
+      snprintf(err, errlen, "no backends: pass --config FILE, or set OTLP_GATEWAY_BACKENDS=http://collector:4318,...");
+    return -1;
+  }
+  return 0;
+}
+
+/* SIGHUP: the file is parsed and validated here, once; a bad one is logged once and nothing changes. A good
+ * one becomes the next generation's snapshot, and the app (or every worker) adopts that same snapshot. */
+static void reload(main_t *m) {
+  if (!m->config_path) {
+    gw_log(GW_LOG_WARN, "SIGHUP ignored: no config file to reload", NULL);
+    return;
+  }
+  cfg_t cfg;
+  char err[1024];
+  if (load_config(m->config_path, &cfg, err, sizeof err) != 0) {
+    cfg_dispose(&cfg);
+    gw_log(GW_LOG_ERROR, "config reload failed, keeping the running config", "error", err, NULL);
+    return;
+  }
+  cfg_snapshot_t *next = cfg_snapshot_create(&cfg, cfg_snapshot_generation(m->snap) + 1);
+  if (!next) {
+    gw_log(GW_LOG_ERROR, "config reload failed, keeping the running config", "error", "out of memory", NULL);
+    return;
+  }
+  const cfg_t *old = cfg_snapshot_cfg(m->snap), *c = cfg_snapshot_cfg(next);
+  if (strcmp(old->server.listen, c->server.listen) || strcmp(old->telemetry.listen, c->telemetry.listen))
+    gw_log(GW_LOG_WARN, "listen addresses changed: they apply at the next restart", NULL);
+  gw_log_setup((gw_log_level_t)c->telemetry.log_level, (gw_log_format_t)c->telemetry.log_format);
+  if (m->workers) {
+    /* One line here, before any worker has it, then one per worker (worker=N) as each runs on it: all with
+     * the same generation. */
+    gw_log(GW_LOG_INFO, "config reloaded", "path", m->config_path, "generation",
+           gw_log_u64(cfg_snapshot_generation(next)), "workers", gw_log_u64(m->n_workers), NULL);
+    gw_workers_reload(m->workers, next);
+  } else {
+    gw_app_reload(m->app, cfg_snapshot_ref(next), m->config_path);
+  }
+  cfg_snapshot_unref(m->snap);
+  m->snap = next;
+}
 
 static void on_app_done(void *ud) {
   main_t *m = ud;
@@ -49,8 +115,7 @@ static void on_app_done(void *ud) {
 static void on_signal(uv_signal_t *h, int signum) {
   main_t *m = h->data;
   if (signum == SIGHUP) {
-    if (m->workers) gw_workers_reload(m->workers);
-    else gw_app_reload(m->app, m->config_path);
+    if (!m->stopping) reload(m);
     return;
   }
   if (m->stopping) return;
@@ -58,41 +123,6 @@ static void on_signal(uv_signal_t *h, int signum) {
   gw_log(GW_LOG_INFO, "shutting down", "signal", signum == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
   if (m->workers) gw_workers_shutdown(m->workers, on_app_done, m);
   else gw_app_shutdown(m->app, on_app_done, m);
-}
-
-/* Loads the config the CLI names; 0 or -1 with the reason printed to stderr. */
-static int load_config(const char *path, cfg_t *cfg) {
-  char err[1024];
-  if (path) {
-    if (cfg_load_file(cfg, path, err, sizeof err) != 0) {
-      fprintf(stderr, "%s\n", err);
-      return -1;
-    }
-  } else {
-    if (cfg_init_defaults(cfg) != 0) {
-      fprintf(stderr, "out of memory\n");
-      return -1;
-    }
-    const char *list = getenv("OTLP_GATEWAY_BACKENDS");
-    if (list && cfg_add_backends_from_list(cfg, list, err, sizeof err) != 0) {
-      fprintf(stderr, "OTLP_GATEWAY_BACKENDS: %s\n", err);
-      return -1;
-    }
-  }
-  if (cfg->backends.n_statics == 0 && (!cfg->backends.dns.hostname || !cfg->backends.dns.hostname[0])) {
-    if (path)
-      fprintf(stderr, "%s: no backends: set backends.static or backends.dns.hostname\n", path);
-    else
-      fprintf(stderr, "no backends: pass --config FILE, or set OTLP_GATEWAY_BACKENDS=http://collector:4318,...\n");
-    return -1;
-  }
-  return 0;
-}
-
-/* Each worker loads its own copy of the config (already validated once by main). */
-static int load_for_worker(void *ud, cfg_t *out) {
-  const main_t *m = ud;
-  return load_config(m->config_path, out);
 }
 
 int main(int argc, char **argv) {
@@ -126,7 +156,9 @@ int main(int argc, char **argv) {
   }
 
   cfg_t cfg;
-  if (load_config(path, &cfg) != 0) {
+  char err[1024];
+  if (load_config(path, &cfg, err, sizeof err) != 0) {
+    fprintf(stderr, "%s\n", err);
     cfg_dispose(&cfg);
     return 1;
   }
@@ -141,16 +173,16 @@ int main(int argc, char **argv) {
   main_t m = {0};
   m.loop = uv_default_loop();
   m.config_path = path;
-  char err[512];
-  unsigned n_workers = gw_workers_count(cfg.server.workers);
-  if (n_workers > 1) {
-    cfg_dispose(&cfg);
-    if (gw_workers_start(m.loop, n_workers, load_for_worker, &m, path, &m.workers, err, sizeof err) != 0) {
-      gw_log(GW_LOG_ERROR, "cannot start", "error", err, NULL);
-      return 1;
-    }
-  } else if (gw_app_start(m.loop, &cfg, NULL, &m.app, err, sizeof err) != 0) {
+  unsigned n_workers = m.n_workers = gw_workers_count(cfg.server.workers);
+  if (!(m.snap = cfg_snapshot_create(&cfg, 1))) {
+    fprintf(stderr, "out of memory\n");
+    return 1;
+  }
+  int rc = n_workers > 1 ? gw_workers_start(m.loop, n_workers, m.snap, path, &m.workers, err, sizeof err)
+                         : gw_app_start(m.loop, cfg_snapshot_ref(m.snap), NULL, &m.app, err, sizeof err);
+  if (rc != 0) {
     gw_log(GW_LOG_ERROR, "cannot start", "error", err, NULL);
+    cfg_snapshot_unref(m.snap);
     return 1;
   }
   uv_signal_init(m.loop, &m.sig_term);
@@ -165,6 +197,7 @@ int main(int argc, char **argv) {
   uv_run(m.loop, UV_RUN_DEFAULT);
   gw_app_destroy(m.app);
   gw_workers_destroy(m.workers);
+  cfg_snapshot_unref(m.snap);
   otlp_thread_cleanup();
   if (uv_loop_close(m.loop) != 0) gw_log(GW_LOG_WARN, "stopped with handles still open", NULL);
   else gw_log(GW_LOG_INFO, "stopped", NULL);

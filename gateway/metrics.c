@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gateway/memory.h"
 #include "gateway/version.h"
 
 /* Sub-millisecond to seconds: a pass-through request is ~100us, a backend round trip ms to seconds. */
@@ -25,14 +26,15 @@ static const int status_codes[] = {
 
 static const char *const signal_labels[GW_N_SIGNAL_LABELS] = {"traces", "logs", "metrics", "none"};
 static const char *const ce_labels[OTLP_N_CONTENT_ENCODINGS] = {"identity", "gzip"};
-static const char *const outcome_labels[GW_N_OUTCOMES] = {"success", "retryable", "rejected", "error"};
+static const char *const outcome_labels[GW_N_OUTCOMES] = {"success", "retryable", "rejected", "error", "refused"};
 static const char *const drop_labels[GW_N_DROP_REASONS] = {"rejected", "expired", "shutdown", "malformed"};
 
 int gw_outcome(int status) {
   if (status < 0) return GW_OUTCOME_ERROR;
   if (status >= 200 && status < 300) return GW_OUTCOME_SUCCESS;
   if (status == 429 || status == 502 || status == 503 || status == 504) return GW_OUTCOME_RETRYABLE;
-  return GW_OUTCOME_REJECTED;
+  if (status == 400 || status == 413) return GW_OUTCOME_REJECTED;
+  return GW_OUTCOME_REFUSED;
 }
 
 int gw_status_index(int status) {
@@ -110,7 +112,8 @@ static void render_backends(sb_t *b, const gw_metrics_gauges_t *g) {
       sb_printf(b, "otlp_gateway_backend_items_total{backend=\"%s\",signal=\"%s\"} %" PRIu64 "\n",
                 g->backends[i].endpoint, signal_labels[s], g->backends[i].m->items[s]);
   header(b, "backend_requests_total", "counter",
-         "Requests to a backend by outcome: success (2xx), retryable (429/502/503/504), rejected (other), error (transport).");
+         "Requests to a backend by outcome: success (2xx), retryable (429/502/503/504), rejected (400/413), "
+         "error (transport), refused (any other answer: the backend refuses the gateway).");
   for (size_t i = 0; i < n; i++)
     for (int o = 0; o < GW_N_OUTCOMES; o++)
       sb_printf(b, "otlp_gateway_backend_requests_total{backend=\"%s\",outcome=\"%s\"} %" PRIu64 "\n",
@@ -254,6 +257,12 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
   sb_printf(&b, "otlp_gateway_connections{side=\"backend\"} %" PRIu64 "\n", g ? g->backend_connections : 0);
   header(&b, "connections_rejected_total", "counter", "Client connections turned away over server.max_connections.");
   sb_printf(&b, "otlp_gateway_connections_rejected_total %" PRIu64 "\n", g ? g->client_connections_rejected : 0);
+
+  /* Process-wide, not per worker: read from the one budget every worker charges (gateway/memory). */
+  header(&b, "memory_bytes", "gauge", "Bytes held for telemetry now, all workers: request bodies being read, decompressed, transcoded or forwarded, parts compressed for backends, and every retry queue (server.memory_limit counts these).");
+  sb_printf(&b, "otlp_gateway_memory_bytes %" PRIu64 "\n", gm_used(&gm_process));
+  header(&b, "memory_limit_bytes", "gauge", "server.memory_limit: above it new requests get 503 with Retry-After before their body is read.");
+  sb_printf(&b, "otlp_gateway_memory_limit_bytes %" PRIu64 "\n", gm_limit(&gm_process));
 
   render_process(&b);
   if (b.oom) {

@@ -35,8 +35,19 @@ typedef struct gw_histogram {
   double sum;
 } gw_histogram_t;
 
-/* Outcome of one request to a backend (backend_requests_total{outcome}). */
-enum { GW_OUTCOME_SUCCESS = 0, GW_OUTCOME_RETRYABLE, GW_OUTCOME_REJECTED, GW_OUTCOME_ERROR, GW_N_OUTCOMES };
+/* Outcome of one request to a backend (backend_requests_total{outcome}): success 2xx; retryable 429, 502,
+ * 503, 504 (retried on the same backend); rejected 400, 413 (the data's fault: dropped, partial_success);
+ * error a transport failure (retried); refused every other answer (401, 403, 404, 405, 407, 421, other 5xx,
+ * ...): the backend refuses the gateway itself, so the part stays queued, the backend counts as failing and
+ * what it holds is re-routed once it is ejected. */
+enum {
+  GW_OUTCOME_SUCCESS = 0,
+  GW_OUTCOME_RETRYABLE,
+  GW_OUTCOME_REJECTED,
+  GW_OUTCOME_ERROR,
+  GW_OUTCOME_REFUSED,
+  GW_N_OUTCOMES
+};
 /* Why items were dropped (dropped_items_total{reason}). */
 enum { GW_DROP_REJECTED = 0, GW_DROP_EXPIRED, GW_DROP_SHUTDOWN, GW_DROP_MALFORMED, GW_N_DROP_REASONS };
 

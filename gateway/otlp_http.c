@@ -73,6 +73,11 @@ int otlp_content_encoding(const hs_slice_t *ce) {
 static _Thread_local struct libdeflate_decompressor *tl_decompressor;
 
 int otlp_gunzip(const uint8_t *in, size_t in_len, size_t max_out, uint8_t **out, size_t *out_len) {
+  return otlp_gunzip_ex(in, in_len, max_out, NULL, NULL, out, out_len);
+}
+
+int otlp_gunzip_ex(const uint8_t *in, size_t in_len, size_t max_out, int (*reserve)(void *ud, size_t bytes), void *ud,
+                   uint8_t **out, size_t *out_len) {
   *out = NULL;
   *out_len = 0;
   if (in_len < 18) return OTLP_EBADGZIP; /* 10-byte header + 8-byte trailer at least */
@@ -85,6 +90,7 @@ int otlp_gunzip(const uint8_t *in, size_t in_len, size_t max_out, uint8_t **out,
   size_t cap = isize ? isize : 4 * in_len;
   if (cap < 4096) cap = 4096;
   if (cap > max_out) cap = max_out;
+  if (reserve && reserve(ud, cap) != 0) return OTLP_EMEMORY;
   uint8_t *buf = malloc(cap ? cap : 1);
   if (!buf) return OTLP_ENOMEM;
   size_t in_off = 0, len = 0;
@@ -103,6 +109,10 @@ int otlp_gunzip(const uint8_t *in, size_t in_len, size_t max_out, uint8_t **out,
         return OTLP_ETOOBIG;
       }
       size_t ncap = cap > max_out / 4 ? max_out : cap * 4;
+      if (reserve && reserve(ud, ncap - cap) != 0) {
+        free(buf);
+        return OTLP_EMEMORY;
+      }
       uint8_t *nb = realloc(buf, ncap);
       if (!nb) {
         free(buf);

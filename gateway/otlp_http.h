@@ -31,6 +31,7 @@ enum {
   OTLP_EBADGZIP = -2, /* -> 400 */
   OTLP_ENOMEM = -3,   /* -> 500 */
   OTLP_EINVALID = -4, /* not a valid Export*ServiceRequest -> 400 */
+  OTLP_EMEMORY = -5,  /* the memory budget refused the output -> 503 + Retry-After */
 };
 
 const otlp_signal_info_t *otlp_signal(otlp_signal_t sig);
@@ -49,6 +50,12 @@ int otlp_content_encoding(const hs_slice_t *content_encoding);
  * *out owns (free()). A body that would decompress past max_out fails with OTLP_ETOOBIG after having
  * allocated at most max_out bytes, whatever the gzip header claims. */
 int otlp_gunzip(const uint8_t *in, size_t in_len, size_t max_out, uint8_t **out, size_t *out_len);
+/* The same, charging the output to a memory budget as it grows: reserve(ud, bytes) is asked before the output
+ * buffer is allocated (bytes = its size) and before each growth (bytes = the growth); non-zero fails with
+ * OTLP_EMEMORY, the buffer freed. What was reserved (the final buffer's size on success) is the caller's to
+ * give back. reserve may be NULL. */
+int otlp_gunzip_ex(const uint8_t *in, size_t in_len, size_t max_out, int (*reserve)(void *ud, size_t bytes), void *ud,
+                   uint8_t **out, size_t *out_len);
 
 /* Gathers iov into one buffer and gzips it (libdeflate level 1: backend links favour speed) into a new
  * buffer *out owns (free()). Returns OTLP_OK or OTLP_ENOMEM. */

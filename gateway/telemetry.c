@@ -81,7 +81,7 @@ static void merge(const gw_scrape_t *sc, size_t n, gw_metrics_gauges_t *g, gw_ba
   g->n_backends = nv;
 }
 
-static void answer_metrics(hs_request_t *req, const gw_scrape_t *sc, size_t n) {
+void gw_telemetry_answer_metrics(hs_request_t *req, const gw_scrape_t *sc, size_t n) {
   size_t total = 0;
   for (size_t k = 0; k < n; k++) total += sc[k].gauges.n_backends;
   gw_backend_view_t *views = calloc(total ? total : 1, sizeof *views);
@@ -106,25 +106,22 @@ static void answer_metrics(hs_request_t *req, const gw_scrape_t *sc, size_t n) {
   free(text);
 }
 
-void gw_telemetry_answer(hs_request_t *req, const gw_scrape_t *sc, size_t n) {
+int gw_telemetry_answer_probe(hs_request_t *req, int ready, int stopping) {
   if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
     static const hs_header_t allow = {{"Allow", 5}, {"GET, HEAD", 9}};
     hs_respond(req, 405, "text/plain", &allow, 1, "method not allowed\n", 19);
   } else if (hs_slice_eq(req->path, "/healthz")) {
     hs_respond(req, 200, "text/plain", NULL, 0, "ok\n", 3);
   } else if (hs_slice_eq(req->path, "/readyz")) {
-    /* Ready means "can accept data": some worker has a backend in its ring. */
-    int ready = 0;
-    for (size_t k = 0; k < n; k++) ready |= sc[k].gauges.ring_backends > 0;
-    if (ready) {
-      hs_respond(req, 200, "text/plain", NULL, 0, "ready\n", 6);
-    } else {
-      static const char nr[] = "not ready: no backend is up\n";
-      hs_respond(req, 503, "text/plain", NULL, 0, nr, sizeof nr - 1);
-    }
+    /* Ready means "can accept data": some worker has a backend in its ring, and nobody is shutting down. */
+    static const char nr_backend[] = "not ready: no backend is up\n", nr_stop[] = "not ready: shutting down\n";
+    if (ready && !stopping) hs_respond(req, 200, "text/plain", NULL, 0, "ready\n", 6);
+    else if (stopping) hs_respond(req, 503, "text/plain", NULL, 0, nr_stop, sizeof nr_stop - 1);
+    else hs_respond(req, 503, "text/plain", NULL, 0, nr_backend, sizeof nr_backend - 1);
   } else if (hs_slice_eq(req->path, "/metrics")) {
-    answer_metrics(req, sc, n);
+    return 0;
   } else {
     hs_respond(req, 404, "text/plain", NULL, 0, "not found: try /metrics, /healthz or /readyz\n", 45);
   }
+  return 1;
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "gateway/log.h"
+#include "gateway/memory.h"
 #include "gateway/otlp_http.h"
 #include "health/check.h"
 #include "health/dns.h"
@@ -13,6 +14,8 @@
 #define LOG_REPEAT_NS (10ull * 1000 * 1000 * 1000) /* one line per backend and event kind per 10 s */
 #define RETRY_CONCURRENCY 8                         /* retry-queue parts in flight per backend */
 #define MS_NS (1000ull * 1000)
+#define HOLD_DOWN_CHECKS 10                         /* refusal ejection: first hold-down, in check intervals */
+#define HOLD_DOWN_MAX_NS (300ull * 1000 * MS_NS)    /* ... doubling per ejection up to 5 minutes */
 
 enum { ORIGIN_STATIC = 1, ORIGIN_DNS = 2 };
 
@@ -46,9 +49,13 @@ struct us_backend {
   int in_ring;
   int cancel;               /* just left the ring, down: fail what is in flight to it */
   be_pool_t *pool;
+  dns_name_t *name;         /* host's cached address, for the pool and the checker (health/dns) */
   hc_checker_t *checker;
   hc_state_t health;
   uint32_t consecutive_failures;
+  uint32_t refusals;        /* refusals among the consecutive failures */
+  uint32_t refusal_ejections; /* in a row, without a delivery in between: the hold-down's exponent */
+  uint64_t hold_until_ns;   /* ejected for refusing us: checks cannot readmit it before this */
   uint32_t refs;            /* parts in flight to it (client parts and retries) */
   qpart_t *q_head, *q_tail; /* retry queue, FIFO */
   uint64_t q_bytes;         /* queued + retries in flight */
@@ -61,7 +68,8 @@ struct us_backend {
   int handles_open;
   uint64_t retries;
   gw_backend_metrics_t m;
-  gw_log_limit_t log_failed, log_rejected, log_full, log_dropped;
+  gw_log_limit_t log_failed, log_rejected, log_refused, log_full, log_dropped;
+  gw_log_limit_t log_dns;   /* the host's lookups failing */
 };
 
 struct us_set {
@@ -133,6 +141,11 @@ static void backend_unlink_and_close(us_backend_t *b) {
   b->checker = NULL;
   be_pool_destroy(b->pool);
   b->pool = NULL;
+  /* After its users: connections of the pool still waiting for a first answer hear UV_ECANCELED from the
+   * loop and go (they hold the pool, not b). The name frees itself once its handles close; it calls
+   * nothing of b's after this. */
+  dns_name_destroy(b->name);
+  b->name = NULL;
   uv_close((uv_handle_t *)&b->retry_timer, backend_handle_closed);
   uv_close((uv_handle_t *)&b->readmit_timer, backend_handle_closed);
 }
@@ -155,6 +168,7 @@ static void start_checker(us_backend_t *b) {
   if (!c->backends.health_check.enabled) return;
   hc_config_t hc = {
       .host = b->host,
+      .name = b->name,
       .port = c->backends.health_check.port ? (uint16_t)c->backends.health_check.port : b->port,
       .path = c->backends.health_check.path,
       .interval_ms = c->backends.health_check.interval_ms,
@@ -166,6 +180,41 @@ static void start_checker(us_backend_t *b) {
   }
 }
 
+/* Each lookup round of b's host (never for an IP literal): a new address is logged; a failed round (one
+ * line per backend per 10 s) says whether b keeps its last address or has none, i.e. fails its sends. */
+static void on_name(void *ud, const dns_name_report_t *r) {
+  us_backend_t *b = ud;
+  uint64_t held;
+  if (r->status == DNS_OK) {
+    if (r->prev)
+      gw_log(GW_LOG_INFO, "backend name resolved", "backend", b->endpoint, "address", r->addr, "previous",
+             r->prev[0] ? r->prev : "none", NULL);
+  } else if (gw_log_limit_take(&b->log_dns, uv_hrtime(), LOG_REPEAT_NS, &held)) {
+    if (r->addr[0])
+      gw_log(GW_LOG_WARN, "backend name resolution failed, keeping the last address", "backend", b->endpoint,
+             "address", r->addr, "error", r->err, "suppressed_since_last", gw_log_u64(held), NULL);
+    else
+      gw_log(GW_LOG_WARN, "backend name does not resolve", "backend", b->endpoint, "error", r->err,
+             "action", "connections and checks fail until it does", "suppressed_since_last", gw_log_u64(held),
+             NULL);
+  }
+}
+
+/* Test hook, config-independent: OTLP_GATEWAY_TEST_RESOLVERS="IP:port[,IP:port...]" sends the lookups of
+ * backend host names to these servers instead of the system's (backends.dns.servers are DNS discovery's).
+ * The integration tests run their own DNS server this way. Returns the count (<= cap), pointers into buf. */
+static size_t test_resolvers(char *buf, size_t len, const char **out, size_t cap) {
+  const char *env = getenv("OTLP_GATEWAY_TEST_RESOLVERS");
+  size_t n = 0;
+  if (!env || !*env || strlen(env) >= len) return 0;
+  strcpy(buf, env);
+  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && n < cap; tok = strtok_r(NULL, ",", &save))
+    out[n++] = tok;
+  return n;
+}
+
+/* A backend: its host's name (resolved in the background, every backends.dns.interval), its pool and its
+ * checker, both of which take the name's cached address. */
 static us_backend_t *backend_create(us_set_t *s, const char *endpoint, const char *host, uint16_t port,
                                     uint32_t weight, unsigned origin) {
   const cfg_t *c = s->cfg;
@@ -177,15 +226,29 @@ static us_backend_t *backend_create(us_set_t *s, const char *endpoint, const cha
   b->port = port;
   b->weight = weight ? weight : 1;
   b->origin = origin;
+  char servers_buf[256], err[256] = "";
+  const char *servers[4];
+  dns_name_config_t nc = {
+      .host = host,
+      .interval_ms = c->backends.dns.interval_ms,
+      .servers = servers,
+      .n_servers = test_resolvers(servers_buf, sizeof servers_buf, servers, 4),
+      .cb = on_name,
+      .ud = b,
+  };
+  if (b->endpoint && b->host && dns_name_create(s->loop, &nc, &b->name, err, sizeof err) != 0)
+    gw_log(GW_LOG_ERROR, "cannot set up the lookups of a backend host", "backend", endpoint, "error", err, NULL);
   be_pool_config_t pc = {
       .host = host,
+      .name = b->name,
       .port = port,
       .max_connections = c->backends.max_connections_per_backend,
       .request_timeout_ms = c->backends.request_timeout_ms,
       .headers = c->backends.headers,
       .n_headers = c->backends.n_headers,
   };
-  if (!b->endpoint || !b->host || be_pool_create(s->loop, &pc, &b->pool) != 0) {
+  if (!b->endpoint || !b->host || !b->name || be_pool_create(s->loop, &pc, &b->pool) != 0) {
+    dns_name_destroy(b->name); /* no callback after this: b may go now */
     free(b->endpoint);
     free(b->host);
     free(b);
@@ -217,13 +280,16 @@ static void backend_remove(us_backend_t *b) {
 
 /* ---- health ------------------------------------------------------------------------------------------- */
 
+/* Without active checks nothing would bring b back: it is tried again after one check interval, or at the
+ * end of its hold-down. */
 static void set_down(us_backend_t *b, const char *reason, const char *detail) {
   gw_log(GW_LOG_WARN, "backend down", "backend", b->endpoint, "reason", reason, "error", detail, "queued_bytes",
          gw_log_u64(b->q_bytes), NULL);
   if (!b->set->cfg->backends.health_check.enabled) {
-    /* Without active checks nothing would bring it back: try it again after one check interval. */
-    uint64_t ms = b->set->cfg->backends.health_check.interval_ms;
-    uv_timer_start(&b->readmit_timer, on_readmit, ms ? ms : 1000, 0);
+    uint64_t ms = b->set->cfg->backends.health_check.interval_ms, now = uv_hrtime();
+    if (!ms) ms = 1000;
+    if (b->hold_until_ns > now && (b->hold_until_ns - now) / MS_NS > ms) ms = (b->hold_until_ns - now) / MS_NS;
+    uv_timer_start(&b->readmit_timer, on_readmit, ms, 0);
   }
   schedule_rebuild(b->set);
 }
@@ -232,6 +298,7 @@ static void readmit(us_backend_t *b) {
   if (!b->origin || b->health.up) return;
   hc_state_init(&b->health, b->health.rise, b->health.fall, 1);
   b->consecutive_failures = 0;
+  b->refusals = 0;
   gw_log(GW_LOG_INFO, "backend up", "backend", b->endpoint, "reason", "readmitted after passive ejection", NULL);
   schedule_rebuild(b->set);
 }
@@ -245,9 +312,13 @@ static void on_check(void *ud, int ok, int detail) {
    * port or path must answer 2xx. */
   const __typeof__(b->set->cfg->backends.health_check) *hc = &b->set->cfg->backends.health_check;
   if (!ok && hc->port == 0 && strcmp(hc->path, "/") == 0 && detail >= 300 && detail < 500) ok = 1;
+  /* A backend ejected for refusing the gateway (401, 404, ...) still passes a check that cannot see why:
+   * it stays out for its hold-down, so a wrong token or path costs a retry now and then, not a flap. */
+  if (ok && !b->health.up && uv_hrtime() < b->hold_until_ns) return;
   int change = hc_state_observe(&b->health, ok);
   if (change > 0) {
     b->consecutive_failures = 0;
+    b->refusals = 0;
     gw_log(GW_LOG_INFO, "backend up", "backend", b->endpoint, "reason", "health check passed", "rise",
            gw_log_u64(b->health.rise), NULL);
     schedule_rebuild(b->set);
@@ -256,18 +327,45 @@ static void on_check(void *ud, int ok, int detail) {
   }
 }
 
-/* Passive health: consecutive failed sends (transport errors, timeouts, 5xx) eject at once. */
+/* Passive health: consecutive failed sends (transport errors, timeouts, 5xx, and answers that refuse the
+ * gateway itself) eject at once. A delivery, or an answer that blames the data (400, 413), says the backend
+ * works; 429 says neither. An ejection with refusals among its failures starts a hold-down that doubles
+ * with each such ejection in a row (first HOLD_DOWN_CHECKS check intervals, at most HOLD_DOWN_MAX_NS). */
 static void passive_observe(us_backend_t *b, int status) {
   if (status == UV_ECANCELED) return; /* we cancelled it */
-  if (status >= 200 && status < 500) {
-    if (status != 429) b->consecutive_failures = 0;
+  int outcome = gw_outcome(status);
+  if (outcome == GW_OUTCOME_SUCCESS || outcome == GW_OUTCOME_REJECTED) {
+    b->consecutive_failures = 0;
+    b->refusals = 0;
+    if (outcome == GW_OUTCOME_SUCCESS) b->refusal_ejections = 0;
     return;
   }
+  if (status == 429) return;
+  if (outcome == GW_OUTCOME_REFUSED) b->refusals++;
   uint32_t limit = b->set->cfg->backends.health_check.eject_after_failures;
   if (++b->consecutive_failures >= limit && limit > 0 && b->health.up && b->origin) {
     hc_state_force_down(&b->health);
-    set_down(b, "passive ejection", status < 0 ? uv_err_name(status) : gw_log_i64(status));
+    if (b->refusals) {
+      uint64_t interval = b->set->cfg->backends.health_check.interval_ms * MS_NS;
+      uint64_t hold = (interval ? interval : 1000 * MS_NS) * HOLD_DOWN_CHECKS;
+      for (uint32_t i = 0; i < b->refusal_ejections && hold < HOLD_DOWN_MAX_NS; i++) hold *= 2;
+      if (hold > HOLD_DOWN_MAX_NS) hold = HOLD_DOWN_MAX_NS;
+      b->refusal_ejections++;
+      b->hold_until_ns = uv_hrtime() + hold;
+    }
+    set_down(b, b->refusals ? "passive ejection: the backend refuses the gateway" : "passive ejection",
+             status < 0 ? uv_err_name(status) : gw_log_i64(status));
   }
+}
+
+/* One line per backend per 10 s for an answer that refuses the gateway itself: the operator's to fix
+ * (backends.headers, the endpoint's path), nothing a retry mends. */
+static void log_refusal(us_backend_t *b, int status) {
+  uint64_t held;
+  if (gw_log_limit_take(&b->log_refused, uv_hrtime(), LOG_REPEAT_NS, &held))
+    gw_log(GW_LOG_WARN, "backend refuses the gateway", "backend", b->endpoint, "status", gw_log_i64(status),
+           "action", "kept queued, backend counted as failing, re-routed once ejected", "suppressed_since_last",
+           gw_log_u64(held), NULL);
 }
 
 /* ---- ring --------------------------------------------------------------------------------------------- */
@@ -391,6 +489,7 @@ static qpart_t *qpart_new(us_set_t *s, int sig, const struct iovec *iov, size_t 
   for (size_t i = 0; i < n_iov; i++) len += iov[i].iov_len;
   qpart_t *q = malloc(sizeof *q + len);
   if (!q) return NULL;
+  gm_force(&gm_process, sizeof *q + len); /* acknowledged data: charged to server.memory_limit, never refused */
   memset(q, 0, sizeof *q);
   q->set = s;
   q->sig = sig;
@@ -405,6 +504,20 @@ static qpart_t *qpart_new(us_set_t *s, int sig, const struct iovec *iov, size_t 
   return q;
 }
 
+/* Frees the gzip copy of an attempt (q->iov is that copy while q->gz is set), and gives its charge back. */
+static void qpart_gz_free(qpart_t *q) {
+  if (!q->gz) return;
+  gm_release(&gm_process, q->iov.iov_len);
+  free(q->gz);
+  q->gz = NULL;
+}
+
+static void qpart_free(qpart_t *q) {
+  qpart_gz_free(q);
+  gm_release(&gm_process, sizeof *q + q->len);
+  free(q);
+}
+
 /* Gives q up: counted in dropped_items_total{reason} and logged (rate-limited per backend). */
 static void drop(us_set_t *s, qpart_t *q, int reason, const char *detail) {
   static const char *const reasons[GW_N_DROP_REASONS] = {"rejected", "expired", "shutdown", "malformed"};
@@ -416,8 +529,7 @@ static void drop(us_set_t *s, qpart_t *q, int reason, const char *detail) {
     gw_log(GW_LOG_WARN, "items dropped", "reason", reasons[reason], "backend", b ? b->endpoint : "", "signal",
            otlp_signal(q->sig)->name, "items", gw_log_u64(q->items), "detail", detail, "suppressed_since_last",
            gw_log_u64(held), NULL);
-  free(q->gz);
-  free(q);
+  qpart_free(q);
 }
 
 /* Hands q to its owner on the current ring. With no ring, it waits on the backend it came from. */
@@ -435,12 +547,12 @@ static void reroute(us_set_t *s, qpart_t *q) {
   bl_error_t err;
   int rc = bl_split(shapes[q->sig], route_for(s, q->sig), q->data, q->len, s->ring, &split, &err);
   if (rc != 0) { /* cannot happen for bytes that split once already; never lose them silently */
-    drop(s, q, GW_DROP_MALFORMED, rc == -1 ? err.msg : "out of memory");
+    drop(s, q, GW_DROP_MALFORMED, rc == -2 ? "out of memory" : err.msg); /* -1 malformed, -3 internal error */
     return;
   }
   if (split.n_targets == 0) { /* nothing routable in it: nothing to deliver */
     bl_split_dispose(&split);
-    free(q);
+    qpart_free(q);
     return;
   }
   if (split.n_targets == 1) {
@@ -464,7 +576,7 @@ static void reroute(us_set_t *s, qpart_t *q) {
     if (to->in_ring) retry_pump(to);
   }
   bl_split_dispose(&split);
-  free(q);
+  qpart_free(q);
 }
 
 static uint64_t backoff_ms(us_set_t *s, us_backend_t *b, uint32_t retry_after_s) {
@@ -485,17 +597,17 @@ static void on_retry_done(void *ud, int status, const uint8_t *body, size_t len,
   b->refs--;
   b->retry_inflight--;
   b->q_bytes -= q->len;
-  free(q->gz);
-  q->gz = NULL;
+  qpart_gz_free(q);
   int outcome = gw_outcome(status);
   b->m.requests[outcome]++;
   gw_histogram_observe(&b->m.duration, (double)(uv_hrtime() - q->start_ns) / 1e9);
   passive_observe(b, status);
+  if (outcome == GW_OUTCOME_REFUSED) log_refusal(b, status);
   if (outcome == GW_OUTCOME_SUCCESS) {
     b->m.items[q->sig] += q->items;
     b->attempt = 0;
     b->next_try_ns = 0;
-    free(q);
+    qpart_free(q);
   } else if (outcome == GW_OUTCOME_REJECTED) {
     drop(s, q, GW_DROP_REJECTED, "refused by the backend on retry");
   } else if (s->abandoned) {
@@ -569,14 +681,14 @@ static void retry_pump(us_backend_t *b) {
     if (s->cfg->backends.compression == CFG_COMPRESSION_GZIP && otlp_gzip_iov(&q->iov, 1, &q->gz, &zl) == OTLP_OK) {
       q->iov.iov_base = q->gz;
       q->iov.iov_len = zl;
+      gm_force(&gm_process, zl); /* given back by qpart_gz_free */
       ce = "gzip";
     }
     q->start_ns = now;
     int rc = be_send(b->pool, otlp_signal(q->sig)->path, otlp_content_type(OTLP_ENC_PROTOBUF), ce, iov, 1,
                      on_retry_done, q);
     if (rc < 0) { /* cannot even queue it (out of memory): back off and try again */
-      free(q->gz);
-      q->gz = NULL;
+      qpart_gz_free(q);
       b->q_bytes -= q->len;
       q_push(b, q, 1);
       b->attempt++;
@@ -626,7 +738,9 @@ void us_part_end(us_backend_t *b, int sig, size_t len, uint64_t items, int statu
   gw_histogram_observe(&b->m.duration, (double)(uv_hrtime() - start_ns) / 1e9);
   if (outcome == GW_OUTCOME_SUCCESS) b->m.items[sig] += items;
   passive_observe(b, status);
-  if (outcome == GW_OUTCOME_RETRYABLE || outcome == GW_OUTCOME_ERROR) {
+  if (outcome == GW_OUTCOME_REFUSED) {
+    log_refusal(b, status);
+  } else if (outcome == GW_OUTCOME_RETRYABLE || outcome == GW_OUTCOME_ERROR) {
     uint64_t held;
     if (gw_log_limit_take(&b->log_failed, uv_hrtime(), LOG_REPEAT_NS, &held))
       gw_log(GW_LOG_WARN, "backend request failed", "backend", b->endpoint, "error",

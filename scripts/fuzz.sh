@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 secs=${1:-30}
 scripts/deps.sh --fuzz
 CC=clang cmake -S . -B build-fuzz -DOTLPGW_FUZZ=ON -DOTLPGW_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build-fuzz -j"$(nproc)" --target fuzz_config fuzz_http fuzz_splice fuzz_json
-for t in config http splice json; do
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_config fuzz_http fuzz_splice fuzz_json fuzz_backend
+for t in config http splice json backend; do
   work=$(mktemp -d)
   echo "== fuzz_$t for ${secs}s"
   rc=0

@@ -1,8 +1,10 @@
 """HTTP/1.1 framing through the real gateway binary: keep-alive, pipelining, chunked bodies,
-Expect: 100-continue, idle and read timeouts, connection limits, HTTP/1.0, garbage."""
+Expect: 100-continue, idle and read timeouts, connection limits, HTTP/1.0, garbage, HTTP/2 clients and Upgrade."""
+import re
+import signal
 import time
 
-from harness import Conn, Gateway, build_request, gateway_config, gz, run_tests, trace_request
+from harness import Conn, Gateway, build_request, gateway_config, gz, parse_status, run_tests, trace_request
 
 PB = {"Content-Type": "application/x-protobuf"}
 gw = None
@@ -214,6 +216,68 @@ def test_client_disconnect_mid_body_is_harmless():
     assert c.read_response()[0] == 200
     c.close()
     assert g.p.poll() is None
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame: what HTTP/2 clients send next
+H2_ANSWER = ("this port speaks OTLP/HTTP/1.1 (POST /v1/traces, /v1/logs, /v1/metrics); "
+             "OTLP/gRPC over HTTP/2 is not served by this version")
+H2_LOG = r"HTTP/2 client on the HTTP/1.1 port"
+
+
+def test_http2_preface_gets_400_with_one_clear_line():
+    """A gRPC exporter (HTTP/2 with prior knowledge) pointed at the OTLP/HTTP port: a 400 whose google.rpc.Status
+    says what this port speaks, then the connection closes; counted like other 400s; one rate-limited warn line
+    naming the peer; the gateway stays up and exits 0 on SIGTERM."""
+    g = Gateway(gateway_config(), name="h2.yaml")
+    peers = []
+    t0 = time.time()
+    for i, data in enumerate((PREFACE, PREFACE + SETTINGS, PREFACE + SETTINGS + PREFACE)):
+        c = Conn(g.port)
+        peers.append(c.s.getsockname()[1])
+        c.send(data)
+        st, h, body = c.read_response()
+        assert st == 400 and h.get("connection") == "close", (i, st, h)
+        assert h.get("content-type") == "application/x-protobuf", h
+        code, msg = parse_status(h["content-type"], body)
+        assert code == 3 and msg == H2_ANSWER, (code, msg)  # 3: INVALID_ARGUMENT, as for other 400s
+        assert c.closed_by_peer() and c.buf == b"", c.buf  # one answer only, whatever followed the preface
+        c.close()
+    elapsed = time.time() - t0
+    g.wait_metric('otlp_gateway_requests_total{signal="none",code="400"}', lambda v: v == 3)
+    m = g.wait_line(H2_LOG + r".*peer=127\.0\.0\.1:(\d+)")
+    assert int(m.group(1)) == peers[0], (m.group(0), peers)
+    assert "answer=\"" + H2_ANSWER + "\"" in m.string, m.string
+    c = Conn(g.port)  # still serving
+    c.send(build_request("POST", "/v1/traces", b"", PB))
+    assert c.read_response()[0] == 200
+    c.close()
+    g.signal(signal.SIGTERM)
+    assert g.wait(timeout=10) == 0
+    lines = [ln for ln in g.err if re.search(H2_LOG, ln)]
+    # At most one line per 10 s per worker (one worker here): three prefaces in a burst give one line.
+    assert 1 <= len(lines) <= 1 + int(elapsed // 10), lines
+    assert "level=warn" in lines[0], lines[0]
+
+
+def test_h2c_upgrade_request_is_served_as_http11():
+    """curl --http2 on http:// sends an h2c Upgrade: the gateway answers in HTTP/1.1 (declining the upgrade) and
+    the connection goes on with HTTP/1.1; the request behind it is served, not answered with llhttp internals."""
+    g = setup()
+    up = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"}
+    c = Conn(g.port)
+    c.send(build_request("POST", "/v1/traces", b"", dict(PB, **up)))
+    st, h, _ = c.read_response()
+    assert st == 200 and h.get("connection") != "close", (st, h)
+    c.send(build_request("POST", "/v1/logs", b"", PB))
+    st, _, body = c.read_response()
+    assert st == 200, (st, body)
+    # pipelined behind an upgrade request with a body
+    c.send(build_request("POST", "/v1/traces", trace_request(2), dict(PB, **up)) +
+           build_request("POST", "/v1/metrics", b"", PB))
+    got = [c.read_response()[0] for _ in range(2)]
+    assert got == [503, 200], got  # 503: the valid spans' one backend is down
+    c.close()
 
 
 run_tests(globals())

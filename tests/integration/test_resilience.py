@@ -8,6 +8,7 @@ acknowledged span may be missing (lost == 0); duplicates are allowed (at-least-o
    scenario=<name> acked_spans=.. delivered_spans=.. lost=.. duplicates=..
 Only 127.0.0.x addresses are used; every process stops by itself or is killed at exit (harness)."""
 import os
+import re
 import signal
 import socket
 import struct
@@ -531,6 +532,85 @@ def test_dns():
         pool.stop()
         dns.stop()
 
+
+def test_backend_name_survives_a_dead_resolver():
+    """A backend given by name keeps serving, and stays backend_up 1, after its DNS server stops answering:
+    connections and health checks (a new connection every 200 ms) take the cached address while the
+    background refreshes (backends.dns.interval) time out. The name is served by a dnsmasq of the test's, which
+    the gateway asks through the OTLP_GATEWAY_TEST_RESOLVERS hook (backend names otherwise use the system's
+    resolver), then replaced by a UDP socket that never answers. A restart of the sink then makes the pool
+    open new connections, still without a resolver."""
+    if not os.path.exists("/usr/sbin/dnsmasq"):
+        raise AssertionError("/usr/sbin/dnsmasq missing (Debian package dnsmasq-base)")
+    hosts = os.path.join(TMP, "name.hosts")
+    write_hosts(hosts, ["127.0.0.1"], name="collector.test")
+    dns = Dnsmasq(hosts)
+    sink_file = fresh(os.path.join(TMP, "name.sink.txt"))
+    sink = Sink("--trace-file", sink_file)
+    ep = "http://collector.test:%d" % sink.port
+    os.environ["OTLP_GATEWAY_TEST_RESOLVERS"] = "127.0.0.1:%d" % dns.port
+    try:
+        g = Gateway(resilience_config([ep]) + "  dns: {interval: 300ms}\n", name="name.yaml")
+    finally:
+        del os.environ["OTLP_GATEWAY_TEST_RESOLVERS"]
+    silent = None
+    try:
+        g.wait_line(r'msg="backend name resolved" backend=%s address=127\.0\.0\.1 previous=none' % re.escape(ep))
+        g.wait_metric(up_metric(ep), lambda v: v == 1)
+        loads = [start_load(g, "name1", "1s")]
+        results = [loads[0].result()]
+
+        dns.p.kill()
+        dns.p.wait()
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        wait_until(lambda: _try_bind(silent, dns.port), lambda ok: ok, 5, "binding the dead resolver's port")
+        silent.settimeout(10)
+        silent.recvfrom(512)  # the gateway asks the silent server now
+        t = time.time()
+        loads.append(start_load(g, "name2", "4s"))
+        ups = []
+        while loads[1].p.poll() is None:
+            ups.append(g.metric(up_metric(ep)))
+            time.sleep(0.1)
+        results.append(loads[1].result())
+        unanswered = 0
+        silent.settimeout(0)
+        try:
+            while True:
+                silent.recvfrom(512)
+                unanswered += 1
+        except (BlockingIOError, socket.timeout):
+            pass
+        print("    resolver silent for %.1f s: %d more queries unanswered, backend_up sampled %d times: %s"
+              % (time.time() - t, unanswered, len(ups), sorted(set(ups))))
+        assert unanswered >= 1, "the refreshes stopped"
+        assert ups and all(v == 1 for v in ups), ups
+        g.wait_line(r'msg="backend name resolution failed, keeping the last address" backend=%s address=127\.0\.0\.1'
+                    % re.escape(ep))
+        assert not any("backend down" in ln for ln in g.err), [ln for ln in g.err if "backend down" in ln]
+
+        sink.kill()  # every connection goes; the pool and the checks connect anew, from the cache
+        sink.restart()
+        g.wait_metric(up_metric(ep), lambda v: v == 1, timeout=15)
+        loads.append(start_load(g, "name3", "1s", seed=3))
+        results.append(loads[2].result())
+        assert results[2]["ok"] > 0, results[2]
+        wait_drained(g)
+        check_accounting("dead-resolver", [ld.acked_file for ld in loads], [sink_file], results)
+    finally:
+        assert g.stop() == 0
+        sink.stop()
+        dns.stop()
+        if silent:
+            silent.close()
+
+
+def _try_bind(sock, port):
+    try:
+        sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
 
 def test_sigterm():
     """SIGTERM while data is queued: exit 0 within shutdown_timeout, nothing acknowledged lost.

@@ -4,6 +4,7 @@ must arrive exactly once, every trace on exactly one sink, and the shares must b
 import collections
 import contextlib
 import os
+import re
 import time
 
 from harness import (TMP, Gateway, Sink, gateway_config, http_request, parse_fields, run_load, run_tests,
@@ -263,13 +264,20 @@ def test_backend_headers_are_sent():
     try:
         st, h, body = http_request(with_h.port, "POST", "/v1/traces", trace_request(4, 2), PB)
         assert st == 200 and body == b"", (st, body)
+        # without the header the backend answers 401: it refuses the gateway, not the data, so the part is
+        # kept (queued for retry; re-routed once the backend is ejected), never dropped as rejected
         st, h, body = http_request(without.port, "POST", "/v1/traces", trace_request(4, 2), PB)
-        assert st == 200 and parse_fields(parse_fields(body)[1][0])[1][0] == 4  # refused by the backend: rejected
+        assert st == 200 and body == b"", (st, body)
+        without.wait_metric('otlp_gateway_backend_requests_total{backend="%s",outcome="refused"}' % ep,
+                            lambda v: v >= 1)
+        assert without.metric('otlp_gateway_backend_queue_bytes{backend="%s"}' % ep) > 0
+        assert without.metric_or_none('otlp_gateway_dropped_items_total{signal="traces",reason="rejected"}') == 0
+        without.wait_line(r'msg="backend refuses the gateway" backend=%s status=401' % re.escape(ep))
         assert sink.stats()["traces"]["items"] == 4
     finally:
-        with_h.stop()
-        without.stop()
+        rcs = (with_h.stop(), without.stop())
         sink.stop()
+    assert rcs == (0, 0), rcs
 
 
 def test_backend_request_timeout():

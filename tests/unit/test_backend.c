@@ -1,0 +1,614 @@
+/*
+ * gateway/backend: the keep-alive pool against a scripted fake backend on 127.0.0.1.
+ *
+ * The fake backend is a raw libuv server in the test's own loop. Each accepted connection follows the
+ * script of its index (first connection: script[0], ...): what it reads of a request (the head only, or
+ * head and body), what it writes back and when, and how it ends (stay, close, reset). Every request body
+ * is a recognisable pattern, so the server checks that each request it reads whole is well framed and
+ * intact (a connection reused too early would corrupt the next request). The done callback scribbles over
+ * and frees the request's body, so under AddressSanitizer any later read of it by libuv is caught. Each
+ * run ends with the pool destroyed and uv_loop_close() == 0: no handle left behind.
+ */
+#define _GNU_SOURCE /* memmem */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "gateway/backend.h"
+#include "test.h"
+
+#define BIG (8u * 1024 * 1024) /* more than the socket buffers take at once */
+#define MAX_REQS 64
+#define MAX_CONNS 16
+
+/* ---- the scripted backend ----------------------------------------------------------------------------- */
+
+enum { READ_WHOLE = 0, READ_HEAD, READ_NOTHING };
+enum { END_STAY = 0, END_CLOSE, END_RESET };
+
+typedef struct script {
+  int read;              /* READ_*: what is read before answering */
+  const char *answer;    /* written after reading; NULL: nothing */
+  size_t answer_len;     /* 0: strlen(answer) */
+  int end;               /* END_* after the answer is written */
+  int requests;          /* answer this many requests on the connection (keep-alive), 0 = 1 */
+  const char *unsolicited; /* written once the last answer is out, on an otherwise idle connection */
+  int reset_extra;       /* a request head after the answered ones: reset without a byte of answer */
+} script_t;
+
+typedef struct fake fake_t;
+typedef struct fconn {
+  uv_tcp_t tcp;
+  fake_t *f;
+  int idx;
+  script_t sc;
+  char *buf;
+  size_t len, cap;
+  size_t need;           /* body bytes still to read of the current request */
+  int answered;          /* requests answered on this connection */
+  int head_seen;
+  int closing;
+} fconn_t;
+
+struct fake {
+  uv_tcp_t server;
+  uint16_t port;
+  script_t scripts[MAX_CONNS];
+  int n_scripts;
+  int accepted;
+  int bad_requests;      /* requests read whole that were not well framed or intact */
+  int good_requests;
+  fconn_t *conns[MAX_CONNS];
+};
+
+static script_t sc(int read, const char *answer, size_t answer_len, int end, int requests) {
+  script_t s = {.read = read, .answer = answer, .answer_len = answer_len, .end = end, .requests = requests};
+  return s;
+}
+
+static const char ok200[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+static uint8_t pattern(size_t i) { return (uint8_t)(i * 7 + 3); }
+
+static void fconn_closed(uv_handle_t *h) {
+  fconn_t *c = h->data;
+  free(c->buf);
+  free(c);
+}
+
+static void fconn_end(fconn_t *c, int how) {
+  if (c->closing) return;
+  c->closing = 1;
+  c->f->conns[c->idx] = NULL;
+  if (how == END_RESET) {
+    struct linger l = {1, 0};
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  }
+  uv_close((uv_handle_t *)&c->tcp, fconn_closed);
+}
+
+static void on_fwrite(uv_write_t *w, int status) {
+  fconn_t *c = w->data;
+  free(w);
+  if (status < 0 || c->closing) return;
+  if (c->answered >= (c->sc.requests ? c->sc.requests : 1)) {
+    if (c->sc.end != END_STAY) {
+      fconn_end(c, c->sc.end);
+    } else if (c->sc.unsolicited) {
+      const char *u = c->sc.unsolicited;
+      c->sc.unsolicited = NULL;
+      uv_write_t *w2 = malloc(sizeof *w2);
+      uv_buf_t b = uv_buf_init((char *)u, (unsigned)strlen(u));
+      w2->data = c;
+      uv_write(w2, (uv_stream_t *)&c->tcp, &b, 1, on_fwrite);
+    }
+  }
+}
+
+static void fconn_answer(fconn_t *c) {
+  c->answered++;
+  if (!c->sc.answer) {
+    if (c->sc.end != END_STAY) fconn_end(c, c->sc.end);
+    return;
+  }
+  uv_write_t *w = malloc(sizeof *w);
+  size_t n = c->sc.answer_len ? c->sc.answer_len : strlen(c->sc.answer);
+  uv_buf_t b = uv_buf_init((char *)c->sc.answer, (unsigned)n);
+  w->data = c;
+  if (uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, on_fwrite) != 0) free(w);
+}
+
+/* Consumes what arrived: request heads, bodies (checked against the pattern), answers per the script. */
+static void fconn_feed(fconn_t *c) {
+  for (;;) {
+    if (c->closing) return;
+    if (!c->head_seen) {
+      char *end = c->len >= 4 ? memmem(c->buf, c->len, "\r\n\r\n", 4) : NULL;
+      if (!end) return;
+      size_t head = (size_t)(end - c->buf) + 4;
+      char *cl = memmem(c->buf, head, "Content-Length: ", 16);
+      int framed = strncmp(c->buf, "POST /v1/traces HTTP/1.1\r\n", 26) == 0 && cl;
+      c->need = cl ? strtoul(cl + 16, NULL, 10) : 0;
+      if (!framed) c->f->bad_requests++;
+      memmove(c->buf, c->buf + head, c->len - head);
+      c->len -= head;
+      c->head_seen = 1;
+      if (c->sc.reset_extra && c->answered >= (c->sc.requests ? c->sc.requests : 1)) {
+        fconn_end(c, END_RESET);
+        return;
+      }
+      if (c->sc.read != READ_WHOLE) { /* answer early: the body is left unread from here on */
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        fconn_answer(c);
+        return;
+      }
+    }
+    if (c->len < c->need) return;
+    int intact = 1;
+    for (size_t i = 0; i < c->need && intact; i++) intact = (uint8_t)c->buf[i] == pattern(i);
+    if (intact) c->f->good_requests++;
+    else c->f->bad_requests++;
+    memmove(c->buf, c->buf + c->need, c->len - c->need);
+    c->len -= c->need;
+    c->need = 0;
+    c->head_seen = 0;
+    fconn_answer(c);
+    if (c->answered >= (c->sc.requests ? c->sc.requests : 1) && c->sc.end != END_STAY) return;
+  }
+}
+
+static void falloc(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
+  fconn_t *c = h->data;
+  if (c->cap - c->len < 65536) {
+    c->cap = c->cap * 2 + 65536;
+    c->buf = realloc(c->buf, c->cap);
+  }
+  *b = uv_buf_init(c->buf + c->len, (unsigned)(c->cap - c->len));
+}
+
+static void fread_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  fconn_t *c = s->data;
+  if (n < 0) {
+    fconn_end(c, END_CLOSE);
+    return;
+  }
+  c->len += (size_t)n;
+  fconn_feed(c);
+}
+
+static void on_fconn(uv_stream_t *server, int status) {
+  fake_t *f = server->data;
+  if (status < 0) return;
+  fconn_t *c = calloc(1, sizeof *c);
+  c->f = f;
+  c->idx = f->accepted < MAX_CONNS ? f->accepted : MAX_CONNS - 1;
+  c->sc = f->accepted < f->n_scripts ? f->scripts[f->accepted] : sc(READ_WHOLE, ok200, 0, END_STAY, 100);
+  f->accepted++;
+  uv_tcp_init(server->loop, &c->tcp);
+  c->tcp.data = c;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    uv_close((uv_handle_t *)&c->tcp, fconn_closed);
+    return;
+  }
+  f->conns[c->idx] = c;
+  if (c->sc.read == READ_NOTHING) return;
+  uv_read_start((uv_stream_t *)&c->tcp, falloc, fread_cb);
+}
+
+static void fake_start(uv_loop_t *loop, fake_t *f) {
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  uv_tcp_init(loop, &f->server);
+  f->server.data = f;
+  uv_tcp_bind(&f->server, (const struct sockaddr *)&a, 0);
+  uv_listen((uv_stream_t *)&f->server, 64, on_fconn);
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  uv_tcp_getsockname(&f->server, (struct sockaddr *)&ss, &len);
+  f->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static void fake_stop(fake_t *f) {
+  for (int i = 0; i < MAX_CONNS; i++)
+    if (f->conns[i]) fconn_end(f->conns[i], END_CLOSE);
+  uv_close((uv_handle_t *)&f->server, NULL);
+}
+
+/* ---- the client side ---------------------------------------------------------------------------------- */
+
+typedef struct req {
+  struct run *run;
+  uint8_t *body;
+  struct iovec iov;
+  int calls;             /* done callbacks: exactly one per accepted be_send */
+  int status;
+  uint32_t retry_after;
+  char resp[64];
+} req_t;
+
+typedef struct run {
+  uv_loop_t loop;
+  fake_t fake;
+  be_pool_t *pool;
+  req_t reqs[MAX_REQS];
+  int n_reqs, n_done;
+  int sequential;        /* send request i+1 from request i's callback */
+  uv_timer_t watchdog;
+  int timed_out;
+} run_t;
+
+static void send_req(run_t *r, int i);
+
+static void on_done(void *ud, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
+  req_t *q = ud;
+  run_t *r = q->run;
+  q->calls++;
+  if (getenv("TB_DEBUG")) fprintf(stderr, "done %d status %d\n", (int)(q - r->reqs), status);
+  q->status = status;
+  q->retry_after = retry_after;
+  snprintf(q->resp, sizeof q->resp, "%.*s", (int)len, body ? (const char *)body : "");
+  /* The pool promised to be done with the bytes: scribble over them and free them now. */
+  memset(q->body, 0xAA, q->iov.iov_len);
+  free(q->body);
+  q->body = NULL;
+  r->n_done++;
+  int i = (int)(q - r->reqs);
+  if (r->sequential && i + 1 < r->n_reqs) send_req(r, i + 1);
+  if (r->n_done == r->n_reqs) {
+    uv_timer_stop(&r->watchdog);
+    be_pool_destroy(r->pool);
+    r->pool = NULL;
+    fake_stop(&r->fake);
+    uv_close((uv_handle_t *)&r->watchdog, NULL);
+  }
+}
+
+static size_t req_size(int i, const size_t *sizes) { return sizes ? sizes[i] : 100; }
+
+static const size_t *g_sizes;
+
+static void send_req(run_t *r, int i) {
+  req_t *q = &r->reqs[i];
+  size_t n = req_size(i, g_sizes);
+  q->run = r;
+  q->body = malloc(n ? n : 1);
+  for (size_t k = 0; k < n; k++) q->body[k] = pattern(k);
+  q->iov.iov_base = q->body;
+  q->iov.iov_len = n;
+  int rc = be_send(r->pool, "/v1/traces", "application/x-protobuf", NULL, &q->iov, 1, on_done, q);
+  CHECK_EQ_INT(rc, 0);
+}
+
+static void on_watchdog(uv_timer_t *t) {
+  run_t *r = t->data;
+  r->timed_out = 1;
+  be_pool_destroy(r->pool); /* fails what is left: the callbacks finish the run */
+  r->pool = NULL;
+}
+
+/* Runs n requests (sizes[i] bytes, or 100) against scripts; sequential: one after the other. */
+static void run(run_t *r, const script_t *scripts, int n_scripts, int n, const size_t *sizes, int sequential,
+                uint64_t request_timeout_ms) {
+  memset(r, 0, sizeof *r);
+  uv_loop_init(&r->loop);
+  memcpy(r->fake.scripts, scripts, (size_t)n_scripts * sizeof *scripts);
+  r->fake.n_scripts = n_scripts;
+  fake_start(&r->loop, &r->fake);
+  be_pool_config_t pc = {.host = "127.0.0.1", .port = r->fake.port, .max_connections = 1,
+                         .request_timeout_ms = request_timeout_ms};
+  CHECK_EQ_INT(be_pool_create(&r->loop, &pc, &r->pool), 0);
+  uv_timer_init(&r->loop, &r->watchdog);
+  r->watchdog.data = r;
+  uv_timer_start(&r->watchdog, on_watchdog, 20000, 0);
+  r->n_reqs = n;
+  r->sequential = sequential;
+  g_sizes = sizes;
+  if (sequential) send_req(r, 0);
+  else
+    for (int i = 0; i < n; i++) send_req(r, i);
+  uv_run(&r->loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(r->timed_out, 0);
+  for (int i = 0; i < n; i++) CHECK_EQ_INT(r->reqs[i].calls, 1);
+  CHECK_EQ_INT(uv_loop_close(&r->loop), 0);
+}
+
+/* ---- tests -------------------------------------------------------------------------------------------- */
+
+TEST(keepalive_reuses_one_connection) {
+  run_t r;
+  script_t s[] = {sc(READ_WHOLE, ok200, 0, END_STAY, 20)};
+  run(&r, s, 1, 20, NULL, 1, 5000);
+  for (int i = 0; i < 20; i++) CHECK_EQ_INT(r.reqs[i].status, 200);
+  CHECK_EQ_INT(r.fake.accepted, 1);
+  CHECK_EQ_INT(r.fake.good_requests, 20);
+  CHECK_EQ_INT(r.fake.bad_requests, 0);
+}
+
+/* An answer after the request head, while megabytes of body are still unsent, with keep-alive: the
+ * request gets the answer, the connection is not reused (its write is still libuv's), and the next
+ * request goes out intact on a new connection. */
+static void early_answer(const char *answer, int status, int end) {
+  run_t r;
+  size_t sizes[] = {BIG, 100, BIG, 100};
+  script_t s[] = {
+      sc(READ_HEAD, answer, 0, end, 1),
+      sc(READ_WHOLE, ok200, 0, END_CLOSE, 1),
+      sc(READ_HEAD, answer, 0, end, 1),
+      sc(READ_WHOLE, ok200, 0, END_STAY, 1),
+  };
+  run(&r, s, 4, 4, sizes, 1, 10000);
+  CHECK_EQ_INT(r.reqs[0].status, status);
+  CHECK_EQ_INT(r.reqs[1].status, 200);
+  CHECK_EQ_INT(r.reqs[2].status, status);
+  CHECK_EQ_INT(r.reqs[3].status, 200);
+  CHECK_EQ_INT(r.fake.accepted, 4);
+  CHECK_EQ_INT(r.fake.good_requests, 2);
+  CHECK_EQ_INT(r.fake.bad_requests, 0);
+}
+
+TEST(early_413_keepalive) {
+  early_answer("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n", 413,
+               END_STAY);
+}
+TEST(early_429_keepalive) {
+  early_answer("HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 2\r\n\r\nno", 429, END_STAY);
+}
+TEST(early_503_keepalive) {
+  early_answer("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", 503, END_STAY);
+}
+TEST(early_401_then_close) {
+  early_answer("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 401, END_CLOSE);
+}
+
+/* Early answers, all requests queued at once on one connection: each is answered once, in order. */
+TEST(early_answers_back_to_back) {
+  run_t r;
+  size_t sizes[] = {BIG, BIG, BIG, BIG, 100};
+  const char *a = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+  script_t s[] = {sc(READ_HEAD, a, 0, END_STAY, 1),
+                  sc(READ_HEAD, a, 0, END_STAY, 1),
+                  sc(READ_HEAD, a, 0, END_STAY, 1),
+                  sc(READ_HEAD, a, 0, END_STAY, 1)};
+  run(&r, s, 4, 5, sizes, 0, 10000);
+  for (int i = 0; i < 4; i++) CHECK_EQ_INT(r.reqs[i].status, 503);
+  CHECK_EQ_INT(r.reqs[4].status, 200);
+  CHECK_EQ_INT(r.fake.bad_requests, 0);
+}
+
+TEST(retry_after_seconds) {
+  run_t r;
+  script_t s[] = {sc(READ_WHOLE, "HTTP/1.1 429 Too Many\r\nRetry-After:  7\r\nContent-Length: 0\r\n\r\n", 0, END_STAY, 1)};
+  run(&r, s, 1, 1, NULL, 1, 5000);
+  CHECK_EQ_INT(r.reqs[0].status, 429);
+  CHECK_EQ_INT(r.reqs[0].retry_after, 7);
+}
+
+TEST(response_body_passed_on) {
+  run_t r;
+  script_t s[] = {sc(READ_WHOLE, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0, END_STAY, 1)};
+  run(&r, s, 1, 1, NULL, 1, 5000);
+  CHECK_EQ_INT(r.reqs[0].status, 200);
+  CHECK_EQ_STR(r.reqs[0].resp, "hello");
+}
+
+TEST(interim_100_then_final) {
+  run_t r;
+  script_t s[] = {sc(READ_WHOLE, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 0, END_STAY, 1)};
+  run(&r, s, 1, 1, NULL, 1, 5000);
+  CHECK_EQ_INT(r.reqs[0].status, 204);
+}
+
+/* A response without a length ends with the connection: delivered, not mistaken for a reset. */
+TEST(eof_delimited_response) {
+  run_t r;
+  script_t s[] = {sc(READ_WHOLE, "HTTP/1.1 200 OK\r\n\r\nuntil-eof", 0, END_CLOSE, 1)};
+  run(&r, s, 1, 1, NULL, 1, 5000);
+  CHECK_EQ_INT(r.reqs[0].status, 200);
+  CHECK_EQ_STR(r.reqs[0].resp, "until-eof");
+}
+
+TEST(garbage_answer_is_a_protocol_error) {
+  run_t r;
+  script_t s[] = {sc(READ_WHOLE, "SMTP ready\r\n\r\n", 0, END_STAY, 1)};
+  run(&r, s, 1, 1, NULL, 1, 5000);
+  CHECK_EQ_INT(r.reqs[0].status, UV_EPROTO);
+}
+
+/* Cut at every byte of the answer: the request fails with a transport error exactly once (or, at the full
+ * length, gets its answer); a later request on a new connection is unaffected. */
+TEST(cut_at_every_byte_of_the_answer) {
+  static const char full[] = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-A: b\r\n\r\nbody";
+  size_t n = strlen(full);
+  for (size_t k = 0; k <= n; k++) {
+    for (int how = END_CLOSE; how <= END_RESET; how++) {
+      run_t r;
+      script_t s[] = {sc(READ_WHOLE, k ? full : NULL, k, how, 1), sc(READ_WHOLE, ok200, 0, END_STAY, 1)};
+      run(&r, s, 2, 2, NULL, 1, 5000);
+      if (k < n) {
+        if (r.reqs[0].status >= 0) fprintf(stderr, "cut at %zu (%s): status %d\n", k, how == END_RESET ? "reset" : "close",
+                                           r.reqs[0].status);
+        CHECK(r.reqs[0].status < 0);
+      } else {
+        CHECK(r.reqs[0].status == 200 || r.reqs[0].status < 0);
+      }
+      CHECK_EQ_INT(r.reqs[1].status, 200);
+      CHECK_EQ_INT(r.fake.bad_requests, 0);
+    }
+  }
+}
+
+/* Reset while the request is still being read (head only, or part of a big body): a transport error. */
+TEST(reset_while_reading_the_request) {
+  for (int read = READ_WHOLE; read <= READ_NOTHING; read++) {
+    run_t r;
+    size_t sizes[] = {BIG, 100};
+    script_t s[] = {sc(read == READ_WHOLE ? READ_HEAD : read, NULL, 0, END_RESET, 1),
+                    sc(READ_WHOLE, ok200, 0, END_STAY, 1)};
+    if (read == READ_NOTHING) s[0].end = END_STAY; /* never reads, never answers: the timeout ends it */
+    run(&r, s, 2, 2, sizes, 1, read == READ_NOTHING ? 300 : 5000);
+    CHECK(r.reqs[0].status < 0);
+    if (read == READ_NOTHING) CHECK_EQ_INT(r.reqs[0].status, UV_ETIMEDOUT);
+    CHECK_EQ_INT(r.reqs[1].status, 200);
+  }
+}
+
+/* A keep-alive connection the backend closed while idle: the next request is retried once on a fresh one. */
+TEST(stale_keepalive_retried_once) {
+  run_t r;
+  /* connection 0 answers once and then resets the next request without a byte of answer */
+  script_t s[] = {sc(READ_WHOLE, ok200, 0, END_STAY, 1), sc(READ_WHOLE, ok200, 0, END_STAY, 1)};
+  s[0].reset_extra = 1;
+  run(&r, s, 2, 2, NULL, 1, 5000);
+  CHECK_EQ_INT(r.reqs[0].status, 200);
+  CHECK_EQ_INT(r.reqs[1].status, 200);
+  CHECK_EQ_INT(r.fake.accepted, 2);
+  CHECK_EQ_INT(r.fake.good_requests, 2);
+}
+
+/* Bytes on an idle connection that nobody asked for: it is closed, and the next request uses a new one. */
+TEST(unsolicited_bytes_close_the_connection) {
+  run_t r;
+  script_t s[] = {sc(READ_WHOLE, ok200, 0, END_STAY, 1),
+                  sc(READ_WHOLE, ok200, 0, END_STAY, 1)};
+  s[0].unsolicited = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+  /* give the unsolicited answer time to arrive before the second request: a 50 ms pause */
+  memset(&r, 0, sizeof r);
+  uv_loop_init(&r.loop);
+  memcpy(r.fake.scripts, s, sizeof s);
+  r.fake.n_scripts = 2;
+  fake_start(&r.loop, &r.fake);
+  be_pool_config_t pc = {.host = "127.0.0.1", .port = r.fake.port, .max_connections = 1, .request_timeout_ms = 5000};
+  CHECK_EQ_INT(be_pool_create(&r.loop, &pc, &r.pool), 0);
+  uv_timer_init(&r.loop, &r.watchdog);
+  r.watchdog.data = &r;
+  uv_timer_start(&r.watchdog, on_watchdog, 20000, 0);
+  r.n_reqs = 2;
+  g_sizes = NULL;
+  send_req(&r, 0);
+  while (r.reqs[0].calls == 0) uv_run(&r.loop, UV_RUN_ONCE);
+  while (r.fake.conns[0]) uv_run(&r.loop, UV_RUN_ONCE); /* the pool closes it on the stray bytes */
+  send_req(&r, 1);
+  uv_run(&r.loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(r.reqs[0].status, 200);
+  CHECK_EQ_INT(r.reqs[1].status, 200);
+  CHECK_EQ_INT(r.fake.accepted, 2);
+  CHECK_EQ_INT(uv_loop_close(&r.loop), 0);
+}
+
+/* A backend that reads nothing: the big write never finishes, the timeout fails the request and closes. */
+TEST(timeout_while_writing) {
+  run_t r;
+  size_t sizes[] = {BIG, 100};
+  script_t s[] = {sc(READ_NOTHING, NULL, 0, END_STAY, 1), sc(READ_WHOLE, ok200, 0, END_STAY, 1)};
+  run(&r, s, 2, 2, sizes, 1, 300);
+  CHECK_EQ_INT(r.reqs[0].status, UV_ETIMEDOUT);
+  CHECK_EQ_INT(r.reqs[1].status, 200);
+}
+
+static void cancel_soon(uv_timer_t *t) { be_pool_cancel(t->data); }
+
+/* be_pool_cancel with one big request mid-write and more queued: each fails once with UV_ECANCELED and the
+ * pool stays usable. */
+TEST(cancel_mid_write) {
+  run_t r;
+  memset(&r, 0, sizeof r);
+  uv_loop_init(&r.loop);
+  r.fake.scripts[0] = sc(READ_NOTHING, NULL, 0, END_STAY, 1);
+  r.fake.scripts[1] = sc(READ_WHOLE, ok200, 0, END_STAY, 5);
+  r.fake.n_scripts = 2;
+  fake_start(&r.loop, &r.fake);
+  be_pool_config_t pc = {.host = "127.0.0.1", .port = r.fake.port, .max_connections = 1, .request_timeout_ms = 10000};
+  CHECK_EQ_INT(be_pool_create(&r.loop, &pc, &r.pool), 0);
+  uv_timer_init(&r.loop, &r.watchdog);
+  r.watchdog.data = &r;
+  uv_timer_start(&r.watchdog, on_watchdog, 20000, 0);
+  size_t sizes[] = {BIG, 100, 100, 100};
+  g_sizes = sizes;
+  r.n_reqs = 4;
+  for (int i = 0; i < 3; i++) send_req(&r, i);
+  uv_timer_t t;
+  uv_timer_init(&r.loop, &t);
+  t.data = r.pool;
+  uv_timer_start(&t, cancel_soon, 100, 0);
+  while (r.n_done < 3) uv_run(&r.loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&t, NULL);
+  for (int i = 0; i < 3; i++) CHECK_EQ_INT(r.reqs[i].status, UV_ECANCELED);
+  send_req(&r, 3);
+  uv_run(&r.loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(r.reqs[3].status, 200);
+  for (int i = 0; i < 4; i++) CHECK_EQ_INT(r.reqs[i].calls, 1);
+  CHECK_EQ_INT(uv_loop_close(&r.loop), 0);
+}
+
+/* Destroying the pool while a big write is in flight: the callback runs once and nothing leaks. */
+TEST(destroy_mid_write) {
+  run_t r;
+  memset(&r, 0, sizeof r);
+  uv_loop_init(&r.loop);
+  r.fake.scripts[0] = sc(READ_NOTHING, NULL, 0, END_STAY, 1);
+  r.fake.n_scripts = 1;
+  fake_start(&r.loop, &r.fake);
+  be_pool_config_t pc = {.host = "127.0.0.1", .port = r.fake.port, .max_connections = 1, .request_timeout_ms = 10000};
+  CHECK_EQ_INT(be_pool_create(&r.loop, &pc, &r.pool), 0);
+  uv_timer_init(&r.loop, &r.watchdog);
+  r.watchdog.data = &r;
+  size_t sizes[] = {BIG};
+  g_sizes = sizes;
+  r.n_reqs = 2; /* never reached: the run is ended by hand */
+  send_req(&r, 0);
+  while (!r.fake.accepted) uv_run(&r.loop, UV_RUN_ONCE);
+  for (int i = 0; i < 5; i++) uv_run(&r.loop, UV_RUN_NOWAIT);
+  be_pool_destroy(r.pool);
+  r.pool = NULL;
+  CHECK_EQ_INT(r.reqs[0].calls, 1);
+  CHECK_EQ_INT(r.reqs[0].status, UV_ECANCELED);
+  fake_stop(&r.fake);
+  uv_close((uv_handle_t *)&r.watchdog, NULL);
+  uv_run(&r.loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(uv_loop_close(&r.loop), 0);
+}
+
+/* Nothing listening: connection refused, reported once per request. */
+TEST(connection_refused) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  uv_tcp_t t;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  uv_tcp_init(&loop, &t);
+  uv_tcp_bind(&t, (const struct sockaddr *)&a, 0);
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  uv_tcp_getsockname(&t, (struct sockaddr *)&ss, &len);
+  uint16_t port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  uv_close((uv_handle_t *)&t, NULL); /* bound, never listening: refused */
+  uv_run(&loop, UV_RUN_DEFAULT);
+  run_t r;
+  memset(&r, 0, sizeof r);
+  be_pool_t *p;
+  be_pool_config_t pc = {.host = "127.0.0.1", .port = port, .max_connections = 2, .request_timeout_ms = 5000};
+  CHECK_EQ_INT(be_pool_create(&loop, &pc, &p), 0);
+  r.pool = p;
+  r.n_reqs = 100; /* the run is ended by hand */
+  g_sizes = NULL;
+  for (int i = 0; i < 3; i++) {
+    req_t *q = &r.reqs[i];
+    q->run = &r;
+    q->body = malloc(10);
+    memset(q->body, 1, 10);
+    q->iov = (struct iovec){q->body, 10};
+    CHECK_EQ_INT(be_send(p, "/v1/traces", "application/x-protobuf", NULL, &q->iov, 1, on_done, q), 0);
+  }
+  while (r.n_done < 3) uv_run(&loop, UV_RUN_ONCE);
+  for (int i = 0; i < 3; i++) CHECK_EQ_INT(r.reqs[i].status, UV_ECONNREFUSED);
+  be_pool_destroy(p);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+static void setup(void) { signal(SIGPIPE, SIG_IGN); /* as the gateway does (main.c) */ }
+
+TEST_MAIN_WITH(setup, test__noop)
