@@ -1,8 +1,10 @@
 /*
  * libFuzzer driver for the HTTP/1.1 server and the OTLP/HTTP layer behind it: each input is written, as
  * one client's byte stream, into one end of a socketpair whose other end the server adopts. The handler
- * runs the same body steps as the gateway (gunzip with a cap, protobuf validation) for every signal.
- * Checks: no crash, no leak, no sanitizer report, and the connection always ends.
+ * runs the same body steps as the gateway (gunzip with a cap, OTLP/JSON transcoded to protobuf, protobuf
+ * validation) for every signal. Checks: no crash, no leak, no sanitizer report, and the connection always ends.
+ * Seeds (tests/fuzz/corpus/http): hand-written framing cases and the OpenTelemetry JS SDK's own requests
+ * (captured by tests/fuzz/capture_sdk_requests.py).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 
 #include "gateway/http_server.h"
 #include "gateway/otlp_http.h"
+#include "gateway/otlp_json.h"
 
 static uv_loop_t loop;
 static hs_server_t *srv;
@@ -39,11 +42,27 @@ static void on_request(hs_request_t *req, void *ud) {
     }
     body = plain;
   }
+  otlp_encoding_t enc = otlp_encoding_from_content_type(hs_request_header(req, "Content-Type")) == OTLP_ENC_JSON
+                            ? OTLP_ENC_JSON
+                            : OTLP_ENC_PROTOBUF;
+  uint8_t *pb = NULL;
+  if (enc == OTLP_ENC_JSON) {
+    size_t pb_len;
+    char err[256];
+    if (oj_to_protobuf(sig, body, len, &pb, &pb_len, err, sizeof err) != 0) {
+      free(plain);
+      otlp_respond_status(req, enc, 400, err, 0, NULL, 0);
+      return;
+    }
+    body = pb;
+    len = pb_len;
+  }
   uint64_t items, res;
   int rc = otlp_count_items(sig, body, len, &items, &res);
+  free(pb);
   free(plain);
-  if (rc == OTLP_OK) otlp_respond_success(req, OTLP_ENC_PROTOBUF);
-  else otlp_respond_status(req, OTLP_ENC_PROTOBUF, 400, "bad protobuf", 0, NULL, 0);
+  if (rc == OTLP_OK) otlp_respond_success(req, enc);
+  else otlp_respond_status(req, enc, 400, "bad protobuf", 0, NULL, 0);
 }
 
 static void setup(void) {

@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -209,6 +210,15 @@ static void fake_start(uv_loop_t *loop, fake_t *f) {
   int len = sizeof ss;
   uv_tcp_getsockname(&f->server, (struct sockaddr *)&ss, &len);
   f->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+/* 1 when connection idx exists and bytes wait unread in its socket: for a READ_NOTHING connection and a BIG
+ * request, the pool's write has started and cannot finish (the socket buffers are smaller). */
+static int fake_mid_write(fake_t *f, int idx) {
+  uv_os_fd_t fd;
+  int unread = 0;
+  fconn_t *c = f->conns[idx];
+  return c && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, FIONREAD, &unread) == 0 && unread > 0;
 }
 
 static void fake_stop(fake_t *f) {
@@ -508,7 +518,16 @@ TEST(timeout_while_writing) {
   CHECK_EQ_INT(r.reqs[1].status, 200);
 }
 
-static void cancel_soon(uv_timer_t *t) { be_pool_cancel(t->data); }
+/* Polled every millisecond (bounded by the watchdog): cancels once the big request is mid-write. */
+static void cancel_mid_write_poll(uv_timer_t *t) {
+  run_t *r = t->data;
+  if (!fake_mid_write(&r->fake, 0)) return;
+  uv_timer_stop(t);
+  be_pool_cancel(r->pool);
+}
+
+/* Wakes the loop every millisecond while a test waits for something only the kernel sees (bytes queued). */
+static void wake(uv_timer_t *t) {}
 
 /* be_pool_cancel with one big request mid-write and more queued: each fails once with UV_ECANCELED and the
  * pool stays usable. */
@@ -531,9 +550,10 @@ TEST(cancel_mid_write) {
   for (int i = 0; i < 3; i++) send_req(&r, i);
   uv_timer_t t;
   uv_timer_init(&r.loop, &t);
-  t.data = r.pool;
-  uv_timer_start(&t, cancel_soon, 100, 0);
+  t.data = &r;
+  uv_timer_start(&t, cancel_mid_write_poll, 1, 1);
   while (r.n_done < 3) uv_run(&r.loop, UV_RUN_ONCE);
+  CHECK_EQ_INT(r.timed_out, 0); /* cancelled mid-write, not failed by the watchdog */
   uv_close((uv_handle_t *)&t, NULL);
   for (int i = 0; i < 3; i++) CHECK_EQ_INT(r.reqs[i].status, UV_ECANCELED);
   send_req(&r, 3);
@@ -559,8 +579,12 @@ TEST(destroy_mid_write) {
   g_sizes = sizes;
   r.n_reqs = 2; /* never reached: the run is ended by hand */
   send_req(&r, 0);
-  while (!r.fake.accepted) uv_run(&r.loop, UV_RUN_ONCE);
-  for (int i = 0; i < 5; i++) uv_run(&r.loop, UV_RUN_NOWAIT);
+  uv_timer_t t;
+  uv_timer_init(&r.loop, &t);
+  uv_timer_start(&t, wake, 1, 1);
+  for (int i = 0; i < 20000 && !fake_mid_write(&r.fake, 0); i++) uv_run(&r.loop, UV_RUN_ONCE); /* 20 s bound */
+  CHECK(fake_mid_write(&r.fake, 0));
+  uv_close((uv_handle_t *)&t, NULL);
   be_pool_destroy(r.pool);
   r.pool = NULL;
   CHECK_EQ_INT(r.reqs[0].calls, 1);

@@ -6,9 +6,13 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <linux/sockios.h> /* SIOCOUTQ */
 #include <unistd.h>
 
 #include "gateway/http_server.h"
@@ -22,6 +26,7 @@ static uv_async_t stop_async;
 static pthread_t thread;
 static uint16_t port;
 static int loop_close_rc = -1;
+static atomic_int slow_answers; /* /slow requests answered (the server thread counts, tests wait on it) */
 
 typedef struct slow {
   uv_timer_t t;
@@ -32,6 +37,7 @@ static void slow_closed(uv_handle_t *h) { free(h->data); }
 static void slow_fire(uv_timer_t *t) {
   slow_t *s = t->data;
   hs_respond(s->req, 200, "text/plain", NULL, 0, "slow", 4);
+  atomic_fetch_add(&slow_answers, 1);
   uv_close((uv_handle_t *)&s->t, slow_closed);
 }
 
@@ -146,6 +152,40 @@ static int read_response(client_t *c, response_t *r) {
   }
 }
 
+/* The server's end of c: the server runs in this process, so its socket is one of ours (found by its address
+ * pair), or -1 when it is not accepted yet or already closed. */
+static int server_end(client_t *c) {
+  struct sockaddr_in me, a, b;
+  socklen_t len = sizeof me;
+  if (getsockname(c->fd, (struct sockaddr *)&me, &len) != 0) return -1;
+  for (int fd = 3; fd < 1024; fd++) {
+    socklen_t la = sizeof a, lb = sizeof b;
+    if (fd != c->fd && getsockname(fd, (struct sockaddr *)&a, &la) == 0 && a.sin_family == AF_INET &&
+        a.sin_port == htons(port) && getpeername(fd, (struct sockaddr *)&b, &lb) == 0 && b.sin_port == me.sin_port &&
+        b.sin_addr.s_addr == me.sin_addr.s_addr)
+      return fd;
+  }
+  return -1;
+}
+
+/* Waits (up to 10 s) until the server has read everything c sent: all of it is acknowledged (so in the server's
+ * receive queue) and the server's socket has nothing left unread, or the server has answered or closed (it reads
+ * no further). A test delivering a request in pieces calls it between them, so that the server surely reads them
+ * apart, without sleeping on a guess. Returns 1, else 0. */
+static int server_read_all(client_t *c) {
+  for (int i = 0; i < 10000; i++) {
+    int unacked = -1, unread = -1;
+    struct pollfd answered = {.fd = c->fd, .events = POLLIN};
+    if (ioctl(c->fd, SIOCOUTQ, &unacked) != 0) return 0;
+    if (poll(&answered, 1, 0) > 0) return 1;
+    int fd = server_end(c);
+    if (unacked == 0 && fd >= 0 && ioctl(fd, FIONREAD, &unread) == 0 && unread == 0) return 1;
+    usleep(1000);
+  }
+  fprintf(stderr, "server_read_all: the server has not read what the client sent after 10 s\n");
+  return 0;
+}
+
 /* 1 when the server closed the connection (EOF or reset) within the receive timeout. */
 static int closed_by_server(client_t *c) {
   char b[256];
@@ -205,7 +245,7 @@ TEST(chunked_body_with_extension_and_trailer) {
   client_t *c = connect_client();
   response_t r;
   sendstr(c, "POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n");
-  usleep(20000);
+  CHECK(server_read_all(c)); /* read apart from the rest */
   sendstr(c, "6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n");
   CHECK_EQ_INT(read_response(c, &r), 0);
   CHECK_EQ_STR(r.body, "POST /c 11:hello world");
@@ -216,9 +256,9 @@ TEST(content_length_body_in_pieces) {
   client_t *c = connect_client();
   response_t r;
   sendstr(c, "POST /s HTTP/1.1\r\nContent-Length: 10\r\n\r\n01");
-  usleep(20000);
+  CHECK(server_read_all(c)); /* three reads */
   sendstr(c, "2345");
-  usleep(20000);
+  CHECK(server_read_all(c));
   sendstr(c, "6789");
   CHECK_EQ_INT(read_response(c, &r), 0);
   CHECK_EQ_STR(r.body, "POST /s 10:0123456789");
@@ -473,11 +513,19 @@ TEST(max_connections_503) {
   CHECK_EQ_INT(hs_server_stats(srv)->connections_open, 0);
 }
 
+/* The answer comes (100 ms later) to a connection the client closed: must not crash or leak. Waits for that
+ * answer and for the server to have seen every connection go, then serves another. */
 TEST(client_gone_while_pending) {
+  int answered = atomic_load(&slow_answers);
   client_t *c = connect_client();
   sendstr(c, "GET /slow HTTP/1.1\r\n\r\n");
-  client_close(c); /* the answer comes 100 ms later to a closed connection: must not crash or leak */
-  usleep(200000);
+  CHECK(server_read_all(c)); /* the request is in: the server will answer it */
+  client_close(c);
+  for (int i = 0; i < 1000 && (atomic_load(&slow_answers) == answered ||
+                              *(volatile uint64_t *)&hs_server_stats(srv)->connections_open > 0); i++)
+    usleep(10000); /* bounded: 10 s */
+  CHECK_EQ_INT(atomic_load(&slow_answers), answered + 1);
+  CHECK_EQ_INT(*(volatile uint64_t *)&hs_server_stats(srv)->connections_open, 0);
   client_t *d = connect_client();
   response_t r;
   sendstr(d, "GET /ok HTTP/1.1\r\n\r\n");
@@ -511,12 +559,12 @@ static const char h2_settings[] = {0, 0, 0, 4, 0, 0, 0, 0, 0};
   "this port speaks OTLP/HTTP/1.1 (POST /v1/traces, /v1/logs, /v1/metrics); OTLP/gRPC over HTTP/2 is not served " \
   "by this version"
 
-/* Sends n bytes in pieces of at most step bytes, 20 ms apart (so the server is likely to read them apart). */
+/* Sends n bytes in pieces of at most step bytes, each read by the server before the next is sent. */
 static void send_pieces(client_t *c, const char *d, size_t n, size_t step) {
   for (size_t i = 0; i < n; i += step) {
     size_t k = n - i < step ? n - i : step;
     CHECK_EQ_INT(send(c->fd, d + i, k, MSG_NOSIGNAL), (long long)k);
-    if (i + k < n) usleep(20000);
+    if (i + k < n) CHECK(server_read_all(c));
   }
 }
 
