@@ -388,43 +388,32 @@ TEST(early_answers_back_to_back) {
   CHECK_EQ_INT(r.fake.bad_requests, 0);
 }
 
-TEST(retry_after_seconds) {
-  run_t r;
-  script_t s[] = {sc(READ_WHOLE, "HTTP/1.1 429 Too Many\r\nRetry-After:  7\r\nContent-Length: 0\r\n\r\n", 0, END_STAY, 1)};
-  run(&r, s, 1, 1, NULL, 1, 5000);
-  CHECK_EQ_INT(r.reqs[0].status, 429);
-  CHECK_EQ_INT(r.reqs[0].retry_after, 7);
-}
-
-TEST(response_body_passed_on) {
-  run_t r;
-  script_t s[] = {sc(READ_WHOLE, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0, END_STAY, 1)};
-  run(&r, s, 1, 1, NULL, 1, 5000);
-  CHECK_EQ_INT(r.reqs[0].status, 200);
-  CHECK_EQ_STR(r.reqs[0].resp, "hello");
-}
-
-TEST(interim_100_then_final) {
-  run_t r;
-  script_t s[] = {sc(READ_WHOLE, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 0, END_STAY, 1)};
-  run(&r, s, 1, 1, NULL, 1, 5000);
-  CHECK_EQ_INT(r.reqs[0].status, 204);
-}
-
-/* A response without a length ends with the connection: delivered, not mistaken for a reset. */
-TEST(eof_delimited_response) {
-  run_t r;
-  script_t s[] = {sc(READ_WHOLE, "HTTP/1.1 200 OK\r\n\r\nuntil-eof", 0, END_CLOSE, 1)};
-  run(&r, s, 1, 1, NULL, 1, 5000);
-  CHECK_EQ_INT(r.reqs[0].status, 200);
-  CHECK_EQ_STR(r.reqs[0].resp, "until-eof");
-}
-
-TEST(garbage_answer_is_a_protocol_error) {
-  run_t r;
-  script_t s[] = {sc(READ_WHOLE, "SMTP ready\r\n\r\n", 0, END_STAY, 1)};
-  run(&r, s, 1, 1, NULL, 1, 5000);
-  CHECK_EQ_INT(r.reqs[0].status, UV_EPROTO);
+/* One answer to one request: what the done callback gets (status, Retry-After, the body kept). */
+TEST(single_answers) {
+  static const struct {
+    const char *name, *answer;
+    int end, status;
+    uint32_t retry_after;
+    const char *body;
+  } cases[] = {
+      {"retry-after seconds", "HTTP/1.1 429 Too Many\r\nRetry-After:  7\r\nContent-Length: 0\r\n\r\n", END_STAY, 429,
+       7, ""},
+      {"body passed on", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", END_STAY, 200, 0, "hello"},
+      {"1xx then the final answer", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", END_STAY, 204, 0,
+       ""},
+      /* a response without a length ends with the connection: delivered, not mistaken for a reset */
+      {"eof-delimited body", "HTTP/1.1 200 OK\r\n\r\nuntil-eof", END_CLOSE, 200, 0, "until-eof"},
+      {"garbage is a protocol error", "SMTP ready\r\n\r\n", END_STAY, UV_EPROTO, 0, ""},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    run_t r;
+    script_t s[] = {sc(READ_WHOLE, cases[i].answer, 0, cases[i].end, 1)};
+    run(&r, s, 1, 1, NULL, 1, 5000);
+    if (r.reqs[0].status != cases[i].status) fprintf(stderr, "case \"%s\"\n", cases[i].name);
+    CHECK_EQ_INT(r.reqs[0].status, cases[i].status);
+    CHECK_EQ_INT(r.reqs[0].retry_after, cases[i].retry_after);
+    CHECK_EQ_STR(r.reqs[0].resp, cases[i].body);
+  }
 }
 
 /* Cut at every byte of the answer: the request fails with a transport error exactly once (or, at the full
