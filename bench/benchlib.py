@@ -21,10 +21,10 @@ def parse_result(stdout):
     return dict(kv.split("=", 1) for kv in line[7:].split())
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def free_port(host="127.0.0.1"):
+    """A TCP port on host (a loopback address) that was free a moment ago."""
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    s.bind((host, 0))
     p = s.getsockname()[1]
     s.close()
     return p

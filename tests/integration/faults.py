@@ -1,33 +1,13 @@
-"""Shared pieces of the fault-injection tests (test_resilience, test_workers): a pool of recording sinks,
-a paced background load, and the accounting of acknowledged against delivered spans."""
-import collections
+"""Shared pieces of the fault-injection tests (test_resilience, test_workers, test_hostile_backends): a paced
+background load whose phases the tests end on events, the waits those phases use, and the accounting of
+acknowledged against delivered spans. Pools of sinks, read_traces, delivery and wait_drained are harness's."""
 import os
-import time
 
-from harness import TMP, BackgroundLoad, Sink, fresh, read_traces, wait_until
+from harness import (TMP, WAIT, BackgroundLoad, Pool, delivery, fresh, read_traces, settled_delivery,  # noqa: F401
+                     wait_drained, wait_until)
 
-DRAIN_TIMEOUT = 30
-
-
-class Pool:
-    """n sinks, each recording the traces it receives into its own file."""
-
-    def __init__(self, name, n=3, listens=None):
-        listens = listens or ["127.0.0.1:0"] * n
-        self.files = [fresh(os.path.join(TMP, "%s.sink%d.txt" % (name, i))) for i in range(len(listens))]
-        self.sinks = [Sink("--trace-file", f, listen=l) for f, l in zip(self.files, listens)]
-
-    @property
-    def endpoints(self):
-        return [s.endpoint for s in self.sinks]
-
-    def distinct(self, i):
-        """Distinct traces sink i has received so far."""
-        return len(read_traces(self.files[i]))
-
-    def stop(self):
-        for s in self.sinks:
-            s.stop()
+ACKED = 'otlp_gateway_requests_total{signal="traces",code="200"}'
+REFUSED = 'otlp_gateway_requests_total{signal="traces",code="503"}'
 
 
 def count_lines(path):
@@ -39,44 +19,50 @@ def up_metric(endpoint):
     return 'otlp_gateway_backend_up{backend="%s"}' % endpoint
 
 
-def start_load(g, name, duration, seed=1, rate=300):
-    """A paced background load through g, acknowledged traces into TMP/<name>.acked.txt."""
+def start_load(g, name, seed=1, rate=300, requests=None, limit="240s"):
+    """A paced background load through g, acknowledged traces into TMP/<name>.acked.txt. Without requests it
+    runs until stop() (limit only bounds a test that forgets); with requests it ends after that many."""
     acked = fresh(os.path.join(TMP, "%s.acked.txt" % name))
+    budget = ["--requests", str(requests)] if requests else ["--duration", limit]
     load = BackgroundLoad("http://127.0.0.1:%d" % g.port, "--rate", str(rate), "--spans", "100", "--traces", "10",
-                          "--connections", "8", "--duration", duration, "--timeout", "10s", "--trace-file", acked,
-                          "--seed", str(seed))
+                          "--connections", "8", "--timeout", "10s", "--trace-file", acked, "--seed", str(seed),
+                          *budget)
     load.acked_file = acked
     return load
 
 
-def wait_drained(g, timeout=DRAIN_TIMEOUT):
-    """Waits (bounded) until the gateway has nothing queued for any backend."""
-    wait_until(lambda: g.metric_sum("otlp_gateway_backend_queue_bytes"), lambda v: v == 0, timeout,
-               "sum of otlp_gateway_backend_queue_bytes")
+def wait_acked(g, n, timeout=WAIT, what=None):
+    """Waits (bounded) until the gateway has acknowledged n more trace requests than now: the load is
+    flowing (through whatever the scenario did to the backends)."""
+    return g.wait_more(ACKED, n, timeout, what or "trace requests acknowledged by the gateway")
 
 
-def accounting(acked_files, sink_files):
-    acked, delivered = collections.Counter(), collections.Counter()
-    for f in acked_files:
-        acked.update(read_traces(f))
-    for f in sink_files:
-        delivered.update(read_traces(f))
-    lost = sum(max(0, n - delivered.get(t, 0)) for t, n in acked.items())
-    dups = sum(max(0, n - acked.get(t, 0)) for t, n in delivered.items())
-    return {"acked_spans": sum(acked.values()), "delivered_spans": sum(delivered.values()), "lost": lost,
-            "duplicates": dups, "acked_traces": len(acked)}
+def wait_refused(g, n, timeout=WAIT, what=None):
+    """Waits (bounded) until the gateway has answered n more trace requests with 503 than now."""
+    return g.wait_more(REFUSED, n, timeout, what or "trace requests answered 503 by the gateway")
 
 
-def check_accounting(name, acked_files, sink_files, results=(), settle=3.0):
-    """Prints the scenario line and asserts nothing acknowledged was lost. The files are read again for up
-    to settle seconds while spans are missing: a request may still be on its way to a sink when the queue
+def wait_new_traces(pool, idxs, n, timeout=WAIT, what=None):
+    """Waits (bounded) until the sinks idxs of pool together hold n more distinct traces than now."""
+    count = lambda: sum(pool.distinct(i) for i in idxs)
+    base = count()
+    return wait_until(count, lambda v: v >= base + n, timeout,
+                      what or "distinct traces at sinks %s (%d, waiting for +%d)" % (list(idxs), base, n))
+
+
+def acked_traces(acked_files):
+    """Counter trace -> spans over the loads' files of acknowledged traces (written whole: the loads ended)."""
+    acked = read_traces(acked_files[0], strict=True)
+    for f in acked_files[1:]:
+        acked.update(read_traces(f, strict=True))
+    return acked
+
+
+def check_accounting(name, acked_files, sink_files, results=(), settle=WAIT):
+    """Prints the scenario line and asserts nothing acknowledged was lost. The sink files are read again (for
+    up to settle seconds) while spans are missing: a request may still be on its way to a sink when the queue
     metric reads 0."""
-    deadline = time.time() + settle
-    while True:
-        a = accounting(acked_files, sink_files)
-        if a["lost"] == 0 or time.time() >= deadline:
-            break
-        time.sleep(0.2)
+    a = settled_delivery(acked_traces(acked_files), sink_files, settle)
     print("    scenario=%s acked_spans=%d delivered_spans=%d lost=%d duplicates=%d"
           % (name, a["acked_spans"], a["delivered_spans"], a["lost"], a["duplicates"]), flush=True)
     assert a["acked_spans"] > 0, "nothing was acknowledged: the scenario tested nothing"
@@ -87,10 +73,10 @@ def check_accounting(name, acked_files, sink_files, results=(), settle=3.0):
     return a
 
 
-def probe_load(g, name, pool, idxs, seed=7):
+def probe_load(g, name, pool, idxs, seed=7, requests=300):
     """A short extra load (other trace IDs) after a recovery; each sink in idxs must get some of it.
     Returns (RESULT, acked file) for the accounting."""
-    load = start_load(g, name, "1s", seed=seed)
+    load = start_load(g, name, seed=seed, requests=requests)
     res = load.result()
     acked = set(read_traces(load.acked_file))
     got = [len(acked & set(read_traces(pool.files[i]))) for i in idxs]
@@ -99,11 +85,11 @@ def probe_load(g, name, pool, idxs, seed=7):
     return res, load.acked_file
 
 
-def wait_ring(g, n, timeout=10):
+def wait_ring(g, n, timeout=WAIT):
     return g.wait_metric("otlp_gateway_ring_backends", lambda v: v == n, timeout)
 
 
 def result_line(res):
-    keys = ("requests", "ok", "errors", "spans_acked")
+    keys = ("requests", "ok", "errors", "aborted", "spans_acked")
     return " ".join("%s=%d" % (k, res.get(k, 0)) for k in keys) + " " + " ".join(
         "%s=%d" % (k, v) for k, v in sorted(res.items()) if k.startswith("status_"))

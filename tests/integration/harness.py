@@ -1,9 +1,22 @@
-"""Shared helpers for integration tests: start the real binaries on 127.0.0.1 with ephemeral ports,
-talk raw HTTP/1.1 to them, encode the few protobuf messages the tests need, and clean up every process.
+"""Shared helpers for integration tests: start the real binaries on 127.0.0.1 with ephemeral ports, talk raw
+HTTP/1.1 to them, encode the few protobuf messages the tests need, pools of recording sinks and the accounting
+of what was acknowledged against what arrived, and clean up every process.
 
-Each test script calls run_tests(globals()) which runs every function named test_*, prints one line per
-test and a final "N passed, N failed" line, and exits non-zero on any failure. A watchdog alarm bounds the
-whole script; every process started is killed at exit."""
+Each test script calls run_tests(globals()) which runs every function named test_* (ONLY=name[,name...]
+picks some; a name that matches no test fails the script), prints one line per test and a final
+"N passed, N failed, N skipped" line. Exit code: 1 on any failure, SKIP_RC (77, declared as SKIP_RETURN_CODE in
+tests/CMakeLists.txt so ctest shows Skipped) when something called skip() and nothing failed, else 0. With
+CI=true in the environment a skip is a failure: CI installs every tool the tests need.
+
+Every Gateway and Sink a test starts is owned by that test (or, with shared=True, by the script): when the
+test ends, pass or fail, each still running is stopped with SIGTERM and each must have exited 0 (a crash, a
+sanitizer report or a shutdown that hangs fails the test), except a sink the test killed itself (Sink.kill);
+a BackgroundLoad still running then is stopped too.
+A watchdog alarm (--timeout, which tests/CMakeLists.txt sets just under ctest's TIMEOUT) bounds the whole
+script; every process started is killed at exit.
+
+Waits are on events (a log line, a metric value, a sink's counter), each with a generous bound; no test
+asserts a rate or a duration."""
 import argparse
 import atexit
 import collections
@@ -11,6 +24,7 @@ import gzip
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -20,9 +34,16 @@ import threading
 import time
 import traceback
 
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.dont_write_bytecode = True  # no __pycache__ next to bench/benchlib.py
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from benchlib import free_port  # noqa: E402
+
 ARGS = None
 _procs = []
 TMP = tempfile.mkdtemp(prefix="otlpgw-test-")
+SKIP_RC = 77  # tests/CMakeLists.txt: SKIP_RETURN_CODE
+WAIT = 30     # seconds: the default bound of every wait on an event
 
 
 def args():
@@ -32,9 +53,26 @@ def args():
         p.add_argument("--gateway", required=True)
         p.add_argument("--sink", required=True)
         p.add_argument("--load", required=True)
-        p.add_argument("--timeout", type=int, default=240)
+        p.add_argument("--timeout", type=int, default=280, help="watchdog for the whole script, seconds")
         ARGS, _ = p.parse_known_args()
     return ARGS
+
+
+def in_ci():
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+class Skipped(Exception):
+    """Raised by skip(); run_tests counts it (a failure under CI=true)."""
+
+
+def skip(reason):
+    """Ends the running test (or the script's setup) as skipped: reason says what is missing and how to get it."""
+    raise Skipped(reason)
+
+
+# Processes by owner: _scopes[0] is the script's, _scopes[-1] the running test's (see run_tests).
+_scopes = [[]]
 
 
 def _cleanup():
@@ -51,13 +89,20 @@ atexit.register(_cleanup)
 
 
 class Proc:
-    """A started process whose stderr (and optionally stdout) lines are collected by threads."""
+    """A started process whose stderr (and optionally stdout) lines are collected by threads. It belongs to the
+    running test (shared=True: to the script), which stops it when it ends; exit_checked classes (Gateway,
+    Sink) must then have exited 0."""
+    exit_checked = False
 
-    def __init__(self, argv, env=None):
+    def __init__(self, argv, env=None, shared=False):
         self.argv = argv
+        self.killed = False
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   env=env, text=True)
         _procs.append(self.p)
+        scope = _scopes[0] if shared else _scopes[-1]
+        if not any(x is self for x in scope):
+            scope.append(self)
         self.out, self.err = [], []
         self._cv = threading.Condition()
         self._threads = []
@@ -79,8 +124,9 @@ class Proc:
         with self._cv:
             self._cv.notify_all()
 
-    def wait_line(self, pattern, stream="err", timeout=10):
-        """Waits for a line matching the regex; returns the match."""
+    def wait_line(self, pattern, stream="err", timeout=WAIT):
+        """Waits (bounded) for a line matching the regex; returns the match. Fails at once if the process ended
+        without writing one."""
         rx = re.compile(pattern)
         lines = self.err if stream == "err" else self.out
         deadline = time.time() + timeout
@@ -91,32 +137,62 @@ class Proc:
                     if m:
                         return m
                 left = deadline - time.time()
-                if left <= 0 or self.p.poll() is not None and not self._pending(lines):
-                    raise AssertionError("no line matching %r from %s; stderr:\n%s\nstdout:\n%s" % (
-                        pattern, self.argv[0], "\n".join(self.err[-20:]), "\n".join(self.out[-20:])))
+                if left <= 0 or self.p.poll() is not None and not any(t.is_alive() for t in self._threads):
+                    raise AssertionError("no line matching %r from %s within %d s; stderr:\n%s\nstdout:\n%s" % (
+                        pattern, self.argv[0], timeout, "\n".join(self.err[-20:]), "\n".join(self.out[-20:])))
                 self._cv.wait(min(left, 0.1))
 
-    def _pending(self, lines):
-        return False
+    def lines(self, pattern, stream="err"):
+        """Every line so far matching the regex."""
+        rx = re.compile(pattern)
+        with self._cv:
+            return [ln for ln in (self.err if stream == "err" else self.out) if rx.search(ln)]
 
     def signal(self, sig):
         self.p.send_signal(sig)
 
-    def wait(self, timeout=15):
-        rc = self.p.wait(timeout=timeout)
+    def wait(self, timeout=WAIT):
+        """Waits (bounded) for the exit; returns the exit code (fails when it did not come)."""
+        try:
+            rc = self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("%s did not exit within %d s; stderr:\n%s" % (
+                self.argv[0], timeout, "\n".join(self.err[-20:])))
         self._join_output()
         return rc
 
-    def stop(self):
+    def stop(self, timeout=WAIT):
+        """SIGTERM, then waits (bounded; SIGKILL after timeout s); returns the exit code. Idempotent."""
         if self.p.poll() is None:
             self.p.terminate()
             try:
-                self.p.wait(timeout=10)
+                self.p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()
+                self.err.append("harness: no exit within %d s of SIGTERM, killed" % timeout)
         self._join_output()
         return self.p.returncode
+
+    def describe(self):
+        return " ".join(self.argv[1:])[:100]
+
+    def end(self):
+        return self.stop()
+
+
+def _end_procs(scope):
+    """Stops what the scope still runs (newest first: a load before the gateway it goes through, a gateway
+    before the sinks it was started for) and returns a message for every exit-checked process that did not
+    exit 0."""
+    bad = []
+    for p in reversed(scope):
+        rc = p.end()
+        if p.exit_checked and not p.killed and rc != 0:
+            bad.append("%s (%s) exited %s, expected 0 after SIGTERM (a crash, a sanitizer report, or no exit in "
+                       "time); stderr tail:\n      %s" % (os.path.basename(p.argv[0]), p.describe(), rc,
+                                                       "\n      ".join(p.err[-15:])))
+    return bad
 
 
 def write_config(text, name="gw.yaml"):
@@ -192,20 +268,23 @@ def fresh(path):
 
 
 class Gateway(Proc):
-    def __init__(self, config_text, name="gw.yaml"):
+    exit_checked = True
+
+    def __init__(self, config_text, name="gw.yaml", shared=False):
         self.config_path = write_config(config_text, name)
-        super().__init__([args().gateway, "--config", self.config_path])
+        super().__init__([args().gateway, "--config", self.config_path], shared=shared)
         self.port = int(self.wait_line(r"msg=listening server=ingest addr=127\.0\.0\.1:(\d+)").group(1))
         self.telemetry_port = int(self.wait_line(r"msg=listening server=telemetry addr=127\.0\.0\.1:(\d+)").group(1))
         if DEAD_BACKEND_HEALTH in config_text:
             self.wait_not_ready()
 
-    def wait_not_ready(self, timeout=5):
+    def describe(self):
+        return os.path.basename(self.config_path)
+
+    def wait_not_ready(self, timeout=WAIT):
         """Waits (bounded) until /readyz says no backend is up."""
-        deadline = time.time() + timeout
-        while http_request(self.telemetry_port, "GET", "/readyz")[0] != 503:
-            assert time.time() < deadline, "the dead backend was not taken out of the ring"
-            time.sleep(0.02)
+        wait_until(lambda: http_request(self.telemetry_port, "GET", "/readyz")[0], lambda st: st == 503, timeout,
+                   "/readyz status (the dead backend taken out of the ring)")
 
     def metrics(self):
         st, _, body = http_request(self.telemetry_port, "GET", "/metrics")
@@ -213,10 +292,12 @@ class Gateway(Proc):
         return body.decode()
 
     def metric(self, name_and_labels):
-        for ln in self.metrics().splitlines():
-            if ln.startswith(name_and_labels + " "):
-                return float(ln.split()[-1])
-        return 0.0
+        """The sample's value; a series /metrics does not have fails the test (a misspelt or vanished metric
+        must not read as 0). metric_or_none is for the checks that a series is gone."""
+        v = self.metric_or_none(name_and_labels)
+        if v is None:
+            raise AssertionError("no series %s in /metrics" % name_and_labels)
+        return v
 
     def metric_or_none(self, name_and_labels):
         """The sample's value, or None when /metrics has no such series."""
@@ -226,17 +307,27 @@ class Gateway(Proc):
         return None
 
     def metric_sum(self, name):
-        """Sum of every series of the metric name (all label sets)."""
-        total = 0.0
+        """Sum of every series of the metric name (all label sets); a name with no series at all fails."""
+        total, found = 0.0, False
         for ln in self.metrics().splitlines():
             if ln.startswith(name + "{") or ln.startswith(name + " "):
                 total += float(ln.split()[-1])
+                found = True
+        if not found:
+            raise AssertionError("no series of %s in /metrics" % name)
         return total
 
-    def wait_metric(self, name_and_labels, pred, timeout=10, what=None):
+    def wait_metric(self, name_and_labels, pred, timeout=WAIT, what=None):
         """Polls the sample until pred(value) holds (a missing series reads as None); returns the value."""
         return wait_until(lambda: self.metric_or_none(name_and_labels), pred, timeout,
                           what or name_and_labels)
+
+    def wait_more(self, name_and_labels, n, timeout=WAIT, what=None):
+        """Waits (bounded) until the sample has grown by n from its value now; returns the new value. A series
+        not there yet (a status code never answered so far) counts from 0 and must appear."""
+        base = self.metric_or_none(name_and_labels) or 0
+        return self.wait_metric(name_and_labels, lambda v: v is not None and v >= base + n, timeout,
+                                what or "%s (%d, waiting for +%d)" % (name_and_labels, base, n))
 
     def rss_mib(self):
         """Resident set size (VmRSS) of the running gateway in MiB."""
@@ -247,12 +338,23 @@ class Gateway(Proc):
         raise AssertionError("no VmRSS for pid %d" % self.p.pid)
 
 
+def wait_drained(g, timeout=WAIT):
+    """Waits (bounded) until the gateway has nothing queued for any backend."""
+    wait_until(lambda: g.metric_sum("otlp_gateway_backend_queue_bytes"), lambda v: v == 0, timeout,
+               "sum of otlp_gateway_backend_queue_bytes")
+
+
 class Sink(Proc):
-    def __init__(self, *extra, listen="127.0.0.1:0"):
+    exit_checked = True
+
+    def __init__(self, *extra, listen="127.0.0.1:0", shared=False):
         self.extra = list(extra)
         self.host = listen.rsplit(":", 1)[0]
-        super().__init__([args().sink, "--listen", listen] + self.extra)
+        super().__init__([args().sink, "--listen", listen] + self.extra, shared=shared)
         self.port = int(self.wait_line(r"listening on %s:(\d+)" % re.escape(self.host), stream="out").group(1))
+
+    def describe(self):
+        return self.endpoint
 
     @property
     def endpoint(self):
@@ -271,7 +373,8 @@ class Sink(Proc):
         return json.loads(body)
 
     def kill(self):
-        """kill -9: no answer, no flush beyond what the sink already wrote."""
+        """kill -9: no answer, no flush beyond what the sink already wrote (its exit code is not checked)."""
+        self.killed = True
         self.p.kill()
         self.p.wait()
         self._join_output()
@@ -284,19 +387,50 @@ class Sink(Proc):
         self.wait_line(r"listening on %s:%d" % (re.escape(self.host), self.port), stream="out")
 
 
+class Pool:
+    """n otlp-sinks (or one per listen address), each recording the traces it receives into its own file
+    (--trace-file) and, with logs=True, the trace IDs of its log records (--log-file); extra flags go to every
+    sink."""
+
+    def __init__(self, name, n=3, listens=None, logs=False, extra=()):
+        listens = listens or ["127.0.0.1:0"] * n
+        self.files = [fresh(os.path.join(TMP, "%s.sink%d.traces.txt" % (name, i))) for i in range(len(listens))]
+        self.log_files = [fresh(os.path.join(TMP, "%s.sink%d.logs.txt" % (name, i))) for i in range(len(listens))]
+        self.sinks = [Sink("--trace-file", f, *(("--log-file", lf) if logs else ()), *extra, listen=a)
+                      for f, lf, a in zip(self.files, self.log_files, listens)]
+
+    @property
+    def endpoints(self):
+        return [s.endpoint for s in self.sinks]
+
+    def traces(self):
+        """Counter trace -> spans, per sink."""
+        return [read_traces(f) for f in self.files]
+
+    def distinct(self, i):
+        """Distinct traces sink i has received so far."""
+        return len(read_traces(self.files[i]))
+
+    def items(self, signal):
+        """Items (spans, log records, data points) of the signal each sink counted."""
+        return [s.stats()[signal]["items"] for s in self.sinks]
+
+    def stop(self):
+        for s in self.sinks:
+            s.stop()
+
+
 def run_load(url, *extra, timeout=120):
     """Runs otlp-load to completion; returns (RESULT dict, full stdout)."""
-    cp = subprocess.run([args().load, "--url", url, "--quiet"] + list(extra), capture_output=True, text=True,
-                        timeout=timeout)
+    try:
+        cp = subprocess.run([args().load, "--url", url, "--quiet"] + list(extra), capture_output=True, text=True,
+                            timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("otlp-load %s did not finish within %d s" % (" ".join(extra), timeout))
     assert cp.returncode == 0, "otlp-load failed (%d): %s %s" % (cp.returncode, cp.stdout, cp.stderr)
-    for ln in cp.stdout.splitlines():
-        if ln.startswith("RESULT "):
-            res = {}
-            for kv in ln[7:].split():
-                k, v = kv.split("=", 1)
-                res[k] = float(v) if re.match(r"^-?[\d.]+(e[-+]?\d+)?$", v) else v
-            return res, cp.stdout
-    raise AssertionError("no RESULT line from otlp-load: " + cp.stdout + cp.stderr)
+    res = parse_result(cp.stdout)
+    assert res is not None, "no RESULT line from otlp-load: " + cp.stdout + cp.stderr
+    return res, cp.stdout
 
 
 def parse_result(stdout):
@@ -312,39 +446,95 @@ def parse_result(stdout):
 
 
 class BackgroundLoad:
-    """otlp-load running while the test does other things. t0 is its start; at(t) sleeps until t0 + t;
-    result() waits for the end and returns the RESULT dict."""
+    """otlp-load running while the test does other things: until its --requests/--duration budget is spent
+    (result() waits for that) or until the test has seen the events it needed (stop(): SIGTERM, which
+    otlp-load answers with its RESULT line; requests in flight then are aborted, neither ok nor errors)."""
+
+    exit_checked = False
 
     def __init__(self, url, *extra):
         self.argv = [args().load, "--url", url, "--quiet"] + list(extra)
         self.p = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         _procs.append(self.p)
-        self.t0 = time.time()
+        _scopes[-1].append(self)  # a test that fails half-way does not leave its load running
 
-    def at(self, t):
-        left = self.t0 + t - time.time()
-        if left > 0:
-            time.sleep(left)
+    def end(self):
+        """At the end of the owning test: SIGTERM (then SIGKILL) if still running; nothing asserted."""
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.communicate(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.communicate()
+        return self.p.returncode
 
-    def result(self, timeout=60):
-        out, err = self.p.communicate(timeout=timeout)
+    def running(self):
+        return self.p.poll() is None
+
+    def result(self, timeout=120):
+        try:
+            out, err = self.p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("otlp-load did not finish within %d s: %s" % (timeout, " ".join(self.argv[1:])))
         assert self.p.returncode == 0, "otlp-load failed (%d): %s %s" % (self.p.returncode, out, err)
         res = parse_result(out)
         assert res is not None, "no RESULT line from otlp-load: " + out + err
         return res
 
+    def stop(self, timeout=WAIT):
+        """Ends the load now; returns its RESULT dict."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        return self.result(timeout)
 
-def read_traces(path):
-    """Counter trace_id -> spans from a trace file of otlp-sink or otlp-load ("<hex> <count>" lines)."""
+
+def read_traces(path, strict=False):
+    """Counter trace_id -> spans from a trace file of otlp-sink, otlp-load or the interop app ("<hex> <count>"
+    lines). A line being written by a live process may be incomplete and is skipped; strict=True (a file whose
+    writer has exited) asserts every line is a 32-hex-digit nonzero trace ID and a count."""
     c = collections.Counter()
     if os.path.exists(path):
         with open(path) as f:
             for ln in f:
                 parts = ln.split()
-                if len(parts) == 2:  # a line being written by a live process may be incomplete
+                if strict:
+                    assert len(parts) == 2 and re.fullmatch(r"[0-9a-f]{32}", parts[0]) and int(parts[0], 16), ln
+                if len(parts) == 2:
                     c[parts[0]] += int(parts[1])
     return c
+
+
+def delivery(acked, per_sink):
+    """What was acknowledged (or created: Counter trace -> spans) against what each sink got (a list of such
+    Counters): spans both ways, lost (acknowledged spans missing), duplicates (spans beyond the acknowledged),
+    unknown traces (at a sink, never acknowledged), split traces (on more than one sink), spans per sink and
+    where each trace is (trace -> set of sink indexes)."""
+    delivered, where = collections.Counter(), collections.defaultdict(set)
+    for i, c in enumerate(per_sink):
+        delivered.update(c)
+        for t in c:
+            where[t].add(i)
+    return {
+        "acked_spans": sum(acked.values()), "acked_traces": len(acked), "delivered_spans": sum(delivered.values()),
+        "lost": sum(max(0, n - delivered.get(t, 0)) for t, n in acked.items()),
+        "duplicates": sum(max(0, n - acked.get(t, 0)) for t, n in delivered.items()),
+        "unknown_traces": len(set(delivered) - set(acked)),
+        "split": sum(1 for s in where.values() if len(s) > 1),
+        "per_sink": [sum(c.values()) for c in per_sink], "where": where,
+    }
+
+
+def settled_delivery(acked, sink_files, timeout=WAIT):
+    """delivery() of acked against the sinks' trace files, read again (bounded) while spans are missing: a
+    request may still be on its way to a sink when the gateway's queue metric reads 0. The caller asserts."""
+    deadline = time.time() + timeout
+    while True:
+        d = delivery(acked, [read_traces(f) for f in sink_files])
+        if d["lost"] == 0 or time.time() >= deadline:
+            return d
+        time.sleep(0.1)
 
 
 def wait_until(get, pred, timeout, what):
@@ -359,12 +549,24 @@ def wait_until(get, pred, timeout, what):
         time.sleep(0.05)
 
 
+def free_ports(n, host="127.0.0.1"):
+    """n distinct TCP ports on host that were free a moment ago."""
+    out = []
+    for _ in range(100 * n):
+        p = free_port(host)
+        if p not in out:
+            out.append(p)
+        if len(out) == n:
+            return out
+    raise AssertionError("no %d distinct free ports on %s" % (n, host))
+
+
 # ---- raw HTTP/1.1 -------------------------------------------------------------------------------------
 
 class Conn:
     """A raw client connection that can send arbitrary bytes and read responses one by one."""
 
-    def __init__(self, port, timeout=5, host="127.0.0.1"):
+    def __init__(self, port, timeout=WAIT, host="127.0.0.1"):
         self.s = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
 
@@ -396,7 +598,11 @@ class Conn:
         body, self.buf = self.buf[:n], self.buf[n:]
         return status, headers, body
 
-    def closed_by_peer(self, timeout=5):
+    def answered(self):
+        """True when the server has sent something (or closed) by now: a look that neither waits nor consumes."""
+        return bool(self.buf) or bool(select.select([self.s], [], [], 0)[0])
+
+    def closed_by_peer(self, timeout=WAIT):
         """True when the server closes the connection within timeout (EOF or reset)."""
         self.s.settimeout(timeout)
         try:
@@ -473,11 +679,12 @@ def kv_string(key, value):
     return field(1, 2, key.encode()) + field(2, 2, field(1, 2, value.encode()))
 
 
-def trace_request(n_spans=3, n_traces=1, service="svc"):
-    """An ExportTraceServiceRequest: one resource, one scope, n_spans spans over n_traces traces."""
+def trace_request(n_spans=3, n_traces=1, service="svc", first_trace=1):
+    """An ExportTraceServiceRequest: one resource, one scope, n_spans spans over n_traces traces (trace IDs: 16
+    times the byte first_trace, first_trace + 1, ...)."""
     spans = b""
     for i in range(n_spans):
-        tid = bytes([1 + i % n_traces]) * 16
+        tid = bytes([first_trace + i % n_traces]) * 16
         span = field(1, 2, tid) + field(2, 2, bytes([i + 1]) * 8) + field(5, 2, b"op")
         spans += field(2, 2, span)
     scope = field(1, 2, field(1, 2, b"scope"))
@@ -532,31 +739,70 @@ def gz(data):
 
 # ---- runner -------------------------------------------------------------------------------------------
 
-def run_tests(namespace):
+def _run_one(name, fn):
+    """Runs fn as the test name, owning the processes it starts; returns "ok", "fail" or "skip"."""
+    t0 = time.time()
+    _scopes.append([])
+    outcome, detail = "ok", ""
+    try:
+        fn()
+    except Skipped as e:
+        outcome, detail = "skip", str(e)
+    except Exception:
+        outcome, detail = "fail", traceback.format_exc()
+    finally:
+        bad = _end_procs(_scopes.pop())
+    if bad:
+        outcome = "fail"
+        detail += "".join("  %s\n" % b for b in bad)
+    if outcome == "skip" and in_ci():
+        outcome, detail = "fail", "skipped, and under CI=true a skip is a failure: %s\n" % detail
+    if outcome == "ok":
+        print("ok   %s (%.2fs)" % (name, time.time() - t0), flush=True)
+    elif outcome == "skip":
+        print("SKIP %s: %s" % (name, detail), flush=True)
+    else:
+        print("FAIL %s\n%s" % (name, detail.rstrip("\n")), flush=True)
+    return outcome
+
+
+def run_tests(namespace, setup=None):
+    """Runs the script's test_* functions (after setup(), when given: a skip or failure there ends the script)
+    and exits: 1 if anything failed, SKIP_RC if something was skipped, else 0."""
     a = args()
 
     def on_alarm(*_):
-        print("watchdog: test script exceeded %d s" % a.timeout, flush=True)
+        print("watchdog: test script exceeded %d s (--timeout)" % a.timeout, flush=True)
         _cleanup()
         os._exit(3)
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(a.timeout)
-    only = os.environ.get("ONLY")
-    passed = failed = 0
-    for name, fn in list(namespace.items()):
-        if not name.startswith("test_") or not callable(fn) or (only and only != name):
-            continue
-        t0 = time.time()
-        try:
-            fn()
-            passed += 1
-            print("ok   %s (%.2fs)" % (name, time.time() - t0), flush=True)
-        except Exception:
-            failed += 1
-            print("FAIL %s" % name, flush=True)
-            traceback.print_exc()
-            sys.stdout.flush()
+    tests = [(n, fn) for n, fn in namespace.items() if n.startswith("test_") and callable(fn)]
+    only = [n.strip() for n in os.environ.get("ONLY", "").split(",") if n.strip()]
+    if only:
+        unknown = [n for n in only if n not in dict(tests)]
+        if unknown:
+            print("ONLY=%s: no test named %s in %s (tests: %s)" % (os.environ["ONLY"], ", ".join(unknown),
+                  os.path.basename(sys.argv[0]), ", ".join(n for n, _ in tests)), flush=True)
+            _cleanup()
+            sys.exit(1)
+        tests = [(n, fn) for n, fn in tests if n in only]
+    if not tests:
+        print("no test_* function in %s" % os.path.basename(sys.argv[0]), flush=True)
+        sys.exit(1)
+    counts = collections.Counter()
+    if setup is not None:
+        outcome = _run_one("setup", setup)
+        if outcome != "ok":
+            counts[outcome] += 1
+            tests = []
+    for name, fn in tests:
+        counts[_run_one(name, fn)] += 1
+    bad = _end_procs(_scopes[0])  # shared processes
+    if bad:
+        counts["fail"] += 1
+        print("FAIL processes shared by the tests\n%s" % "".join("  %s\n" % b for b in bad).rstrip("\n"), flush=True)
     _cleanup()
-    print("%d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    print("%d passed, %d failed, %d skipped" % (counts["ok"], counts["fail"], counts["skip"]), flush=True)
+    sys.exit(1 if counts["fail"] else SKIP_RC if counts["skip"] else 0)

@@ -6,13 +6,11 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 
-from harness import TMP, Gateway, Proc, Sink, gateway_config, run_load, run_tests
+from harness import TMP, WAIT, Gateway, Pool, Proc, Sink, free_port, gateway_config, run_load, run_tests, wait_until
 
 DEPS_HINT = "run scripts/deps.sh --tests (CI installs the Debian package `prometheus`)"
 
@@ -47,30 +45,17 @@ def parse_metrics(text):
 
 
 def total(samples, name, **want):
-    """Sum of every sample of `name` whose labels include all of `want`."""
-    return sum(v for n, l, v in samples if n == name and all(l.get(k) == x for k, x in want.items()))
+    """Sum of every sample of `name` whose labels include all of `want`; no such sample at all fails (a misspelt
+    or vanished metric must not read as 0)."""
+    vals = [v for n, l, v in samples if n == name and all(l.get(k) == x for k, x in want.items())]
+    if not vals:
+        raise AssertionError("no sample of %s%s in the scrape" % (name, want or ""))
+    return sum(vals)
 
 
-def wait_until(what, check, timeout=10, interval=0.1):
+def poll(what, check, timeout=WAIT):
     """Polls check() -> (ok, detail) until ok, bounded; fails with the last detail."""
-    deadline = time.time() + timeout
-    while True:
-        ok, detail = check()
-        if ok:
-            return detail
-        if time.time() >= deadline:
-            raise AssertionError("%s (after %ds): %s" % (what, timeout, detail))
-        time.sleep(interval)
-
-
-class Pool:
-    def __init__(self, n=3, *extra):
-        self.sinks = [Sink(*extra) for _ in range(n)]
-        self.endpoints = ["http://127.0.0.1:%d" % s.port for s in self.sinks]
-
-    def stop(self):
-        for s in self.sinks:
-            s.stop()
+    return wait_until(check, lambda r: r[0], timeout, what)[1]
 
 
 def url(g):
@@ -87,100 +72,81 @@ def test_promtool_check_metrics_on_live_scrape():
                         capture_output=True, text=True, timeout=20)
     assert cp.returncode != 0 and "_total" in cp.stdout + cp.stderr, (cp.returncode, cp.stdout, cp.stderr)
 
-    pool = Pool(3)
+    pool = Pool("lint")
     g = Gateway(gateway_config(backends=pool.endpoints), name="lint.yaml")
-    try:
-        for sig in ("traces", "logs", "metrics"):
-            res, out = run_load(url(g), "--signal", sig, "--requests", "200", "--spans", "20", "--connections", "4")
-            assert res["ok"] == 200, out
-        text = g.metrics()
-        s = parse_metrics(text)
-        # the scrape has the series that matter for the lint: per-backend counters and histograms with data
-        for e in pool.endpoints:
-            assert total(s, P + "backend_items_total", backend=e, signal="traces") > 0, e
-            assert total(s, P + "backend_request_duration_seconds_count", backend=e) > 0, e
-            assert total(s, P + "backend_request_duration_seconds_bucket", backend=e, le="+Inf") > 0, e
-        assert total(s, P + "request_duration_seconds_count") >= 600
-        with open(os.path.join(TMP, "scrape.txt"), "w") as f:
-            f.write(text)
-        cp = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
-        assert cp.returncode == 0 and not cp.stdout.strip() and not cp.stderr.strip(), (
-            "promtool check metrics exited %d (scrape saved in %s)\nstdout:\n%s\nstderr:\n%s"
-            % (cp.returncode, os.path.join(TMP, "scrape.txt"), cp.stdout, cp.stderr))
-    finally:
-        rc = g.stop()
-        pool.stop()
-    assert rc == 0, "gateway exited %s on SIGTERM:\n%s" % (rc, "\n".join(g.err[-20:]))
+    for sig in ("traces", "logs", "metrics"):
+        res, out = run_load(url(g), "--signal", sig, "--requests", "200", "--spans", "20", "--connections", "4")
+        assert res["ok"] == 200, out
+    text = g.metrics()
+    s = parse_metrics(text)
+    # the scrape has the series that matter for the lint: per-backend counters and histograms with data
+    for e in pool.endpoints:
+        assert total(s, P + "backend_items_total", backend=e, signal="traces") > 0, e
+        assert total(s, P + "backend_request_duration_seconds_count", backend=e) > 0, e
+        assert total(s, P + "backend_request_duration_seconds_bucket", backend=e, le="+Inf") > 0, e
+    assert total(s, P + "request_duration_seconds_count") >= 600
+    with open(os.path.join(TMP, "scrape.txt"), "w") as f:
+        f.write(text)
+    cp = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0 and not cp.stdout.strip() and not cp.stderr.strip(), (
+        "promtool check metrics exited %d (scrape saved in %s)\nstdout:\n%s\nstderr:\n%s"
+        % (cp.returncode, os.path.join(TMP, "scrape.txt"), cp.stdout, cp.stderr))
 
 
 def test_counters_add_up_after_known_load():
     n, spans, k = 300, 50, 7  # n accepted requests through three sinks, k through a rejecting backend
-    pool = Pool(3)
+    pool = Pool("sum")
     bad = Sink("--status", "400")
     g = Gateway(gateway_config(backends=pool.endpoints), name="sum.yaml")
     gb = Gateway(gateway_config(backends=["http://127.0.0.1:%d" % bad.port]), name="sumbad.yaml")
-    try:
-        res, out = run_load(url(g), "--requests", str(n), "--spans", str(spans), "--traces", "10",
-                            "--connections", "8")
-        assert res["ok"] == n and res["spans_acked"] == n * spans, out
-        res, out = run_load(url(gb), "--requests", str(k), "--spans", str(spans), "--connections", "2")
-        assert res["ok"] == k, out  # 200 with partial_success
+    res, out = run_load(url(g), "--requests", str(n), "--spans", str(spans), "--traces", "10",
+                        "--connections", "8")
+    assert res["ok"] == n and res["spans_acked"] == n * spans, out
+    res, out = run_load(url(gb), "--requests", str(k), "--spans", str(spans), "--connections", "2")
+    assert res["ok"] == k, out  # 200 with partial_success
 
-        def main_gateway():
-            s = parse_metrics(g.metrics())
-            stats = [x.stats() for x in pool.sinks]
-            received = total(s, P + "received_items_total", signal="traces")
-            delivered = {e: total(s, P + "backend_items_total", backend=e, signal="traces") for e in pool.endpoints}
-            dropped = total(s, P + "dropped_items_total", signal="traces")
-            ok_requests = total(s, P + "requests_total", signal="traces", code="200")
-            success = [total(s, P + "backend_requests_total", backend=e, outcome="success") for e in pool.endpoints]
-            sink_requests = [st["traces"]["requests"] for st in stats]
-            sink_items = [st["traces"]["items"] for st in stats]
-            other = {o: total(s, P + "backend_requests_total", outcome=o) for o in ("retryable", "rejected", "error")}
-            detail = dict(received=received, delivered=delivered, dropped=dropped, ok_requests=ok_requests,
-                          success=success, sink_requests=sink_requests, sink_items=sink_items, other=other)
-            ok = (received == n * spans == sum(delivered.values()) + dropped and dropped == 0
-                  and ok_requests == n and success == sink_requests
-                  and [delivered[e] for e in pool.endpoints] == sink_items
-                  and all(v == 0 for v in other.values()))
-            return ok, detail
+    def main_gateway():
+        s = parse_metrics(g.metrics())
+        stats = [x.stats() for x in pool.sinks]
+        received = total(s, P + "received_items_total", signal="traces")
+        delivered = {e: total(s, P + "backend_items_total", backend=e, signal="traces") for e in pool.endpoints}
+        dropped = total(s, P + "dropped_items_total", signal="traces")
+        ok_requests = total(s, P + "requests_total", signal="traces", code="200")
+        success = [total(s, P + "backend_requests_total", backend=e, outcome="success") for e in pool.endpoints]
+        sink_requests = [st["traces"]["requests"] for st in stats]
+        sink_items = [st["traces"]["items"] for st in stats]
+        other = {o: total(s, P + "backend_requests_total", outcome=o) for o in ("retryable", "rejected", "error")}
+        detail = dict(received=received, delivered=delivered, dropped=dropped, ok_requests=ok_requests,
+                      success=success, sink_requests=sink_requests, sink_items=sink_items, other=other)
+        ok = (received == n * spans == sum(delivered.values()) + dropped and dropped == 0
+              and ok_requests == n and success == sink_requests
+              and [delivered[e] for e in pool.endpoints] == sink_items
+              and all(v == 0 for v in other.values()))
+        return ok, detail
 
-        d = wait_until("counters of the gateway in front of three sinks", main_gateway, timeout=5)
-        print("    received %d = delivered %s + dropped %d; backend successes %s = sink requests"
-              % (d["received"], [int(v) for v in d["delivered"].values()], d["dropped"], [int(v) for v in d["success"]]))
+    d = poll("counters of the gateway in front of three sinks", main_gateway)
+    print("    received %d = delivered %s + dropped %d; backend successes %s = sink requests"
+          % (d["received"], [int(v) for v in d["delivered"].values()], d["dropped"], [int(v) for v in d["success"]]))
 
-        def rejecting_gateway():
-            s = parse_metrics(gb.metrics())
-            e = "http://127.0.0.1:%d" % bad.port
-            st = bad.stats()
-            received = total(s, P + "received_items_total", signal="traces")
-            delivered = total(s, P + "backend_items_total", signal="traces")
-            dropped = total(s, P + "dropped_items_total", signal="traces")
-            rejected_items = total(s, P + "dropped_items_total", signal="traces", reason="rejected")
-            ok_requests = total(s, P + "requests_total", signal="traces", code="200")
-            rejected = total(s, P + "backend_requests_total", backend=e, outcome="rejected")
-            success = total(s, P + "backend_requests_total", backend=e, outcome="success")
-            detail = dict(received=received, delivered=delivered, dropped=dropped, rejected_items=rejected_items,
-                          ok_requests=ok_requests, backend_rejected=rejected, backend_success=success, sink=st)
-            ok = (received == k * spans == delivered + dropped and delivered == 0 and rejected_items == k * spans
-                  and ok_requests == k and success == st["traces"]["requests"] == 0
-                  and rejected == st["rejected"] == k)
-            return ok, detail
+    def rejecting_gateway():
+        s = parse_metrics(gb.metrics())
+        e = "http://127.0.0.1:%d" % bad.port
+        st = bad.stats()
+        received = total(s, P + "received_items_total", signal="traces")
+        delivered = total(s, P + "backend_items_total", signal="traces")
+        dropped = total(s, P + "dropped_items_total", signal="traces")
+        rejected_items = total(s, P + "dropped_items_total", signal="traces", reason="rejected")
+        ok_requests = total(s, P + "requests_total", signal="traces", code="200")
+        rejected = total(s, P + "backend_requests_total", backend=e, outcome="rejected")
+        success = total(s, P + "backend_requests_total", backend=e, outcome="success")
+        detail = dict(received=received, delivered=delivered, dropped=dropped, rejected_items=rejected_items,
+                      ok_requests=ok_requests, backend_rejected=rejected, backend_success=success, sink=st)
+        ok = (received == k * spans == delivered + dropped and delivered == 0 and rejected_items == k * spans
+              and ok_requests == k and success == st["traces"]["requests"] == 0
+              and rejected == st["rejected"] == k)
+        return ok, detail
 
-        wait_until("counters of the gateway in front of a rejecting sink", rejecting_gateway, timeout=5)
-    finally:
-        rcs = [g.stop(), gb.stop()]
-        pool.stop()
-        bad.stop()
-    assert rcs == [0, 0], "gateways exited %s on SIGTERM:\n%s" % (rcs, "\n".join(g.err[-20:] + gb.err[-20:]))
-
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    poll("counters of the gateway in front of a rejecting sink", rejecting_gateway)
 
 
 def prom_query(port, expr):
@@ -202,7 +168,7 @@ def prom_targets(port):
 
 def test_real_prometheus_scrapes_the_gateway():
     prometheus = need("prometheus")
-    pool = Pool(3)
+    pool = Pool("prom")
     g = Gateway(gateway_config(backends=pool.endpoints), name="prom.yaml")
     target = "127.0.0.1:%d" % g.telemetry_port
     tsdb = os.path.join(TMP, "prom-tsdb")
@@ -224,7 +190,7 @@ def test_real_prometheus_scrapes_the_gateway():
             vals = [x["value"][1] for x in r if x["metric"].get("instance") == target]
             return vals == ["1"], dict(result=r, targets=prom_targets(port))
 
-        wait_until("prometheus reports up == 1 for %s" % target, up, timeout=30, interval=0.25)
+        poll("prometheus reports up == 1 for %s" % target, up, timeout=2 * WAIT)
         n, spans = 100, 20
         res, out = run_load(url(g), "--requests", str(n), "--spans", str(spans), "--connections", "4")
         assert res["ok"] == n, out
@@ -234,17 +200,13 @@ def test_real_prometheus_scrapes_the_gateway():
             vals = [float(x["value"][1]) for x in r]
             return vals == [n * spans], dict(result=r, targets=prom_targets(port))
 
-        wait_until("prometheus sees otlp_gateway_received_items_total == %d" % (n * spans), received, timeout=20,
-                   interval=0.25)
+        poll("prometheus sees otlp_gateway_received_items_total == %d" % (n * spans), received, timeout=2 * WAIT)
         # a histogram and a per-backend series made it through Prometheus' own parser as well
         r = prom_query(port, 'count(otlp_gateway_backend_request_duration_seconds_bucket{le="+Inf"} > 0)')
         assert r and float(r[0]["value"][1]) == 3, r
     finally:
         rc = prom.stop()
-        grc = g.stop()
-        pool.stop()
         shutil.rmtree(tsdb, ignore_errors=True)
-    assert grc == 0, "gateway exited %s on SIGTERM:\n%s" % (grc, "\n".join(g.err[-20:]))
     assert rc == 0, "prometheus exited %s on SIGTERM:\n%s" % (rc, "\n".join(prom.err[-20:]))
 
 

@@ -5,58 +5,21 @@ import collections
 import contextlib
 import os
 import re
-import time
 
-from harness import (TMP, Gateway, Sink, gateway_config, http_request, parse_fields, run_load, run_tests,
-                     trace_request)
+from harness import (TMP, Gateway, Pool, Sink, delivery, fresh, gateway_config, http_request, parse_fields, read_traces,
+                     run_load, run_tests, trace_request)
 
 PB = {"Content-Type": "application/x-protobuf"}
 
 
-def read_traces(path):
-    c = collections.Counter()
-    if os.path.exists(path):
-        with open(path) as f:
-            for ln in f:
-                t, n = ln.split()
-                c[t] += int(n)
-    return c
-
-
-class Pool:
-    """Three sinks recording trace IDs into their own files."""
-
-    def __init__(self, name, n=3, *extra):
-        self.files = [os.path.join(TMP, "%s.sink%d.txt" % (name, i)) for i in range(n)]
-        for f in self.files:
-            if os.path.exists(f):
-                os.unlink(f)
-        self.sinks = [Sink("--trace-file", f, *extra) for f in self.files]
-        self.endpoints = ["http://127.0.0.1:%d" % s.port for s in self.sinks]
-
-    def traces(self):
-        return [read_traces(f) for f in self.files]
-
-    def stop(self):
-        for s in self.sinks:
-            s.stop()
-
-
 def check_delivery(acked, per_sink, expect_spans=None, share_tolerance=0.10):
     """Every acknowledged span arrived exactly once; every trace on one sink; shares about equal."""
-    owners = collections.defaultdict(list)
-    total = collections.Counter()
-    for i, c in enumerate(per_sink):
-        for t, n in c.items():
-            owners[t].append(i)
-            total[t] += n
-    split = [t for t, o in owners.items() if len(o) > 1]
-    assert not split, "%d traces split across sinks, e.g. %s -> %s" % (len(split), split[0], owners[split[0]])
-    missing = {t: n for t, n in acked.items() if total.get(t, 0) < n}
-    extra = {t: n for t, n in total.items() if n > acked.get(t, 0)}
-    assert not missing, "%d acknowledged traces missing spans" % len(missing)
-    assert not extra, "%d traces with more spans than acknowledged (duplicates)" % len(extra)
-    spans = [sum(c.values()) for c in per_sink]
+    d = delivery(acked, per_sink)
+    assert not d["split"], "%d traces split across sinks" % d["split"]
+    assert not d["lost"], "%d acknowledged spans missing" % d["lost"]
+    assert not d["duplicates"] and not d["unknown_traces"], "%d spans more than acknowledged (duplicates), %d " \
+        "traces never acknowledged" % (d["duplicates"], d["unknown_traces"])
+    spans = d["per_sink"]
     if expect_spans is not None:
         assert sum(spans) == expect_spans, (spans, expect_spans)
     mean = sum(spans) / len(spans)
@@ -67,24 +30,21 @@ def check_delivery(acked, per_sink, expect_spans=None, share_tolerance=0.10):
 
 @contextlib.contextmanager
 def routed(name, extra=""):
-    """A gateway in front of a fresh pool of three recording sinks; everything stops afterwards."""
+    """A gateway in front of a fresh pool of three recording sinks (the harness stops them when the test ends
+    and checks the gateway exits 0)."""
     pool = Pool(name)
     g = Gateway(gateway_config(backends=pool.endpoints, extra=extra), name=name + ".yaml")
-    try:
-        yield pool, g
-    finally:
-        g.stop()
-        pool.stop()
+    yield pool, g
 
 
 def load_and_check(pool, g, name, requests, spans, *load_args, share_tolerance=0.10):
     """Sends requests x spans through g and checks exactly-once, whole-trace delivery; returns the RESULT
     dict, the acknowledged traces and the spans per sink."""
-    acked_file = os.path.join(TMP, name + ".acked.txt")
+    acked_file = fresh(os.path.join(TMP, name + ".acked.txt"))
     res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", str(requests), "--spans", str(spans),
                         "--trace-file", acked_file, *load_args)
     assert res["ok"] == requests and res["spans_acked"] == requests * spans, out
-    acked = read_traces(acked_file)
+    acked = read_traces(acked_file, strict=True)
     per_sink = check_delivery(acked, pool.traces(), expect_spans=requests * spans, share_tolerance=share_tolerance)
     return res, acked, per_sink
 
@@ -148,39 +108,30 @@ def test_two_gateways_route_identically():
     pool = Pool("twin")
     ga = Gateway(gateway_config(backends=pool.endpoints), name="a.yaml")
     gb = Gateway(gateway_config(backends=list(reversed(pool.endpoints))), name="b.yaml")  # other config order
-    try:
-        for g in (ga, gb):  # the same seed: the same trace IDs through both gateways
-            res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "300", "--spans", "50", "--traces", "10",
-                                "--seed", "42")
-            assert res["ok"] == 300, out
-        per_sink = pool.traces()
-        owners = collections.defaultdict(set)
-        for i, c in enumerate(per_sink):
-            for t in c:
-                owners[t].add(i)
-        assert len(owners) == 3000
-        assert all(len(o) == 1 for o in owners.values()), "a trace went to different sinks via the two gateways"
-        assert all(n == 10 for c in per_sink for n in c.values())  # 5 spans per trace, twice
-    finally:
-        ga.stop()
-        gb.stop()
-        pool.stop()
+    for g in (ga, gb):  # the same seed: the same trace IDs through both gateways
+        res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "300", "--spans", "50", "--traces", "10",
+                            "--seed", "42")
+        assert res["ok"] == 300, out
+    per_sink = pool.traces()
+    owners = collections.defaultdict(set)
+    for i, c in enumerate(per_sink):
+        for t in c:
+            owners[t].add(i)
+    assert len(owners) == 3000
+    assert all(len(o) == 1 for o in owners.values()), "a trace went to different sinks via the two gateways"
+    assert all(n == 10 for c in per_sink for n in c.values())  # 5 spans per trace, twice
 
 
 def test_logs_and_metrics_are_routed():
     pool = Pool("signals")
     # backends by name: the pool resolves "localhost" itself
     g = Gateway(gateway_config(backends=[e.replace("127.0.0.1", "localhost") for e in pool.endpoints]))
-    try:
-        for sig in ("logs", "metrics"):
-            res, out = run_load("http://127.0.0.1:%d" % g.port, "--signal", sig, "--requests", "100", "--spans", "20")
-            assert res["ok"] == 100, out
-        stats = [s.stats() for s in pool.sinks]
-        assert sum(st["logs"]["items"] for st in stats) == 100 * 20
-        assert sum(st["metrics"]["requests"] for st in stats) >= 100
-    finally:
-        g.stop()
-        pool.stop()
+    for sig in ("logs", "metrics"):
+        res, out = run_load("http://127.0.0.1:%d" % g.port, "--signal", sig, "--requests", "100", "--spans", "20")
+        assert res["ok"] == 100, out
+    stats = [s.stats() for s in pool.sinks]
+    assert sum(st["logs"]["items"] for st in stats) == 100 * 20
+    assert sum(st["metrics"]["requests"] for st in stats) >= 100
 
 
 def test_metrics_routing_modes_count_data_points():
@@ -190,46 +141,30 @@ def test_metrics_routing_modes_count_data_points():
         pool = Pool("metrics-" + mode)
         cfg = gateway_config(backends=pool.endpoints).replace("backends:\n", "routing:\n  metrics: %s\nbackends:\n" % mode)
         g = Gateway(cfg, name="metrics-%s.yaml" % mode)
-        try:
-            res, out = run_load("http://127.0.0.1:%d" % g.port, "--signal", "metrics", "--requests", "200", "--spans",
-                                "30", "--resources", "3", "--connections", "4")
-            assert res["ok"] == 200, out
-            got = [s.stats()["metrics"]["items"] for s in pool.sinks]
-            print("    routing.metrics=%s: data points per sink %s" % (mode, got))
-            assert sum(got) == 200 * 30, (mode, got)
-            assert g.metric('otlp_gateway_received_items_total{signal="metrics"}') == 200 * 30
-            assert sum(g.metric('otlp_gateway_backend_items_total{backend="%s",signal="metrics"}' % e)
-                       for e in pool.endpoints) == 200 * 30
-            if mode != "service":  # random service.instance.id / many metric names: spread over the pool
-                assert sum(1 for n in got if n) >= 2, (mode, got)
-        finally:
-            g.stop()
-            pool.stop()
+        res, out = run_load("http://127.0.0.1:%d" % g.port, "--signal", "metrics", "--requests", "200", "--spans",
+                            "30", "--resources", "3", "--connections", "4")
+        assert res["ok"] == 200, out
+        got = [s.stats()["metrics"]["items"] for s in pool.sinks]
+        print("    routing.metrics=%s: data points per sink %s" % (mode, got))
+        assert sum(got) == 200 * 30, (mode, got)
+        assert g.metric('otlp_gateway_received_items_total{signal="metrics"}') == 200 * 30
+        assert sum(g.metric('otlp_gateway_backend_items_total{backend="%s",signal="metrics"}' % e)
+                   for e in pool.endpoints) == 200 * 30
+        if mode != "service":  # random service.instance.id / many metric names: spread over the pool
+            assert sum(1 for n in got if n) >= 2, (mode, got)
+        assert g.stop() == 0
+        pool.stop()
 
 
 def test_malformed_protobuf_names_the_offset():
     pool = Pool("bad", 1)
     g = Gateway(gateway_config(backends=pool.endpoints))
-    try:
-        good = trace_request(3, 1)
-        st, h, body = http_request(g.port, "POST", "/v1/traces", good[:-3], PB)
-        assert st == 400, st
-        msg = parse_fields(body)[2][0].decode()
-        assert "byte" in msg, msg
-        assert pool.sinks[0].stats()["traces"]["requests"] == 0  # nothing forwarded
-    finally:
-        g.stop()
-        pool.stop()
-
-
-def wait_metric(g, name, pred, timeout=10):
-    deadline = time.time() + timeout
-    while True:
-        v = g.metric(name)
-        if pred(v):
-            return v
-        assert time.time() < deadline, "%s stayed at %s" % (name, v)
-        time.sleep(0.05)
+    good = trace_request(3, 1)
+    st, h, body = http_request(g.port, "POST", "/v1/traces", good[:-3], PB)
+    assert st == 400, st
+    msg = parse_fields(body)[2][0].decode()
+    assert "byte" in msg, msg
+    assert pool.sinks[0].stats()["traces"]["requests"] == 0  # nothing forwarded
 
 
 def test_retryable_failure_is_queued_and_rejection_gives_partial_success():
@@ -238,22 +173,16 @@ def test_retryable_failure_is_queued_and_rejection_gives_partial_success():
     ep = "http://127.0.0.1:%d" % down.port
     g = Gateway(gateway_config(backends=[ep]), name="down.yaml")
     g2 = Gateway(gateway_config(backends=["http://127.0.0.1:%d" % bad.port]), name="bad.yaml")
-    try:
-        # 503 from the backend: the part goes to its retry queue and the client's data is acknowledged
-        st, h, body = http_request(g.port, "POST", "/v1/traces", trace_request(5, 2), PB)
-        assert st == 200 and body == b"", (st, h, body)
-        wait_metric(g, 'otlp_gateway_retries_total{backend="%s"}' % ep, lambda v: v >= 1)
-        assert g.metric('otlp_gateway_backend_queue_bytes{backend="%s"}' % ep) > 0
-        st, h, body = http_request(g2.port, "POST", "/v1/traces", trace_request(5, 2), PB)
-        assert st == 200, st
-        ps = parse_fields(parse_fields(body)[1][0])
-        assert ps[1][0] == 5 and b"rejected" in ps[2][0], ps
-        assert g2.metric('otlp_gateway_dropped_items_total{signal="traces",reason="rejected"}') == 5
-    finally:
-        g.stop()
-        g2.stop()
-        down.stop()
-        bad.stop()
+    # 503 from the backend: the part goes to its retry queue and the client's data is acknowledged
+    st, h, body = http_request(g.port, "POST", "/v1/traces", trace_request(5, 2), PB)
+    assert st == 200 and body == b"", (st, h, body)
+    g.wait_metric('otlp_gateway_retries_total{backend="%s"}' % ep, lambda v: v >= 1)
+    assert g.metric('otlp_gateway_backend_queue_bytes{backend="%s"}' % ep) > 0
+    st, h, body = http_request(g2.port, "POST", "/v1/traces", trace_request(5, 2), PB)
+    assert st == 200, st
+    ps = parse_fields(parse_fields(body)[1][0])
+    assert ps[1][0] == 5 and b"rejected" in ps[2][0], ps
+    assert g2.metric('otlp_gateway_dropped_items_total{signal="traces",reason="rejected"}') == 5
 
 
 def test_backend_headers_are_sent():
@@ -261,62 +190,56 @@ def test_backend_headers_are_sent():
     ep = "http://127.0.0.1:%d" % sink.port
     with_h = Gateway(gateway_config(backends=[ep], extra='  headers:\n    X-Scope-OrgID: "tenant-1"\n'), name="hdr.yaml")
     without = Gateway(gateway_config(backends=[ep]), name="nohdr.yaml")
-    try:
-        st, h, body = http_request(with_h.port, "POST", "/v1/traces", trace_request(4, 2), PB)
-        assert st == 200 and body == b"", (st, body)
-        # without the header the backend answers 401: it refuses the gateway, not the data, so the part is
-        # kept (queued for retry; re-routed once the backend is ejected), never dropped as rejected
-        st, h, body = http_request(without.port, "POST", "/v1/traces", trace_request(4, 2), PB)
-        assert st == 200 and body == b"", (st, body)
-        without.wait_metric('otlp_gateway_backend_requests_total{backend="%s",outcome="refused"}' % ep,
-                            lambda v: v >= 1)
-        assert without.metric('otlp_gateway_backend_queue_bytes{backend="%s"}' % ep) > 0
-        assert without.metric_or_none('otlp_gateway_dropped_items_total{signal="traces",reason="rejected"}') == 0
-        without.wait_line(r'msg="backend refuses the gateway" backend=%s status=401' % re.escape(ep))
-        assert sink.stats()["traces"]["items"] == 4
-    finally:
-        rcs = (with_h.stop(), without.stop())
-        sink.stop()
-    assert rcs == (0, 0), rcs
+    st, h, body = http_request(with_h.port, "POST", "/v1/traces", trace_request(4, 2), PB)
+    assert st == 200 and body == b"", (st, body)
+    # without the header the backend answers 401: it refuses the gateway, not the data, so the part is
+    # kept (queued for retry; re-routed once the backend is ejected), never dropped as rejected
+    st, h, body = http_request(without.port, "POST", "/v1/traces", trace_request(4, 2), PB)
+    assert st == 200 and body == b"", (st, body)
+    without.wait_metric('otlp_gateway_backend_requests_total{backend="%s",outcome="refused"}' % ep,
+                        lambda v: v >= 1)
+    assert without.metric('otlp_gateway_backend_queue_bytes{backend="%s"}' % ep) > 0
+    assert without.metric('otlp_gateway_dropped_items_total{signal="traces",reason="rejected"}') == 0
+    without.wait_line(r'msg="backend refuses the gateway" backend=%s status=401' % re.escape(ep))
+    assert sink.stats()["traces"]["items"] == 4
 
 
 def test_backend_request_timeout():
     slow = Sink("--delay", "3000")
     ep = "http://127.0.0.1:%d" % slow.port
     g = Gateway(gateway_config(backends=[ep], extra="  request_timeout: 300ms\n"))
-    try:
-        st, h, body = http_request(g.port, "POST", "/v1/traces", trace_request(4, 2), PB)
-        # the sink answers after 3 s: the 300 ms deadline fired first, and the part was queued for retry
-        assert st == 200, st
-        assert g.metric('otlp_gateway_backend_requests_total{backend="%s",outcome="error"}' % ep) >= 1
-        assert slow.stats()["traces"]["items"] >= 4  # it did arrive (the answer was what was late)
-    finally:
-        g.stop()
-        slow.stop()
+    st, h, body = http_request(g.port, "POST", "/v1/traces", trace_request(4, 2), PB)
+    # the sink answers after 3 s: the 300 ms deadline fired first, and the part was queued for retry
+    assert st == 200, st
+    assert g.metric('otlp_gateway_backend_requests_total{backend="%s",outcome="error"}' % ep) >= 1
+    assert slow.stats()["traces"]["items"] >= 4  # it did arrive (the answer was what was late)
 
 
 def test_backend_refusing_connections_is_ejected():
+    """A backend that refuses connections: client requests are acknowledged (their parts queued) until
+    eject_after_failures consecutive failures take it out of the ring; from then on nothing can be queued
+    anywhere: 503."""
     ep = "http://127.0.0.1:9"
     g = Gateway(gateway_config(backends=[ep], extra="  health_check: {interval: 10s, timeout: 1s}\n"))
-    try:
-        got = []
-        for _ in range(20):
-            st, h, body = http_request(g.port, "POST", "/v1/traces", trace_request(5, 2), PB)
-            got.append(st)
-        # acknowledged (queued) until eject_after_failures (5) consecutive refusals (client parts and their
-        # retries both count) take it out of the
-        # ring; from then on nothing can be queued anywhere: 503
-        n_ok = got.index(503) if 503 in got else len(got)
-        assert 2 <= n_ok <= 8 and set(got[n_ok:]) == {503}, got
-        assert g.metric('otlp_gateway_backend_up{backend="%s"}' % ep) == 0
-        assert g.metric('otlp_gateway_backend_queue_bytes{backend="%s"}' % ep) > 0  # kept for when it returns
-        g.wait_line(r'msg="backend down" backend=http://127.0.0.1:9 reason="passive ejection" error=ECONNREFUSED')
-        # one log line for the repeated failure, not one per request (the rest are counted for the next line)
-        assert sum("backend request failed" in ln for ln in g.err) == 1, g.err[-5:]
-        st, _, _ = http_request(g.telemetry_port, "GET", "/readyz")
-        assert st == 503
-    finally:
-        g.stop()
+    got = []
+    while 503 not in got:  # one request at a time until the first 503
+        assert len(got) < 50, ("never ejected", got)
+        got.append(http_request(g.port, "POST", "/v1/traces", trace_request(5, 2), PB)[0])
+    n_ok = len(got) - 1
+    assert n_ok >= 1 and set(got[:n_ok]) == {200}, got
+    # ejected: down, out of the ring, the acknowledged parts kept for when it returns; every request now 503
+    assert g.metric('otlp_gateway_backend_up{backend="%s"}' % ep) == 0
+    assert g.metric("otlp_gateway_ring_backends") == 0
+    assert g.metric('otlp_gateway_backend_queue_bytes{backend="%s"}' % ep) > 0
+    assert g.metric('otlp_gateway_requests_total{signal="traces",code="200"}') == n_ok
+    assert g.metric('otlp_gateway_backend_requests_total{backend="%s",outcome="error"}' % ep) >= 5  # eject_after
+    for _ in range(5):
+        assert http_request(g.port, "POST", "/v1/traces", trace_request(5, 2), PB)[0] == 503
+    g.wait_line(r'msg="backend down" backend=http://127.0.0.1:9 reason="passive ejection" error=ECONNREFUSED')
+    # one log line for the repeated failure, not one per request (the rest are counted for the next line)
+    assert len(g.lines("backend request failed")) == 1, g.err[-5:]
+    st, _, _ = http_request(g.telemetry_port, "GET", "/readyz")
+    assert st == 503
 
 
 run_tests(globals())

@@ -1,7 +1,5 @@
 """Every status code of DESIGN.md's table, from the real gateway binary, with google.rpc.Status bodies in
 the request's encoding (protobuf or JSON), and the /metrics counters that follow from them."""
-import time
-
 from harness import (Conn, Gateway, build_request, gateway_config, gz, http_request, parse_status,
                      run_tests, trace_request)
 
@@ -11,9 +9,10 @@ gw = None
 
 
 def setup():
+    """The gateway most tests share (the script's: stopped, and its exit code checked, after the last test)."""
     global gw
     if gw is None:
-        gw = Gateway(gateway_config(max_request_bytes="64KiB"))
+        gw = Gateway(gateway_config(max_request_bytes="64KiB"), shared=True)
     return gw
 
 
@@ -197,11 +196,9 @@ def test_408_read_timeout():
     try:
         c = Conn(g.port)
         c.send(b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: 100\r\n\r\nab")
-        t0 = time.time()
-        st, h, body = c.read_response()
+        st, h, body = c.read_response()  # the body never completes: the gateway's read_timeout answers
         assert h.get("connection") == "close", h
         expect(st, h, body, 408, 4, "read_timeout")
-        assert time.time() - t0 < 10
         assert c.closed_by_peer()
     finally:
         assert g.stop() == 0
@@ -214,7 +211,8 @@ def test_400_bad_framing():
     st, h, body = c.read_response()
     expect(st, h, body, 400, 3, "malformed HTTP request", ctype="application/json")
     c.close()
-    before = g.metric('otlp_gateway_requests_total{signal="none",code="400"}')
+    # (not in /metrics before the first such answer)
+    before = g.metric_or_none('otlp_gateway_requests_total{signal="none",code="400"}') or 0
     c = Conn(g.port)
     c.send(b"NOT HTTP AT ALL\r\n\r\n")
     st, h, body = c.read_response()
@@ -231,7 +229,8 @@ def test_telemetry_endpoints_and_counters():
     assert st == 503 and b"no backend is up" in body, (st, body)  # its one backend is down
     st, _, _ = http_request(g.telemetry_port, "GET", "/nope")
     assert st == 404
-    before = g.metric('otlp_gateway_requests_total{signal="traces",code="503"}')
+    # (not in /metrics before the first 503, e.g. with ONLY=)
+    before = g.metric_or_none('otlp_gateway_requests_total{signal="traces",code="503"}') or 0
     for _ in range(3):
         http_request(g.port, "POST", "/v1/traces", trace_request(7, 2), PB)
     assert g.metric('otlp_gateway_requests_total{signal="traces",code="503"}') == before + 3
