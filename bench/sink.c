@@ -17,10 +17,17 @@
  * never answered (nor recorded); hang=0 answers every held request with 503. A 500 ms sweep answers (and so
  * frees) held requests whose client is gone as far as hs_request_gone() knows; SIGTERM/SIGINT answer all held
  * requests before the server shuts down. /control and /stats are always answered at once.
+ * Also for tests: partial=N answers accepted requests 200 with an Export*ServiceResponse whose partial_success
+ * rejects min(N, items) items (a collector that dropped some); health=CODE is the status of health checks;
+ * delay=MS the answer delay; reset=1 restarts the high-water marks of /stats. --times-file records the arrival
+ * (first byte, CLOCK_MONOTONIC seconds) of every OTLP POST with the status it was answered, so tests can
+ * check retry timing; /stats reports the most connections and OTLP POSTs in flight seen at once and the
+ * GETs per path (so tests can see which health-check path was asked).
  */
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +38,8 @@
 #include "gateway/otlp_http.h"
 #include "opentelemetry/proto/collector/logs/v1/logs_service.pb-c.h"
 #include "opentelemetry/proto/collector/trace/v1/trace_service.pb-c.h"
+
+#define MAX_GET_PATHS 16
 
 typedef struct sink {
   uv_loop_t *loop;
@@ -54,6 +63,19 @@ typedef struct sink {
   struct held *held;     /* requests held by hang mode, answered by hang=0, the sweep or shutdown */
   size_t n_held, cap_held;
   uint64_t held_total;   /* requests ever held */
+  int64_t partial;       /* > 0: accepted requests get a partial_success rejecting this many items (at most all) */
+  uint64_t partial_rejected; /* items reported rejected that way */
+  int health_status;     /* answer to health checks (GETs but /stats and /control) */
+  FILE *times_file;      /* --times-file: "<monotonic s> <status> <signal>" per OTLP POST (status 0: held) */
+  uint64_t in_flight;    /* OTLP POSTs received and not answered yet (delayed or held) */
+  uint64_t max_in_flight;
+  uint64_t max_connections; /* most connections open at once, sampled at each OTLP POST and health check */
+  struct get_count {     /* GETs per path (health checks), the first MAX_GET_PATHS distinct paths */
+    char path[64];
+    uint64_t n;
+  } gets[MAX_GET_PATHS];
+  size_t n_gets;
+  uint64_t gets_other;   /* GETs to paths beyond the table */
   uv_timer_t sweep;      /* every SWEEP_MS: answers held requests whose client is gone, so they are freed */
   uv_signal_t sig_term, sig_int;
 } sink_t;
@@ -71,13 +93,16 @@ typedef struct delayed {
   hs_request_t *req;
   sink_t *sink;
   int status;
+  otlp_signal_t sig;
   otlp_encoding_t enc;
+  int64_t rejected;      /* partial_success */
 } delayed_t;
 
 static const char usage[] =
     "usage: otlp-sink [--listen HOST:PORT] [--status CODE] [--retry-after SECONDS] [--delay MS]\n"
     "                 [--trace-file PATH] [--log-file PATH] [--max-body SIZE] [--no-decode]\n"
-    "                 [--require-header 'NAME: VALUE']\n"
+    "                 [--require-header 'NAME: VALUE'] [--partial N] [--times-file PATH]\n"
+    "                 [--health-status CODE]\n"
     "  --listen       address to listen on (default 127.0.0.1:0 = ephemeral; the bound address is printed)\n"
     "  --status       answer every OTLP request with this status instead of 200 (e.g. 503); initial value of\n"
     "                 the control endpoint's status\n"
@@ -89,10 +114,20 @@ static const char usage[] =
     "  --max-body     largest request body accepted (default 64MiB)\n"
     "  --no-decode    count requests and bytes only; answer 200 without decoding (HTTP-layer benchmarks)\n"
     "  --require-header 'NAME: VALUE'  answer 401 to requests without exactly this header\n"
-    "HTTP: POST /v1/{traces,logs,metrics}; GET / (health, 200); GET /stats (counters, JSON);\n"
-    "  GET /control[?status=CODE][&retry_after=S][&hang=0|1]  change behaviour while running, answers the state\n"
-    "  as JSON: status for every OTLP POST (200..599), Retry-After for non-200 answers (0 = none), hang=1 holds\n"
-    "  OTLP POSTs and health checks unanswered (a black hole), hang=0 answers the held ones with 503.\n"
+    "  --partial N    answer accepted requests 200 with partial_success rejecting min(N, items) items and a\n"
+    "                 message naming this sink (initial value of partial)\n"
+    "  --times-file   append \"<CLOCK_MONOTONIC seconds> <status> <signal>\" for every OTLP POST: when its first\n"
+    "                 byte arrived and what it was answered (0: held by hang mode)\n"
+    "  --health-status  answer health checks (GETs but /stats, /control) with this status (default 200)\n"
+    "HTTP: POST /v1/{traces,logs,metrics}; GET any other path (health, 200); GET /stats (counters, JSON:\n"
+    "  per signal, rejected, invalid, partial_rejected, connections, max_connections, in_flight, max_in_flight,\n"
+    "  the partial, health and delay settings, gets per path);\n"
+    "  GET /control[?status=CODE][&retry_after=S][&hang=0|1][&partial=N][&health=CODE][&delay=MS][&reset=1]\n"
+    "  change behaviour while running, answers the state as JSON (status, retry_after, hang, held, held_total):\n"
+    "  status for every OTLP POST (200..599), Retry-After for non-200 answers (0 = none), hang=1 holds OTLP\n"
+    "  POSTs and health checks unanswered (a black hole), hang=0 answers the held ones with 503, partial as\n"
+    "  --partial, health as --health-status, delay as --delay, reset=1 restarts max_connections and\n"
+    "  max_in_flight from the current values.\n"
     "  Unknown parameters or bad values -> 400. SIGTERM/SIGINT answer held requests (503) and exit.\n";
 
 static int cmp_id16(const void *a, const void *b) { return memcmp(a, b, 16); }
@@ -161,35 +196,62 @@ static void record_logs(sink_t *s, const uint8_t *body, size_t len) {
   opentelemetry__proto__collector__logs__v1__export_logs_service_request__free_unpacked(r, NULL);
 }
 
-static void answer(sink_t *s, hs_request_t *req, int status, otlp_encoding_t enc) {
-  if (status == 200) otlp_respond_success(req, enc);
-  else otlp_respond_status(req, enc, status, "otlp-sink configured status", s->retry_after, NULL, 0);
+/* The message of a partial_success: names this sink, so a test can tell which backend's message a client got. */
+static void partial_message(const sink_t *s, otlp_signal_t sig, int64_t rejected, char *out, size_t cap) {
+  snprintf(out, cap, "otlp-sink %s rejected %lld %s", hs_server_address(s->srv), (long long)rejected,
+           otlp_signal(sig)->items);
+}
+
+static void answer(sink_t *s, hs_request_t *req, int status, otlp_signal_t sig, otlp_encoding_t enc,
+                   int64_t rejected) {
+  s->in_flight--;
+  if (status == 200 && rejected > 0) {
+    char msg[160];
+    partial_message(s, sig, rejected, msg, sizeof msg);
+    otlp_respond_partial(req, sig, enc, rejected, msg);
+  } else if (status == 200) {
+    otlp_respond_success(req, enc);
+  } else {
+    otlp_respond_status(req, enc, status, "otlp-sink configured status", s->retry_after, NULL, 0);
+  }
+}
+
+/* One --times-file line for an OTLP POST: when its first byte arrived, and the status it gets (0 = held). */
+static void record_time(sink_t *s, const hs_request_t *req, int status, int sig) {
+  if (!s->times_file) return;
+  fprintf(s->times_file, "%" PRIu64 ".%06" PRIu64 " %d %s\n", req->start_ns / 1000000000u,
+          req->start_ns % 1000000000u / 1000u, status, sig >= 0 ? otlp_signal(sig)->name : "none");
+  fflush(s->times_file);
 }
 
 static void on_delay_closed(uv_handle_t *h) { free(h->data); }
 
 static void on_delay(uv_timer_t *t) {
   delayed_t *d = t->data;
-  answer(d->sink, d->req, d->status, d->enc);
+  answer(d->sink, d->req, d->status, d->sig, d->enc, d->rejected);
   d->timer.data = d;
   uv_close((uv_handle_t *)&d->timer, on_delay_closed);
 }
 
-static void respond(sink_t *s, hs_request_t *req, int status, otlp_encoding_t enc) {
+/* Answers an OTLP POST (now, or after --delay); rejected > 0 makes a 200 a partial_success. */
+static void respond(sink_t *s, hs_request_t *req, int status, int sig, otlp_encoding_t enc, int64_t rejected) {
   if (status != 200) s->rejected++;
+  record_time(s, req, status, sig);
   if (s->delay_ms == 0) {
-    answer(s, req, status, enc);
+    answer(s, req, status, sig, enc, rejected);
     return;
   }
   delayed_t *d = calloc(1, sizeof *d);
   if (!d) {
-    answer(s, req, 500, enc);
+    answer(s, req, 500, sig, enc, 0);
     return;
   }
   d->req = req;
   d->sink = s;
   d->status = status;
+  d->sig = sig;
   d->enc = enc;
+  d->rejected = rejected;
   uv_timer_init(s->loop, &d->timer);
   d->timer.data = d;
   uv_timer_start(&d->timer, on_delay, s->delay_ms, 0);
@@ -199,6 +261,7 @@ static void respond(sink_t *s, hs_request_t *req, int status, otlp_encoding_t en
 
 static void answer_held(sink_t *s, const held_t *h) {
   s->rejected += h->otlp;
+  s->in_flight -= h->otlp;
   if (h->otlp) otlp_respond_status(h->req, h->enc, 503, "otlp-sink: released from hang mode", s->retry_after, NULL, 0);
   else hs_respond(h->req, 503, "text/plain", NULL, 0, "hang\n", 5);
 }
@@ -232,6 +295,7 @@ static void on_sweep(uv_timer_t *t) { release_held(t->data, 0); }
 
 /* ---- GET /control ---------------------------------------------------------------------------------- */
 
+/* The fault-injection state (its keys are fixed: tests compare it whole); the other settings are in /stats. */
 static void state_json(const sink_t *s, char *out, size_t cap) {
   snprintf(out, cap, "{\"status\":%d,\"retry_after\":%u,\"hang\":%d,\"held\":%zu,\"held_total\":%" PRIu64 "}\n",
            s->status, s->retry_after, s->hang, s->n_held, s->held_total);
@@ -262,7 +326,7 @@ static void control_error(hs_request_t *req, const char *fmt, size_t len, const 
 static void on_control(sink_t *s, hs_request_t *req) {
   size_t qlen = req->query.len;
   const char *q = req->query.base;
-  long status = -1, retry_after = -1, hang = -1;
+  long status = -1, retry_after = -1, hang = -1, partial = -1, health = -1, delay = -1, reset = -1;
   for (size_t i = 0; i < qlen;) {
     size_t j = i;
     while (j < qlen && q[j] != '&') j++;
@@ -290,8 +354,33 @@ static void on_control(sink_t *s, hs_request_t *req) {
         return;
       }
       hang = (long)x;
+    } else if (klen == 7 && memcmp(kv, "partial", 7) == 0) {
+      if (parse_uint(v, vlen, 1000000000, &x) != 0) {
+        control_error(req, "partial wants items 0..1000000000, not '%.*s'", vlen, v);
+        return;
+      }
+      partial = (long)x;
+    } else if (klen == 6 && memcmp(kv, "health", 6) == 0) {
+      if (parse_uint(v, vlen, 599, &x) != 0 || x < 200) {
+        control_error(req, "health wants 200..599, not '%.*s'", vlen, v);
+        return;
+      }
+      health = (long)x;
+    } else if (klen == 5 && memcmp(kv, "delay", 5) == 0) {
+      if (parse_uint(v, vlen, 600000, &x) != 0) {
+        control_error(req, "delay wants milliseconds 0..600000, not '%.*s'", vlen, v);
+        return;
+      }
+      delay = (long)x;
+    } else if (klen == 5 && memcmp(kv, "reset", 5) == 0) {
+      if (parse_uint(v, vlen, 1, &x) != 0) {
+        control_error(req, "reset wants 0 or 1, not '%.*s'", vlen, v);
+        return;
+      }
+      reset = (long)x;
     } else {
-      control_error(req, "unknown parameter '%.*s' (status, retry_after, hang)", klen, kv);
+      control_error(req, "unknown parameter '%.*s' (status, retry_after, hang, partial, health, delay, reset)", klen,
+                    kv);
       return;
     }
     i = j + 1;
@@ -299,6 +388,14 @@ static void on_control(sink_t *s, hs_request_t *req) {
   /* every parameter was valid: apply them together */
   if (status >= 0) s->status = (int)status;
   if (retry_after >= 0) s->retry_after = (unsigned)retry_after;
+  if (partial >= 0) s->partial = partial;
+  if (health >= 0) s->health_status = (int)health;
+  if (delay >= 0) s->delay_ms = (uint64_t)delay;
+  if (reset == 1) { /* the connection of this request is not counted */
+    uint64_t open = hs_server_stats(s->srv)->connections_open;
+    s->max_in_flight = s->in_flight;
+    s->max_connections = open ? open - 1 : 0;
+  }
   if (hang == 0 && s->hang) {
     s->hang = 0;
     release_held(s, 1);
@@ -310,27 +407,89 @@ static void on_control(sink_t *s, hs_request_t *req) {
   hs_respond(req, 200, "application/json", NULL, 0, buf, strlen(buf));
 }
 
+/* Appends to out[*n..cap) like snprintf, never past cap. */
+static void append(char *out, size_t cap, size_t *n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void append(char *out, size_t cap, size_t *n, const char *fmt, ...) {
+  if (*n >= cap) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int k = vsnprintf(out + *n, cap - *n, fmt, ap);
+  va_end(ap);
+  *n = k < 0 ? cap : *n + (size_t)k;
+}
+
 static void stats_json(sink_t *s, char *out, size_t cap) {
-  int n = snprintf(out, cap, "{");
+  size_t n = 0;
+  append(out, cap, &n, "{");
   for (int i = 0; i < OTLP_N_SIGNALS; i++)
-    n += snprintf(out + n, cap - (size_t)n, "\"%s\":{\"requests\":%" PRIu64 ",\"items\":%" PRIu64 ",\"bytes\":%" PRIu64 "},",
-                  otlp_signal(i)->name, s->requests[i], s->items[i], s->bytes[i]);
-  snprintf(out + n, cap - (size_t)n, "\"rejected\":%" PRIu64 ",\"invalid\":%" PRIu64 "}\n", s->rejected, s->invalid);
+    append(out, cap, &n, "\"%s\":{\"requests\":%" PRIu64 ",\"items\":%" PRIu64 ",\"bytes\":%" PRIu64 "},",
+           otlp_signal(i)->name, s->requests[i], s->items[i], s->bytes[i]);
+  append(out, cap, &n,
+         "\"rejected\":%" PRIu64 ",\"invalid\":%" PRIu64 ",\"partial_rejected\":%" PRIu64 ",\"connections\":%" PRIu64
+         ",\"max_connections\":%" PRIu64 ",\"in_flight\":%" PRIu64 ",\"max_in_flight\":%" PRIu64
+         ",\"partial\":%lld,\"health\":%d,\"delay\":%" PRIu64 ",\"gets\":{",
+         s->rejected, s->invalid, s->partial_rejected, s->srv ? hs_server_stats(s->srv)->connections_open : 0,
+         s->max_connections, s->in_flight, s->max_in_flight, (long long)s->partial, s->health_status, s->delay_ms);
+  for (size_t i = 0; i < s->n_gets; i++)
+    append(out, cap, &n, "%s\"%s\":%" PRIu64, i ? "," : "", s->gets[i].path, s->gets[i].n);
+  append(out, cap, &n, "},\"gets_other\":%" PRIu64 "}\n", s->gets_other);
+  if (n >= cap && cap > 2) snprintf(out + cap - 3, 3, "}\n"); /* cannot happen with the fixed-size table */
+}
+
+/* Counts a GET by path (at most 63 bytes of it; '"', '\\' and control bytes shown as '?', so the JSON stays valid). */
+static void count_get(sink_t *s, hs_slice_t path) {
+  char p[64];
+  size_t l = path.len < sizeof p - 1 ? path.len : sizeof p - 1;
+  for (size_t i = 0; i < l; i++) {
+    unsigned char ch = (unsigned char)path.base[i];
+    p[i] = ch == '"' || ch == '\\' || ch < 0x20 || ch >= 0x7f ? '?' : (char)ch;
+  }
+  p[l] = 0;
+  for (size_t i = 0; i < s->n_gets; i++)
+    if (strcmp(s->gets[i].path, p) == 0) {
+      s->gets[i].n++;
+      return;
+    }
+  if (s->n_gets == MAX_GET_PATHS) {
+    s->gets_other++;
+    return;
+  }
+  memcpy(s->gets[s->n_gets].path, p, l + 1);
+  s->gets[s->n_gets++].n = 1;
+}
+
+/* High-water mark of open connections, sampled when the headers of an OTLP POST or a health check are
+ * complete: every connection a client opens carries a request, so one over its limit is seen. Not sampled for
+ * /stats and /control, so reading the mark does not raise it (a test's own connection open meanwhile counts). */
+static int on_headers(hs_request_t *req, void *ud) {
+  sink_t *s = ud;
+  if (req->method == HTTP_GET && (hs_slice_eq(req->path, "/stats") || hs_slice_eq(req->path, "/control"))) return 0;
+  uint64_t open = hs_server_stats(s->srv)->connections_open;
+  if (open > s->max_connections) s->max_connections = open;
+  return 0;
+}
+
+/* Answers an OTLP POST at once with an error of the sink's own (not the configured status), recorded like others. */
+static void refuse(sink_t *s, hs_request_t *req, int sig, otlp_encoding_t enc, int status, const char *msg) {
+  record_time(s, req, status, sig);
+  s->in_flight--;
+  otlp_respond_status(req, enc, status, msg, 0, NULL, 0);
 }
 
 static void on_request(hs_request_t *req, void *ud) {
   sink_t *s = ud;
   if (req->method == HTTP_GET) {
     if (hs_slice_eq(req->path, "/stats")) {
-      char buf[1024];
+      char buf[4096];
       stats_json(s, buf, sizeof buf);
       hs_respond(req, 200, "application/json", NULL, 0, buf, strlen(buf));
     } else if (hs_slice_eq(req->path, "/control")) {
       on_control(s, req);
-    } else if (s->hang && !s->stopping && hold(s, req, 0, OTLP_ENC_PROTOBUF) == 0) {
-      /* black hole: the health check is never answered */
     } else {
-      hs_respond(req, 200, "text/plain", NULL, 0, "ok\n", 3);
+      count_get(s, req->path);
+      if (s->hang && !s->stopping && hold(s, req, 0, OTLP_ENC_PROTOBUF) == 0) return; /* black hole: never answered */
+      if (s->health_status == 200) hs_respond(req, 200, "text/plain", NULL, 0, "ok\n", 3);
+      else hs_respond(req, s->health_status, "text/plain", NULL, 0, "configured health status\n", 25);
     }
     return;
   }
@@ -341,28 +500,32 @@ static void on_request(hs_request_t *req, void *ud) {
     otlp_respond_status(req, renc, sig < 0 ? 404 : 405, "otlp-sink: POST /v1/{traces,logs,metrics}", 0, NULL, 0);
     return;
   }
-  if (s->hang && !s->stopping && hold(s, req, 1, renc) == 0) return; /* black hole: neither answered nor recorded */
+  if (++s->in_flight > s->max_in_flight) s->max_in_flight = s->in_flight;
+  if (s->hang && !s->stopping && hold(s, req, 1, renc) == 0) { /* black hole: neither answered nor recorded */
+    record_time(s, req, 0, sig);
+    return;
+  }
   if (s->require_name) {
     const hs_slice_t *h = hs_request_header(req, s->require_name);
     size_t vl = strlen(s->require_value);
     if (!h || h->len != vl || memcmp(h->base, s->require_value, vl) != 0) {
       s->rejected++;
-      otlp_respond_status(req, renc, 401, "otlp-sink: required header missing", 0, NULL, 0);
+      refuse(s, req, sig, renc, 401, "otlp-sink: required header missing");
       return;
     }
   }
   if (s->status != 200) {
-    respond(s, req, s->status, renc);
+    respond(s, req, s->status, sig, renc, 0);
     return;
   }
   if (s->no_decode) {
     s->requests[sig]++;
     s->bytes[sig] += req->body_len;
-    respond(s, req, 200, renc);
+    respond(s, req, 200, sig, renc, 0);
     return;
   }
   if (enc != OTLP_ENC_PROTOBUF) {
-    otlp_respond_status(req, renc, 415, "otlp-sink decodes application/x-protobuf only", 0, NULL, 0);
+    refuse(s, req, sig, renc, 415, "otlp-sink decodes application/x-protobuf only");
     return;
   }
   const uint8_t *body = req->body;
@@ -372,19 +535,19 @@ static void on_request(hs_request_t *req, void *ud) {
   if (ce == OTLP_CE_GZIP) {
     if (otlp_gunzip(req->body, req->body_len, s->max_body, &plain, &len) != OTLP_OK) {
       s->invalid++;
-      respond(s, req, 400, renc);
+      respond(s, req, 400, sig, renc, 0);
       return;
     }
     body = plain;
   } else if (ce < 0) {
-    otlp_respond_status(req, renc, 415, "unsupported Content-Encoding", 0, NULL, 0);
+    refuse(s, req, sig, renc, 415, "unsupported Content-Encoding");
     return;
   }
   uint64_t items = 0;
   if (otlp_count_items(sig, body, len, &items, NULL) != OTLP_OK) {
     free(plain);
     s->invalid++;
-    respond(s, req, 400, renc);
+    respond(s, req, 400, sig, renc, 0);
     return;
   }
   s->requests[sig]++;
@@ -393,7 +556,9 @@ static void on_request(hs_request_t *req, void *ud) {
   if (sig == OTLP_TRACES && s->trace_file) record_traces(s, body, len);
   if (sig == OTLP_LOGS && s->log_file) record_logs(s, body, len);
   free(plain);
-  respond(s, req, 200, renc);
+  int64_t rejected = s->partial > 0 ? (s->partial < (int64_t)items ? s->partial : (int64_t)items) : 0;
+  s->partial_rejected += (uint64_t)rejected;
+  respond(s, req, 200, sig, renc, rejected);
 }
 
 static void on_closed_done(void *ud) {
@@ -421,12 +586,14 @@ int main(int argc, char **argv) {
       {"trace-file", required_argument, NULL, 't'},  {"max-body", required_argument, NULL, 'm'},
       {"no-decode", no_argument, NULL, 'n'},         {"help", no_argument, NULL, 'h'},
       {"require-header", required_argument, NULL, 'q'}, {"log-file", required_argument, NULL, 'L'},
-      {NULL, 0, NULL, 0},
+      {"partial", required_argument, NULL, 'p'},     {"times-file", required_argument, NULL, 'T'},
+      {"health-status", required_argument, NULL, 'H'}, {NULL, 0, NULL, 0},
   };
   sink_t s = {0};
   s.status = 200;
+  s.health_status = 200;
   s.max_body = 64u << 20;
-  const char *listen = "127.0.0.1:0", *trace_path = NULL, *log_path = NULL;
+  const char *listen = "127.0.0.1:0", *trace_path = NULL, *log_path = NULL, *times_path = NULL;
   for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
     switch (o) {
       case 'l': listen = optarg; break;
@@ -435,6 +602,9 @@ int main(int argc, char **argv) {
       case 'd': s.delay_ms = strtoull(optarg, NULL, 10); break;
       case 't': trace_path = optarg; break;
       case 'L': log_path = optarg; break;
+      case 'T': times_path = optarg; break;
+      case 'p': s.partial = atoll(optarg); break;
+      case 'H': s.health_status = atoi(optarg); break;
       case 'm':
         if (cfg_parse_size(optarg, &s.max_body) != 0) {
           fprintf(stderr, "otlp-sink: bad --max-body \"%s\"\n", optarg);
@@ -458,8 +628,12 @@ int main(int argc, char **argv) {
       default: fputs(usage, stderr); return 2;
     }
   }
-  if (s.status < 200 || s.status > 599) {
-    fprintf(stderr, "otlp-sink: --status must be 200..599\n");
+  if (s.status < 200 || s.status > 599 || s.health_status < 200 || s.health_status > 599) {
+    fprintf(stderr, "otlp-sink: --status and --health-status must be 200..599\n");
+    return 2;
+  }
+  if (s.partial < 0) {
+    fprintf(stderr, "otlp-sink: --partial must be >= 0\n");
     return 2;
   }
   char *host = NULL;
@@ -479,10 +653,17 @@ int main(int argc, char **argv) {
     free(host);
     return 1;
   }
+  if (times_path && !(s.times_file = fopen(times_path, "a"))) {
+    perror(times_path);
+    if (s.trace_file) fclose(s.trace_file);
+    if (s.log_file) fclose(s.log_file);
+    free(host);
+    return 1;
+  }
   signal(SIGPIPE, SIG_IGN);
   s.loop = uv_default_loop();
   hs_config_t hc = {.name = "sink", .max_body_bytes = s.max_body, .read_timeout_ms = 30000,
-                    .idle_timeout_ms = 120000, .on_request = on_request, .ud = &s};
+                    .idle_timeout_ms = 120000, .on_headers = on_headers, .on_request = on_request, .ud = &s};
   int rc = hs_server_create(s.loop, &hc, &s.srv);
   if (rc == 0) rc = hs_server_listen(s.srv, host, port);
   free(host);
@@ -501,12 +682,13 @@ int main(int argc, char **argv) {
   s.sweep.data = &s;
   uv_timer_start(&s.sweep, on_sweep, SWEEP_MS, SWEEP_MS);
   uv_run(s.loop, UV_RUN_DEFAULT);
-  char buf[1024];
+  char buf[4096];
   stats_json(&s, buf, sizeof buf);
   printf("%s", buf);
   hs_server_destroy(s.srv);
   if (s.trace_file) fclose(s.trace_file);
   if (s.log_file) fclose(s.log_file);
+  if (s.times_file) fclose(s.times_file);
   free(s.held);
   uv_loop_close(s.loop);
   return 0;

@@ -509,6 +509,19 @@ static void pump(be_pool_t *p) {
 
 /* ---- public ------------------------------------------------------------------------------------------- */
 
+/* cfg's headers preformatted as "Name: value\r\n"..., or NULL out of memory. */
+static char *format_headers(const be_pool_config_t *cfg) {
+  size_t n = 1;
+  for (size_t i = 0; i < cfg->n_headers; i++) n += strlen(cfg->headers[i].name) + strlen(cfg->headers[i].value) + 4;
+  char *h = malloc(n);
+  if (!h) return NULL;
+  size_t off = 0;
+  for (size_t i = 0; i < cfg->n_headers; i++)
+    off += (size_t)sprintf(h + off, "%s: %s\r\n", cfg->headers[i].name, cfg->headers[i].value);
+  h[off] = 0;
+  return h;
+}
+
 int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out) {
   be_pool_t *p = calloc(1, sizeof *p);
   if (!p) return UV_ENOMEM;
@@ -520,9 +533,7 @@ int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out
   p->refs = 1;
   if (strchr(cfg->host, ':')) snprintf(p->host_header, sizeof p->host_header, "[%s]:%u", cfg->host, cfg->port);
   else snprintf(p->host_header, sizeof p->host_header, "%s:%u", cfg->host, cfg->port);
-  size_t n = 1;
-  for (size_t i = 0; i < cfg->n_headers; i++) n += strlen(cfg->headers[i].name) + strlen(cfg->headers[i].value) + 4;
-  p->extra_headers = malloc(n);
+  p->extra_headers = format_headers(cfg);
   char err[128];
   dns_name_config_t nc = {.host = cfg->host};
   p->name = cfg->name;
@@ -535,16 +546,23 @@ int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out
     return rc;
   }
   if (!p->name) p->name = p->own_name;
-  size_t off = 0;
-  for (size_t i = 0; i < cfg->n_headers; i++)
-    off += (size_t)sprintf(p->extra_headers + off, "%s: %s\r\n", cfg->headers[i].name, cfg->headers[i].value);
-  p->extra_headers[off] = 0;
   llhttp_settings_init(&p->settings);
   p->settings.on_body = on_body;
   p->settings.on_message_complete = on_message_complete;
   p->settings.on_header_field = on_header_field;
   p->settings.on_header_value = on_header_value;
   *out = p;
+  return 0;
+}
+
+int be_pool_update(be_pool_t *p, const be_pool_config_t *cfg) {
+  char *h = format_headers(cfg);
+  if (!h) return UV_ENOMEM;
+  free(p->extra_headers);
+  p->extra_headers = h;
+  p->max_connections = cfg->max_connections ? cfg->max_connections : 1;
+  p->request_timeout_ms = cfg->request_timeout_ms;
+  pump(p); /* a higher limit may open connections for what waits */
   return 0;
 }
 

@@ -51,6 +51,11 @@ typedef struct be_stats {
 
 int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out);
 
+/* A reloaded config: headers and request_timeout for requests sent from now on (those already queued or in
+ * flight keep theirs), max_connections for connections opened from now on (above a lowered limit, open
+ * connections stay). cfg's host, port and name are ignored. 0, or UV_ENOMEM (nothing changed). */
+int be_pool_update(be_pool_t *p, const be_pool_config_t *cfg);
+
 /* Queues a POST. content_encoding may be NULL. Returns 0 (cb will run) or a negative errno (it won't). */
 int be_send(be_pool_t *p, const char *path, const char *content_type, const char *content_encoding,
             const struct iovec *iov, size_t n_iov, be_done_cb cb, void *ud);

@@ -215,7 +215,7 @@ static void on_part_done(void *ud, int status, const uint8_t *body, size_t len, 
     if (!f->message[0])
       snprintf(f->message, sizeof f->message, "backend %s rejected %llu %s with HTTP %d", us_backend_endpoint(be),
                (unsigned long long)p->items, otlp_signal(f->sig)->items, status);
-  } else if (us_part_failed(f->app->up, be, f->sig, part->iov, part->n_iov, p->items) != 0) {
+  } else if (us_part_failed(f->app->up, be, f->sig, part->iov, part->n_iov, p->items, retry_after) != 0) {
     /* Retryable, but it could not be queued (out of memory, or shutting down past the deadline): the
      * client must send it again. */
     if (!f->retryable_failure) {
@@ -623,7 +623,8 @@ void gw_app_reload(gw_app_t *app, cfg_snapshot_t *next, const char *path) {
     return;
   }
   /* Backends, health checks, retry, queue, routing and DNS settings apply now; the listeners' settings
-   * and existing backends' connection settings apply at restart (new backends get the new ones). */
+   * apply at restart; backends' connection settings (headers, request_timeout, max_connections_per_backend)
+   * apply to what they send from now on. */
   cfg_snapshot_t *old = app->snap;
   us_apply_config(app->up, cfg_snapshot_cfg(next));
   app->snap = next;

@@ -126,6 +126,11 @@ static void on_signal(uv_signal_t *h, int signum) {
 }
 
 int main(int argc, char **argv) {
+  /* Until the loop's handlers are in place (after the listeners are up), a SIGHUP must not kill the process
+   * (its default action): a reload asked for that early is ignored. SIGPIPE: a peer that goes away is a write
+   * error on its connection. */
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
   static const struct option opts[] = {
       {"config", required_argument, NULL, 'c'},
       {"check-config", no_argument, NULL, 'k'},
@@ -168,7 +173,6 @@ int main(int argc, char **argv) {
     return 0;
   }
   gw_log_setup((gw_log_level_t)cfg.telemetry.log_level, (gw_log_format_t)cfg.telemetry.log_format);
-  signal(SIGPIPE, SIG_IGN);
 
   main_t m = {0};
   m.loop = uv_default_loop();

@@ -213,6 +213,19 @@ static size_t test_resolvers(char *buf, size_t len, const char **out, size_t cap
   return n;
 }
 
+/* The connection settings of c for b's pool. */
+static be_pool_config_t pool_config(const cfg_t *c, const us_backend_t *b) {
+  return (be_pool_config_t){
+      .host = b->host,
+      .name = b->name,
+      .port = b->port,
+      .max_connections = c->backends.max_connections_per_backend,
+      .request_timeout_ms = c->backends.request_timeout_ms,
+      .headers = c->backends.headers,
+      .n_headers = c->backends.n_headers,
+  };
+}
+
 /* A backend: its host's name (resolved in the background, every backends.dns.interval), its pool and its
  * checker, both of which take the name's cached address. */
 static us_backend_t *backend_create(us_set_t *s, const char *endpoint, const char *host, uint16_t port,
@@ -238,15 +251,7 @@ static us_backend_t *backend_create(us_set_t *s, const char *endpoint, const cha
   };
   if (b->endpoint && b->host && dns_name_create(s->loop, &nc, &b->name, err, sizeof err) != 0)
     gw_log(GW_LOG_ERROR, "cannot set up the lookups of a backend host", "backend", endpoint, "error", err, NULL);
-  be_pool_config_t pc = {
-      .host = host,
-      .name = b->name,
-      .port = port,
-      .max_connections = c->backends.max_connections_per_backend,
-      .request_timeout_ms = c->backends.request_timeout_ms,
-      .headers = c->backends.headers,
-      .n_headers = c->backends.n_headers,
-  };
+  be_pool_config_t pc = pool_config(c, b);
   if (!b->endpoint || !b->host || !b->name || be_pool_create(s->loop, &pc, &b->pool) != 0) {
     dns_name_destroy(b->name); /* no callback after this: b may go now */
     free(b->endpoint);
@@ -755,12 +760,25 @@ void us_part_end(us_backend_t *b, int sig, size_t len, uint64_t items, int statu
   }
 }
 
-int us_part_failed(us_set_t *s, us_backend_t *b, int sig, const struct iovec *iov, size_t n_iov, uint64_t items) {
+int us_part_failed(us_set_t *s, us_backend_t *b, int sig, const struct iovec *iov, size_t n_iov, uint64_t items,
+                   uint32_t retry_after_s) {
   if (s->abandoned) return -1;
-  qpart_t *q = qpart_new(s, sig, iov, n_iov, items, uv_hrtime());
+  uint64_t now = uv_hrtime();
+  qpart_t *q = qpart_new(s, sig, iov, n_iov, items, now);
   if (!q) return -1;
   q->be = b;
   if (b->in_ring) {
+    /* The first failure with nothing queued starts a backoff (attempt 1) as a failed retry would; later ones
+     * leave the exponent to the retries, so a burst of failing client parts does not jump to max_interval.
+     * The backend's Retry-After holds either way. */
+    if (!b->q_head && !b->retry_inflight) {
+      b->attempt = 1;
+      b->next_try_ns = now + backoff_ms(s, b, retry_after_s) * MS_NS;
+    } else if (retry_after_s) {
+      uint64_t ms = (uint64_t)retry_after_s * 1000, max = s->cfg->backends.retry.max_elapsed_ms;
+      uint64_t until = now + (ms < max ? ms : max) * MS_NS;
+      if (until > b->next_try_ns) b->next_try_ns = until;
+    }
     q_push(b, q, 0);
     retry_pump(b);
   } else {
@@ -929,6 +947,13 @@ void us_apply_config(us_set_t *s, const cfg_t *cfg) {
       else if (!cfg->backends.health_check.enabled) readmit(b);
       start_checker(b);
     }
+  }
+  /* Headers (a renewed credential), request_timeout and max_connections_per_backend reach the backends that
+   * stay too, for the requests they send from now on. */
+  for (us_backend_t *b = s->backends; b; b = b->next) {
+    be_pool_config_t pc = pool_config(cfg, b);
+    if (b->origin && be_pool_update(b->pool, &pc) != 0)
+      gw_log(GW_LOG_ERROR, "cannot apply the new connection settings: out of memory", "backend", b->endpoint, NULL);
   }
   reconcile(s);
 }

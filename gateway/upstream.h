@@ -53,9 +53,11 @@ void us_part_begin(us_backend_t *b, size_t len);
 void us_part_end(us_backend_t *b, int sig, size_t len, uint64_t items, int status, uint64_t start_ns);
 
 /* A client part failed retryably: copies the bytes (plain protobuf, the part as split) and takes over
- * delivery: b's retry queue while b is in the ring, else re-split onto the current ring. Returns 0, or -1
- * when out of memory (the caller must then refuse the client's request). */
-int us_part_failed(us_set_t *s, us_backend_t *b, int sig, const struct iovec *iov, size_t n_iov, uint64_t items);
+ * delivery: b's retry queue while b is in the ring, else re-split onto the current ring. The queue backs off
+ * from this failure as from a failed retry, and never for less than retry_after_s (the answer's Retry-After,
+ * 0 = none). Returns 0, or -1 when out of memory (the caller must then refuse the client's request). */
+int us_part_failed(us_set_t *s, us_backend_t *b, int sig, const struct iovec *iov, size_t n_iov, uint64_t items,
+                   uint32_t retry_after_s);
 
 /* Applies a reloaded config (backends added/removed/re-weighted, health-check, retry, queue, DNS
  * settings). Connections and in-flight requests are kept; removed backends' queues are re-routed. */
