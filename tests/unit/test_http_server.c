@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "gateway/http_server.h"
+#include "http_client.h"
 #include "test.h"
 
 #define MAX_BODY 1024
@@ -94,63 +95,7 @@ static void stop_server(void) {
   hs_server_destroy(srv);
 }
 
-typedef struct client {
-  int fd;
-  char buf[65536];
-  size_t len;
-} client_t;
-
-static client_t *connect_client(void) {
-  client_t *c = calloc(1, sizeof *c);
-  c->fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-  struct timeval tv = {.tv_sec = 3};
-  setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  CHECK_EQ_INT(connect(c->fd, (struct sockaddr *)&a, sizeof a), 0);
-  return c;
-}
-
-static void client_close(client_t *c) {
-  close(c->fd);
-  free(c);
-}
-
-static void sendstr(client_t *c, const char *s) { CHECK_EQ_INT(send(c->fd, s, strlen(s), MSG_NOSIGNAL), (long long)strlen(s)); }
-
-typedef struct response {
-  int status;
-  int close;
-  char body[4096];
-  size_t body_len;
-} response_t;
-
-/* Reads one response. Returns 0, or -1 on EOF/timeout before a complete response. */
-static int read_response(client_t *c, response_t *r) {
-  memset(r, 0, sizeof *r);
-  for (;;) {
-    c->buf[c->len] = 0;
-    char *end = strstr(c->buf, "\r\n\r\n");
-    if (end) {
-      size_t head = (size_t)(end + 4 - c->buf);
-      const char *cl = strcasestr(c->buf, "Content-Length:");
-      size_t blen = cl && cl < end ? strtoul(cl + 15, NULL, 10) : 0;
-      if (c->len >= head + blen) {
-        r->status = atoi(c->buf + 9);
-        const char *conn = strcasestr(c->buf, "Connection: close");
-        r->close = conn && conn < end;
-        r->body_len = blen < sizeof r->body ? blen : sizeof r->body - 1;
-        memcpy(r->body, c->buf + head, r->body_len);
-        memmove(c->buf, c->buf + head + blen, c->len - head - blen);
-        c->len -= head + blen;
-        return 0;
-      }
-    }
-    ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, 0);
-    if (n <= 0) return -1;
-    c->len += (size_t)n;
-  }
-}
+static client_t *connect_client(void) { return client_connect(port, 3); }
 
 /* The server's end of c: the server runs in this process, so its socket is one of ours (found by its address
  * pair), or -1 when it is not accepted yet or already closed. */

@@ -16,6 +16,7 @@
 
 #include "gateway/http_server.h"
 #include "gateway/memory.h"
+#include "http_client.h"
 #include "test.h"
 
 #define MIB (1024ull * 1024)
@@ -237,43 +238,7 @@ static int wait_used(uint64_t want) {
   return 0;
 }
 
-typedef struct client {
-  int fd;
-  char buf[65536];
-  size_t len;
-} client_t;
-
-static client_t *connect_client(void) {
-  client_t *c = calloc(1, sizeof *c);
-  c->fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-  struct timeval tv = {.tv_sec = 5};
-  setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  CHECK_EQ_INT(connect(c->fd, (struct sockaddr *)&a, sizeof a), 0);
-  return c;
-}
-
-static void client_close(client_t *c) {
-  close(c->fd);
-  free(c);
-}
-
-static void send_all(client_t *c, const void *p, size_t n) {
-  const char *s = p;
-  while (n) {
-    ssize_t k = send(c->fd, s, n, MSG_NOSIGNAL);
-    if (k <= 0) {
-      CHECK(k > 0);
-      return;
-    }
-    s += k;
-    n -= (size_t)k;
-  }
-}
-
-static void sendstr(client_t *c, const char *s) { send_all(c, s, strlen(s)); }
+static client_t *connect_client(void) { return client_connect(port, 5); }
 
 /* A request head with Content-Length n, then n body bytes (sent in one go when body). */
 static void send_request(client_t *c, const char *path, size_t n, int body, const char *extra) {
@@ -285,41 +250,6 @@ static void send_request(client_t *c, const char *path, size_t n, int body, cons
   memset(b, 'b', n);
   send_all(c, b, n);
   free(b);
-}
-
-typedef struct response {
-  int status;
-  char retry_after[16];
-  char ctype[32];
-  char body[512];
-} response_t;
-
-static int read_response(client_t *c, response_t *r) {
-  memset(r, 0, sizeof *r);
-  for (;;) {
-    c->buf[c->len] = 0;
-    char *end = strstr(c->buf, "\r\n\r\n");
-    if (end) {
-      size_t head = (size_t)(end + 4 - c->buf);
-      const char *cl = strcasestr(c->buf, "Content-Length:");
-      size_t blen = cl && cl < end ? strtoul(cl + 15, NULL, 10) : 0;
-      if (c->len >= head + blen) {
-        r->status = atoi(c->buf + 9);
-        const char *ra = strcasestr(c->buf, "Retry-After: ");
-        if (ra && ra < end) sscanf(ra + 13, "%15[0-9]", r->retry_after);
-        const char *ct = strcasestr(c->buf, "Content-Type: ");
-        if (ct && ct < end) sscanf(ct + 14, "%31[^\r]", r->ctype);
-        size_t bl = blen < sizeof r->body ? blen : sizeof r->body - 1;
-        memcpy(r->body, c->buf + head, bl);
-        memmove(c->buf, c->buf + head + blen, c->len - head - blen);
-        c->len -= head + blen;
-        return 0;
-      }
-    }
-    ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, 0);
-    if (n <= 0) return -1;
-    c->len += (size_t)n;
-  }
 }
 
 /* 1 when the server ends the connection with a FIN (not a reset) within the receive timeout. */
