@@ -17,7 +17,7 @@ Every gateway is stopped with SIGTERM and must exit 0."""
 import re
 import signal
 
-from harness import Gateway, http_request, run_tests, wait_until
+from harness import Gateway, http_request, run_tests, wait_drained, wait_until
 from scenario import (JS, PB, RecSink, backend_series, config, esc, logs_json, logs_request, outcome,
                       partial_success, spans_json, spans_request, stop_ok, trace_id, value, wait_spans)
 
@@ -37,11 +37,6 @@ def send_traces(g, seed, n_requests, traces_per_request, spans_per_trace=2):
         assert partial_success(h["content-type"], body) == (0, ""), ("data reported rejected", body)
         want.update((t.hex(), spans_per_trace) for t in ids)
     return want
-
-
-def wait_drained(g, timeout=30):
-    wait_until(lambda: g.metric_sum("otlp_gateway_backend_queue_bytes"), lambda v: v == 0, timeout,
-               "sum of otlp_gateway_backend_queue_bytes")
 
 
 def ejecting_scenario(status, kind):
