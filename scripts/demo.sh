@@ -10,7 +10,7 @@ duration=${DEMO_DURATION:-3s}
 
 echo "== 1/4 dependencies and build"
 scripts/deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)" 2>&1 | grep -E "error|warning" || true
 [ -x build/otlp-gateway ] || { echo "build failed"; exit 1; }
 
