@@ -231,7 +231,7 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
                   status_codes[c], sum.requests[s][c]);
     }
 
-  header(&b, "received_items_total", "counter", "Items received in valid requests: spans, log records, and for metrics Metric records.");
+  header(&b, "received_items_total", "counter", "Items received in valid requests: spans, log records, and for metrics data points.");
   for (int s = 0; s < OTLP_N_SIGNALS; s++)
     sb_printf(&b, "otlp_gateway_received_items_total{signal=\"%s\"} %" PRIu64 "\n", signal_labels[s],
               sum.received_items[s]);

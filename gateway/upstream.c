@@ -551,8 +551,12 @@ static void reroute(us_set_t *s, qpart_t *q) {
   bl_split_t split;
   bl_error_t err;
   int rc = bl_split(shapes[q->sig], route_for(s, q->sig), q->data, q->len, s->ring, &split, &err);
+  if (rc == -2) { /* out of memory: it waits where it was (re-routed again at the next rebuild, or expires) */
+    q_push(from, q, 0);
+    return;
+  }
   if (rc != 0) { /* cannot happen for bytes that split once already; never lose them silently */
-    drop(s, q, GW_DROP_MALFORMED, rc == -2 ? "out of memory" : err.msg); /* -1 malformed, -3 internal error */
+    drop(s, q, GW_DROP_MALFORMED, err.msg); /* -1 malformed, -3 internal error */
     return;
   }
   if (split.n_targets == 0) { /* nothing routable in it: nothing to deliver */
