@@ -37,6 +37,11 @@
 #define MEMORY_RETRY_AFTER_S 1 /* server.memory_limit reached */
 #define TRIM_CHECK_MS 1000
 #define DRAIN_POLL_MS 20
+/* What a gRPC client (HTTP/2 with prior knowledge) is told on the OTLP/HTTP port. When OTLP/gRPC is served
+ * (server.grpc_listen), this is where the answer names that address instead. */
+#define INGEST_H2_ANSWER                                                                                          \
+  "this port speaks OTLP/HTTP/1.1 (POST /v1/traces, /v1/logs, /v1/metrics); OTLP/gRPC over HTTP/2 is not served " \
+  "by this version"
 
 struct gw_app {
   uv_loop_t *loop;
@@ -510,6 +515,7 @@ int gw_app_start(uv_loop_t *loop, cfg_snapshot_t *snap, const gw_app_opts_t *opt
       .mem_release = gm_release_cb,
       .mem_ud = &gm_process,
       .mem_retry_after_s = MEMORY_RETRY_AFTER_S,
+      .h2_answer = INGEST_H2_ANSWER,
   };
   gm_set_limit(&gm_process, app->cfg->server.memory_limit); /* every worker sets the same value */
   hs_config_t tc = gw_telemetry_server_config(telemetry_on_request, app);

@@ -31,12 +31,9 @@
 #define HS_ADOPT_MIN (HS_READ_BUF_SIZE / 4)
 #define HS_LINGER_MS 2000 /* after a closing response, how long we keep draining the client's bytes */
 #define HS_MEMORY_LOG_REPEAT_NS (10ull * 1000 * 1000 * 1000) /* memory refusals: one warn line per server per 10 s */
-/* The one line an HTTP/2 client (a gRPC exporter with prior knowledge, which opens with the connection preface
- * "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") gets on this HTTP/1.1 port: in the 400's body and in the warn log line.
- * When OTLP/gRPC is served (server.grpc_listen), this is where the answer should name that address instead. */
-#define HS_H2_PREFACE_ANSWER                                                                                      \
-  "this port speaks OTLP/HTTP/1.1 (POST /v1/traces, /v1/logs, /v1/metrics); OTLP/gRPC over HTTP/2 is not served " \
-  "by this version"
+/* What an HTTP/2 client (prior knowledge: it opens with the connection preface "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+ * gets on a server whose config names no answer of its own (hs_config_t.h2_answer). */
+#define HS_H2_PREFACE_ANSWER "this port speaks HTTP/1.1; HTTP/2 is not served here"
 #define HS_H2_LOG_REPEAT_NS (10ull * 1000 * 1000 * 1000) /* at most one such warn line per server per 10 s */
 
 typedef struct hs_req hs_req_t;
@@ -773,14 +770,15 @@ static const char *conn_peer(hs_conn_t *c, char *out, size_t cap) {
  * the other framing errors, and the operator gets a rate-limited warn line naming the peer. */
 static void conn_answer_h2_preface(hs_conn_t *c) {
   hs_server_t *s = c->srv;
+  const char *answer = s->cfg.h2_answer ? s->cfg.h2_answer : HS_H2_PREFACE_ANSWER;
   uint64_t held = 0;
   if (gw_log_limit_take(&s->log_h2, uv_hrtime(), HS_H2_LOG_REPEAT_NS, &held)) {
     char peer[80];
     gw_log(GW_LOG_WARN, "HTTP/2 client on the HTTP/1.1 port, answered 400", "server", s->cfg.name, "peer",
-           conn_peer(c, peer, sizeof peer), "answer", HS_H2_PREFACE_ANSWER, "suppressed_since_last",
+           conn_peer(c, peer, sizeof peer), "answer", answer, "suppressed_since_last",
            gw_log_u64(held), NULL);
   }
-  conn_answer_error(c, 400, HS_H2_PREFACE_ANSWER);
+  conn_answer_error(c, 400, answer);
 }
 
 static void conn_execute(hs_conn_t *c, const char *data, size_t len) {

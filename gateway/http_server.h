@@ -86,6 +86,9 @@ typedef struct hs_config {
   void (*mem_release)(uint64_t bytes, void *mem_ud);
   void *mem_ud;
   unsigned mem_retry_after_s; /* 0 = 1 */
+  /* The one line an HTTP/2 connection preface gets (a 400 and a rate-limited warn line): what this port speaks
+   * and where HTTP/2 is served. NULL: a generic "this port speaks HTTP/1.1". */
+  const char *h2_answer;
 } hs_config_t;
 
 typedef struct hs_stats {
