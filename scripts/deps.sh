@@ -9,7 +9,7 @@
 #   other way, e.g. from nodesource or nvm, is kept).
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config python3 libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-      libxxhash-dev libyaml-dev libdeflate-dev libc-ares-dev libjson-c-dev node-llhttp)
+      libxxhash-dev libyaml-dev libdeflate-dev libc-ares-dev libjson-c-dev libnghttp2-dev node-llhttp)
 for arg in "$@"; do
   case "$arg" in
     --tests) pkgs+=(prometheus dnsmasq-base) ;;
