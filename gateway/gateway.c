@@ -21,6 +21,7 @@
 
 #include "balancer/ring.h"
 #include "balancer/splice.h"
+#include "gateway/admission.h"
 #include "gateway/backend.h"
 #include "gateway/http_server.h"
 #include "gateway/log.h"
@@ -28,6 +29,7 @@
 #include "gateway/metrics.h"
 #include "gateway/otlp_http.h"
 #include "gateway/otlp_json.h"
+#include "gateway/retry_queue.h"
 #include "gateway/telemetry.h"
 #include "gateway/upstream.h"
 
@@ -220,7 +222,7 @@ static void on_part_done(void *ud, int status, const uint8_t *body, size_t len, 
     if (!f->message[0])
       snprintf(f->message, sizeof f->message, "backend %s rejected %llu %s with HTTP %d", us_backend_endpoint(be),
                (unsigned long long)p->items, otlp_signal(f->sig)->items, status);
-  } else if (us_part_failed(f->app->up, be, f->sig, part->iov, part->n_iov, p->items, retry_after) != 0) {
+  } else if (rq_part_failed(f->app->up, be, f->sig, part->iov, part->n_iov, p->items, retry_after) != 0) {
     /* Retryable, but it could not be queued (out of memory, or shutting down past the deadline): the
      * client must send it again. */
     if (!f->retryable_failure) {
@@ -347,7 +349,7 @@ static void ingest_on_request(hs_request_t *req, void *ud) {
     return;
   }
   const us_backend_t *full;
-  if (us_admit(app->up, f->ring, &f->split, &full) != 0) {
+  if (ad_admit(app->up, f->ring, &f->split, &full) != 0) {
     /* Refused whole before anything is forwarded, so the client's retry duplicates nothing. */
     char msg[300];
     snprintf(msg, sizeof msg, "queue full for backend %s: retry later", us_backend_endpoint(full));
@@ -561,7 +563,7 @@ static void finish(gw_app_t *app) {
   if (app->finished) return;
   app->finished = 1;
   if (app->up) {
-    uint64_t left = us_pending_bytes(app->up);
+    uint64_t left = rq_pending_bytes(app->up);
     if (left) gw_log(GW_LOG_WARN, "retry queues not drained by the shutdown deadline", "bytes", gw_log_u64(left), NULL);
     us_destroy(app->up);
     app->up = NULL;
@@ -581,7 +583,7 @@ static void on_drain_poll(uv_timer_t *t);
 /* Once every client request is answered, waits for the retry queues to empty (or the deadline). */
 static void check_drained(gw_app_t *app) {
   if (app->finished || !app->ingest_closed) return;
-  if (!app->up || app->deadline_passed || us_pending_bytes(app->up) == 0) {
+  if (!app->up || app->deadline_passed || rq_pending_bytes(app->up) == 0) {
     finish(app);
     return;
   }
@@ -593,8 +595,8 @@ static void on_drain_poll(uv_timer_t *t) { check_drained(t->data); }
 static void ingest_closed(void *ud) {
   gw_app_t *app = ud;
   app->ingest_closed = 1;
-  if (app->up && us_pending_bytes(app->up))
-    gw_log(GW_LOG_INFO, "draining retry queues", "bytes", gw_log_u64(us_pending_bytes(app->up)), NULL);
+  if (app->up && rq_pending_bytes(app->up))
+    gw_log(GW_LOG_INFO, "draining retry queues", "bytes", gw_log_u64(rq_pending_bytes(app->up)), NULL);
   check_drained(app);
 }
 
@@ -602,7 +604,7 @@ static void on_shutdown_deadline(uv_timer_t *t) {
   gw_app_t *app = t->data;
   gw_log(GW_LOG_WARN, "shutdown deadline reached, closing open connections and dropping what is still queued", NULL);
   app->deadline_passed = 1;
-  if (app->up) us_abandon(app->up);
+  if (app->up) rq_abandon(app->up);
   if (app->ingest && !app->ingest_closed) hs_server_abort(app->ingest);
   if (app->telemetry) hs_server_abort(app->telemetry);
   check_drained(app);

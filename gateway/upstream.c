@@ -1,4 +1,10 @@
-/* gateway/upstream — see upstream.h. */
+/*
+ * gateway/upstream — see upstream.h. Owns the backend set: backends' lifetime (created, removed, freed once
+ * nothing refers to them), static + DNS backends and reconciling them with a reloaded config, each backend's
+ * pool, name and checker, health (active checks, passive ejection with refusal hold-downs, readmission), the
+ * ring snapshots and their rebuilds (where a backend that left the ring has its in-flight parts cancelled and
+ * its queue handed to gateway/retry_queue for re-routing), the client parts' accounting and the /metrics views.
+ */
 #include "gateway/upstream.h"
 
 #include <stdio.h>
@@ -6,104 +12,16 @@
 #include <string.h>
 
 #include "gateway/log.h"
-#include "gateway/memory.h"
 #include "gateway/otlp_http.h"
+#include "gateway/upstream_internal.h"
 #include "health/check.h"
 #include "health/dns.h"
 
-#define LOG_REPEAT_NS (10ull * 1000 * 1000 * 1000) /* one line per backend and event kind per 10 s */
-#define RETRY_CONCURRENCY 8                         /* retry-queue parts in flight per backend */
-#define MS_NS (1000ull * 1000)
-#define HOLD_DOWN_CHECKS 10                         /* refusal ejection: first hold-down, in check intervals */
-#define HOLD_DOWN_MAX_NS (300ull * 1000 * MS_NS)    /* ... doubling per ejection up to 5 minutes */
+#define HOLD_DOWN_CHECKS 10                      /* refusal ejection: first hold-down, in check intervals */
+#define HOLD_DOWN_MAX_NS (300ull * 1000 * MS_NS) /* ... doubling per ejection up to 5 minutes */
 
-enum { ORIGIN_STATIC = 1, ORIGIN_DNS = 2 };
-
-typedef struct qpart qpart_t;
-
-/* A part the upstream owns: failed once (or re-routed), waiting in a backend's retry queue or in flight
- * from it. The bytes are a complete Export*ServiceRequest in protobuf. */
-struct qpart {
-  qpart_t *next;
-  us_set_t *set;
-  us_backend_t *be;       /* the queue it is in, or the backend it is in flight to */
-  int sig;
-  uint64_t items;
-  uint64_t first_fail_ns; /* retry.max_elapsed counts from here; re-routing keeps it */
-  uint64_t start_ns;      /* of the current attempt */
-  uint8_t *gz;            /* backends.compression: gzip, during an attempt */
-  struct iovec iov;
-  size_t len;
-  uint8_t data[];
-};
-
-struct us_backend {
-  us_set_t *set;
-  us_backend_t *next;       /* every backend, removed ones too until they are freed */
-  char *endpoint;
-  char *host;
-  uint16_t port;
-  uint32_t weight;
-  unsigned origin;          /* ORIGIN_* that want it; 0 = removed */
-  unsigned want;            /* reconcile's scratch */
-  int in_ring;
-  int cancel;               /* just left the ring, down: fail what is in flight to it */
-  be_pool_t *pool;
-  dns_name_t *name;         /* host's cached address, for the pool and the checker (health/dns) */
-  hc_checker_t *checker;
-  hc_state_t health;
-  uint32_t consecutive_failures;
-  uint32_t refusals;        /* refusals among the consecutive failures */
-  uint32_t refusal_ejections; /* in a row, without a delivery in between: the hold-down's exponent */
-  uint64_t hold_until_ns;   /* ejected for refusing us: checks cannot readmit it before this */
-  uint32_t refs;            /* parts in flight to it (client parts and retries) */
-  qpart_t *q_head, *q_tail; /* retry queue, FIFO */
-  uint64_t q_bytes;         /* queued + retries in flight */
-  uint64_t inflight_bytes;  /* client parts in flight */
-  uint32_t retry_inflight;
-  uint32_t attempt;         /* consecutive failed retries: the backoff exponent */
-  uint64_t next_try_ns;
-  uv_timer_t retry_timer;   /* backoff */
-  uv_timer_t readmit_timer; /* passive ejection without active checks: try again after an interval */
-  int handles_open;
-  uint64_t retries;
-  gw_backend_metrics_t m;
-  gw_log_limit_t log_failed, log_rejected, log_refused, log_full, log_dropped;
-  gw_log_limit_t log_dns;   /* the host's lookups failing */
-};
-
-struct us_set {
-  uv_loop_t *loop;
-  const cfg_t *cfg;
-  gw_metrics_t *metrics;
-  us_backend_t *backends;
-  bl_ring_t *ring;
-  uint64_t ring_rebuilds;
-  uv_timer_t rebuild_timer; /* state changes are applied from here, never inside a backend callback */
-  uv_timer_t sweep_timer;   /* drops queued parts past retry.max_elapsed, also where no retry runs */
-  dns_watch_t *dns;
-  char **dns_addrs;         /* last DNS answer */
-  size_t n_dns_addrs;
-  gw_log_limit_t log_dns;
-  uint64_t rng;
-  int abandoned;
-  int destroyed;
-  int handles_open;
-};
-
-static const bl_shape_t *const shapes[OTLP_N_SIGNALS] = {&bl_shape_traces, &bl_shape_logs, &bl_shape_metrics};
-
-static void retry_pump(us_backend_t *b);
 static void schedule_rebuild(us_set_t *s);
 static void on_readmit(uv_timer_t *t);
-static void reroute(us_set_t *s, qpart_t *q);
-
-static uint64_t rng_next(us_set_t *s) { /* xorshift64*: jitter only */
-  s->rng ^= s->rng >> 12;
-  s->rng ^= s->rng << 25;
-  s->rng ^= s->rng >> 27;
-  return s->rng * 0x2545F4914F6CDD1Dull;
-}
 
 bl_route_t us_route(const cfg_t *c, int sig) {
   if (sig == OTLP_TRACES && c->routing.traces == CFG_ROUTE_SERVICE) return BL_ROUTE_SERVICE;
@@ -115,8 +33,6 @@ bl_route_t us_route(const cfg_t *c, int sig) {
   }
   return BL_ROUTE_TRACE_ID;
 }
-
-static bl_route_t route_for(const us_set_t *s, int sig) { return us_route(s->cfg, sig); }
 
 /* ---- backend lifetime ---------------------------------------------------------------------------------- */
 
@@ -157,7 +73,7 @@ static void backend_maybe_free(us_backend_t *b) {
   backend_unlink_and_close(b);
 }
 
-static void backend_release(us_backend_t *b) {
+void us__release(us_backend_t *b) {
   if (!b->origin) schedule_rebuild(b->set);
 }
 
@@ -336,7 +252,7 @@ static void on_check(void *ud, int ok, int detail) {
  * gateway itself) eject at once. A delivery, or an answer that blames the data (400, 413), says the backend
  * works; 429 says neither. An ejection with refusals among its failures starts a hold-down that doubles
  * with each such ejection in a row (first HOLD_DOWN_CHECKS check intervals, at most HOLD_DOWN_MAX_NS). */
-static void passive_observe(us_backend_t *b, int status) {
+void us__passive_observe(us_backend_t *b, int status) {
   if (status == UV_ECANCELED) return; /* we cancelled it */
   int outcome = gw_outcome(status);
   if (outcome == GW_OUTCOME_SUCCESS || outcome == GW_OUTCOME_REJECTED) {
@@ -365,7 +281,7 @@ static void passive_observe(us_backend_t *b, int status) {
 
 /* One line per backend per 10 s for an answer that refuses the gateway itself: the operator's to fix
  * (backends.headers, the endpoint's path), nothing a retry mends. */
-static void log_refusal(us_backend_t *b, int status) {
+void us__log_refusal(us_backend_t *b, int status) {
   uint64_t held;
   if (gw_log_limit_take(&b->log_refused, uv_hrtime(), LOG_REPEAT_NS, &held))
     gw_log(GW_LOG_WARN, "backend refuses the gateway", "backend", b->endpoint, "status", gw_log_i64(status),
@@ -385,24 +301,6 @@ static int ring_equals(const bl_ring_t *r, const bl_ring_member_t *m, size_t n) 
   for (size_t i = 0; i < n; i++)
     if (bl_ring_member_ud(r, (uint32_t)i) != m[i].ud || bl_ring_weight(r, (uint32_t)i) != m[i].weight) return 0;
   return 1;
-}
-
-/* Moves every part queued on a backend outside the ring to its new owners (retries in flight follow
- * when they fail). */
-static void reroute_stranded(us_set_t *s) {
-  if (bl_ring_size(s->ring) == 0) return;
-  for (us_backend_t *b = s->backends; b; b = b->next) {
-    if (b->in_ring || !b->q_head) continue;
-    qpart_t *q = b->q_head;
-    b->q_head = b->q_tail = NULL;
-    while (q) {
-      qpart_t *next = q->next;
-      b->q_bytes -= q->len;
-      q->next = NULL;
-      reroute(s, q);
-      q = next;
-    }
-  }
 }
 
 static void rebuild(us_set_t *s) {
@@ -435,14 +333,12 @@ static void rebuild(us_set_t *s) {
   for (us_backend_t *b = s->backends; b; b = b->next) {
     int now_in = b->origin && b->health.up;
     if (b->in_ring && !now_in) {
-      uv_timer_stop(&b->retry_timer);
-      b->attempt = 0;
-      b->next_try_ns = 0;
+      rq__left_ring(b);
       b->cancel = b->origin != 0; /* down, not removed: what is in flight to it is cancelled and re-routed */
     }
     b->in_ring = now_in;
   }
-  reroute_stranded(s);
+  rq__reroute_stranded(s);
   for (us_backend_t *b = s->backends; b; b = b->next)
     if (b->cancel) {
       b->cancel = 0;
@@ -450,7 +346,7 @@ static void rebuild(us_set_t *s) {
     }
   for (us_backend_t *b = s->backends, *next; b; b = next) {
     next = b->next;
-    if (b->in_ring) retry_pump(b);
+    if (b->in_ring) rq__pump(b);
     else backend_maybe_free(b);
   }
 }
@@ -461,278 +357,10 @@ static void schedule_rebuild(us_set_t *s) {
   if (!s->destroyed) uv_timer_start(&s->rebuild_timer, on_rebuild_timer, 0, 0);
 }
 
-/* ---- retry queues ------------------------------------------------------------------------------------- */
-
-static void q_push(us_backend_t *b, qpart_t *q, int front) {
-  q->be = b;
-  b->q_bytes += q->len;
-  if (!b->q_head) {
-    q->next = NULL;
-    b->q_head = b->q_tail = q;
-  } else if (front) {
-    q->next = b->q_head;
-    b->q_head = q;
-  } else {
-    q->next = NULL;
-    b->q_tail->next = q;
-    b->q_tail = q;
-  }
-}
-
-static qpart_t *q_pop(us_backend_t *b) {
-  qpart_t *q = b->q_head;
-  if (!q) return NULL;
-  b->q_head = q->next;
-  if (!b->q_head) b->q_tail = NULL;
-  q->next = NULL;
-  return q; /* its bytes stay counted in q_bytes while it is in flight */
-}
-
-static qpart_t *qpart_new(us_set_t *s, int sig, const struct iovec *iov, size_t n_iov, uint64_t items,
-                          uint64_t first_fail_ns) {
-  size_t len = 0;
-  for (size_t i = 0; i < n_iov; i++) len += iov[i].iov_len;
-  qpart_t *q = malloc(sizeof *q + len);
-  if (!q) return NULL;
-  gm_force(&gm_process, sizeof *q + len); /* acknowledged data: charged to server.memory_limit, never refused */
-  memset(q, 0, sizeof *q);
-  q->set = s;
-  q->sig = sig;
-  q->items = items;
-  q->first_fail_ns = first_fail_ns;
-  q->len = len;
-  size_t off = 0;
-  for (size_t i = 0; i < n_iov; i++) {
-    memcpy(q->data + off, iov[i].iov_base, iov[i].iov_len);
-    off += iov[i].iov_len;
-  }
-  return q;
-}
-
-/* Frees the gzip copy of an attempt (q->iov is that copy while q->gz is set), and gives its charge back. */
-static void qpart_gz_free(qpart_t *q) {
-  if (!q->gz) return;
-  gm_release(&gm_process, q->iov.iov_len);
-  free(q->gz);
-  q->gz = NULL;
-}
-
-static void qpart_free(qpart_t *q) {
-  qpart_gz_free(q);
-  gm_release(&gm_process, sizeof *q + q->len);
-  free(q);
-}
-
-/* Gives q up: counted in dropped_items_total{reason} and logged (rate-limited per backend). */
-static void drop(us_set_t *s, qpart_t *q, int reason, const char *detail) {
-  static const char *const reasons[GW_N_DROP_REASONS] = {"rejected", "expired", "shutdown", "malformed"};
-  s->metrics->dropped_items[q->sig][reason] += q->items;
-  us_backend_t *b = q->be;
-  gw_log_limit_t *lim = b ? &b->log_dropped : NULL;
-  uint64_t held = 0;
-  if (!lim || gw_log_limit_take(lim, uv_hrtime(), LOG_REPEAT_NS, &held))
-    gw_log(GW_LOG_WARN, "items dropped", "reason", reasons[reason], "backend", b ? b->endpoint : "", "signal",
-           otlp_signal(q->sig)->name, "items", gw_log_u64(q->items), "detail", detail, "suppressed_since_last",
-           gw_log_u64(held), NULL);
-  qpart_free(q);
-}
-
-/* Hands q to its owner on the current ring. With no ring, it waits on the backend it came from. */
-static void reroute(us_set_t *s, qpart_t *q) {
-  us_backend_t *from = q->be;
-  if (s->abandoned) {
-    drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
-    return;
-  }
-  if (bl_ring_size(s->ring) == 0) {
-    q_push(from, q, 0);
-    return;
-  }
-  bl_split_t split;
-  bl_error_t err;
-  int rc = bl_split(shapes[q->sig], route_for(s, q->sig), q->data, q->len, s->ring, &split, &err);
-  if (rc == -2) { /* out of memory: it waits where it was (re-routed again at the next rebuild, or expires) */
-    q_push(from, q, 0);
-    return;
-  }
-  if (rc != 0) { /* cannot happen for bytes that split once already; never lose them silently */
-    drop(s, q, GW_DROP_MALFORMED, err.msg); /* -1 malformed, -3 internal error */
-    return;
-  }
-  if (split.n_targets == 0) { /* nothing routable in it: nothing to deliver */
-    bl_split_dispose(&split);
-    qpart_free(q);
-    return;
-  }
-  if (split.n_targets == 1) {
-    us_backend_t *to = bl_ring_member_ud(s->ring, split.single_target);
-    bl_split_dispose(&split);
-    q_push(to, q, 0);
-    if (to->in_ring) retry_pump(to);
-    return;
-  }
-  for (size_t i = 0; i < split.n_parts; i++) {
-    bl_part_t *p = &split.parts[i];
-    if (!p->len) continue;
-    us_backend_t *to = bl_ring_member_ud(s->ring, (uint32_t)i);
-    qpart_t *n = qpart_new(s, q->sig, p->iov, p->n_iov, p->items, q->first_fail_ns);
-    if (!n) { /* out of memory: keep the whole part where it was (pieces already handed on may repeat) */
-      bl_split_dispose(&split);
-      q_push(from, q, 0);
-      return;
-    }
-    q_push(to, n, 0);
-    if (to->in_ring) retry_pump(to);
-  }
-  bl_split_dispose(&split);
-  qpart_free(q);
-}
-
-static uint64_t backoff_ms(us_set_t *s, us_backend_t *b, uint32_t retry_after_s) {
-  const cfg_t *c = s->cfg;
-  uint64_t d = c->backends.retry.initial_interval_ms ? c->backends.retry.initial_interval_ms : 1;
-  for (uint32_t i = 1; i < b->attempt && d < c->backends.retry.max_interval_ms; i++) d *= 2;
-  if (d > c->backends.retry.max_interval_ms) d = c->backends.retry.max_interval_ms;
-  d = d / 2 + rng_next(s) % (d / 2 + 1); /* jitter: [d/2, d] */
-  uint64_t ra = (uint64_t)retry_after_s * 1000;
-  if (ra > d) d = ra < c->backends.retry.max_elapsed_ms ? ra : c->backends.retry.max_elapsed_ms;
-  return d ? d : 1;
-}
-
-static void on_retry_done(void *ud, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
-  qpart_t *q = ud;
-  us_set_t *s = q->set;
-  us_backend_t *b = q->be;
-  b->refs--;
-  b->retry_inflight--;
-  b->q_bytes -= q->len;
-  qpart_gz_free(q);
-  int outcome = gw_outcome(status);
-  b->m.requests[outcome]++;
-  gw_histogram_observe(&b->m.duration, (double)(uv_hrtime() - q->start_ns) / 1e9);
-  passive_observe(b, status);
-  if (outcome == GW_OUTCOME_REFUSED) log_refusal(b, status);
-  if (outcome == GW_OUTCOME_SUCCESS) {
-    b->m.items[q->sig] += q->items;
-    b->attempt = 0;
-    b->next_try_ns = 0;
-    qpart_free(q);
-  } else if (outcome == GW_OUTCOME_REJECTED) {
-    drop(s, q, GW_DROP_REJECTED, "refused by the backend on retry");
-  } else if (s->abandoned) {
-    drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
-  } else if (uv_hrtime() - q->first_fail_ns > s->cfg->backends.retry.max_elapsed_ms * MS_NS) {
-    drop(s, q, GW_DROP_EXPIRED, "undelivered after backends.retry.max_elapsed");
-  } else if (b->in_ring && status != UV_ECANCELED) {
-    b->attempt++;
-    b->next_try_ns = uv_hrtime() + backoff_ms(s, b, retry_after) * MS_NS;
-    q_push(b, q, 1);
-  } else {
-    q->be = b;
-    reroute(s, q);
-  }
-  if (b->in_ring) retry_pump(b);
-  else backend_release(b);
-}
-
-static void on_retry_timer(uv_timer_t *t) { retry_pump(t->data); }
-
-/* Every second: parts that waited past retry.max_elapsed are dropped wherever they wait, also in the queue
- * of a backend that is down while no ring exists to re-route them to (retry_pump checks only what it sends). */
-static void on_sweep(uv_timer_t *t) {
-  us_set_t *s = t->data;
-  uint64_t now = uv_hrtime(), max = s->cfg->backends.retry.max_elapsed_ms * MS_NS;
-  for (us_backend_t *b = s->backends; b; b = b->next) {
-    qpart_t **pp = &b->q_head, *prev = NULL;
-    while (*pp) {
-      qpart_t *q = *pp;
-      if (now - q->first_fail_ns <= max) {
-        prev = q;
-        pp = &q->next;
-        continue;
-      }
-      *pp = q->next;
-      if (b->q_tail == q) b->q_tail = prev;
-      b->q_bytes -= q->len;
-      q->next = NULL;
-      drop(s, q, GW_DROP_EXPIRED, "undelivered after backends.retry.max_elapsed");
-    }
-    if (!b->in_ring) backend_release(b);
-  }
-}
-
-/* Sends what waits in b's queue, a few at a time, once its backoff has passed. */
-static void retry_pump(us_backend_t *b) {
-  us_set_t *s = b->set;
-  if (!b->in_ring || s->destroyed) return;
-  uint64_t now = uv_hrtime();
-  if (b->q_head && b->next_try_ns > now) {
-    uint64_t ms = (b->next_try_ns - now) / MS_NS + 1;
-    if (!uv_is_active((uv_handle_t *)&b->retry_timer) || uv_timer_get_due_in(&b->retry_timer) > ms)
-      uv_timer_start(&b->retry_timer, on_retry_timer, ms, 0);
-    return;
-  }
-  uint32_t cap = s->cfg->backends.max_connections_per_backend;
-  if (cap > RETRY_CONCURRENCY) cap = RETRY_CONCURRENCY;
-  if (!cap) cap = 1;
-  while (b->q_head && b->retry_inflight < cap) {
-    qpart_t *q = q_pop(b);
-    if (now - q->first_fail_ns > s->cfg->backends.retry.max_elapsed_ms * MS_NS) {
-      b->q_bytes -= q->len;
-      drop(s, q, GW_DROP_EXPIRED, "undelivered after backends.retry.max_elapsed");
-      continue;
-    }
-    const struct iovec *iov = &q->iov;
-    q->iov.iov_base = q->data;
-    q->iov.iov_len = q->len;
-    const char *ce = NULL;
-    size_t zl;
-    if (s->cfg->backends.compression == CFG_COMPRESSION_GZIP && otlp_gzip_iov(&q->iov, 1, &q->gz, &zl) == OTLP_OK) {
-      q->iov.iov_base = q->gz;
-      q->iov.iov_len = zl;
-      gm_force(&gm_process, zl); /* given back by qpart_gz_free */
-      ce = "gzip";
-    }
-    q->start_ns = now;
-    int rc = be_send(b->pool, otlp_signal(q->sig)->path, otlp_content_type(OTLP_ENC_PROTOBUF), ce, iov, 1,
-                     on_retry_done, q);
-    if (rc < 0) { /* cannot even queue it (out of memory): back off and try again */
-      qpart_gz_free(q);
-      b->q_bytes -= q->len;
-      q_push(b, q, 1);
-      b->attempt++;
-      uint64_t d = backoff_ms(s, b, 0);
-      b->next_try_ns = now + d * MS_NS;
-      uv_timer_start(&b->retry_timer, on_retry_timer, d, 0);
-      return;
-    }
-    b->refs++;
-    b->retry_inflight++;
-    b->retries++;
-  }
-}
-
 /* ---- client parts ------------------------------------------------------------------------------------- */
 
 const char *us_backend_endpoint(const us_backend_t *b) { return b->endpoint; }
 be_pool_t *us_backend_pool(us_backend_t *b) { return b->pool; }
-
-int us_admit(us_set_t *s, const bl_ring_t *ring, const bl_split_t *split, const us_backend_t **full) {
-  uint64_t max = s->cfg->backends.queue.max_bytes;
-  for (size_t i = 0; i < split->n_parts; i++) {
-    if (!split->parts[i].len) continue;
-    us_backend_t *b = bl_ring_member_ud(ring, (uint32_t)i);
-    if (b->q_bytes + b->inflight_bytes + split->parts[i].len <= max) continue;
-    uint64_t held;
-    if (gw_log_limit_take(&b->log_full, uv_hrtime(), LOG_REPEAT_NS, &held))
-      gw_log(GW_LOG_WARN, "queue full", "backend", b->endpoint, "queued_bytes", gw_log_u64(b->q_bytes),
-             "in_flight_bytes", gw_log_u64(b->inflight_bytes), "max_bytes", gw_log_u64(max), "client_answer", "503",
-             "suppressed_since_last", gw_log_u64(held), NULL);
-    *full = b;
-    return -1;
-  }
-  return 0;
-}
 
 void us_part_begin(us_backend_t *b, size_t len) {
   b->refs++;
@@ -746,9 +374,9 @@ void us_part_end(us_backend_t *b, int sig, size_t len, uint64_t items, int statu
   b->m.requests[outcome]++;
   gw_histogram_observe(&b->m.duration, (double)(uv_hrtime() - start_ns) / 1e9);
   if (outcome == GW_OUTCOME_SUCCESS) b->m.items[sig] += items;
-  passive_observe(b, status);
+  us__passive_observe(b, status);
   if (outcome == GW_OUTCOME_REFUSED) {
-    log_refusal(b, status);
+    us__log_refusal(b, status);
   } else if (outcome == GW_OUTCOME_RETRYABLE || outcome == GW_OUTCOME_ERROR) {
     uint64_t held;
     if (gw_log_limit_take(&b->log_failed, uv_hrtime(), LOG_REPEAT_NS, &held))
@@ -762,34 +390,6 @@ void us_part_end(us_backend_t *b, int sig, size_t len, uint64_t items, int statu
              otlp_signal(sig)->name, "status", gw_log_i64(status), "items", gw_log_u64(items), "suppressed_since_last",
              gw_log_u64(held), NULL);
   }
-}
-
-int us_part_failed(us_set_t *s, us_backend_t *b, int sig, const struct iovec *iov, size_t n_iov, uint64_t items,
-                   uint32_t retry_after_s) {
-  if (s->abandoned) return -1;
-  uint64_t now = uv_hrtime();
-  qpart_t *q = qpart_new(s, sig, iov, n_iov, items, now);
-  if (!q) return -1;
-  q->be = b;
-  if (b->in_ring) {
-    /* The first failure with nothing queued starts a backoff (attempt 1) as a failed retry would; later ones
-     * leave the exponent to the retries, so a burst of failing client parts does not jump to max_interval.
-     * The backend's Retry-After holds either way. */
-    if (!b->q_head && !b->retry_inflight) {
-      b->attempt = 1;
-      b->next_try_ns = now + backoff_ms(s, b, retry_after_s) * MS_NS;
-    } else if (retry_after_s) {
-      uint64_t ms = (uint64_t)retry_after_s * 1000, max = s->cfg->backends.retry.max_elapsed_ms;
-      uint64_t until = now + (ms < max ? ms : max) * MS_NS;
-      if (until > b->next_try_ns) b->next_try_ns = until;
-    }
-    q_push(b, q, 0);
-    retry_pump(b);
-  } else {
-    reroute(s, q);
-  }
-  backend_release(b);
-  return 0;
 }
 
 /* ---- configuration: static + DNS backends -------------------------------------------------------------- */
@@ -898,6 +498,8 @@ static int health_settings_equal(const cfg_t *a, const cfg_t *b) {
          x->fall == y->fall;
 }
 
+static void on_sweep(uv_timer_t *t) { rq__sweep(t->data); }
+
 int us_create(uv_loop_t *loop, const cfg_t *cfg, gw_metrics_t *metrics, us_set_t **out, char *err, size_t errlen) {
   us_set_t *s = calloc(1, sizeof *s);
   if (!s) {
@@ -985,24 +587,6 @@ size_t us_backend_views(const us_set_t *s, gw_backend_view_t *out, size_t cap, u
   return n;
 }
 
-uint64_t us_pending_bytes(const us_set_t *s) {
-  uint64_t n = 0;
-  for (const us_backend_t *b = s->backends; b; b = b->next) n += b->q_bytes;
-  return n;
-}
-
-void us_abandon(us_set_t *s) {
-  s->abandoned = 1;
-  for (us_backend_t *b = s->backends; b; b = b->next) {
-    for (qpart_t *q; (q = q_pop(b)) != NULL;) {
-      b->q_bytes -= q->len;
-      q->be = b;
-      drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
-    }
-  }
-  for (us_backend_t *b = s->backends; b; b = b->next) be_pool_cancel(b->pool);
-}
-
 static void set_timer_closed(uv_handle_t *h) {
   us_set_t *s = h->data;
   if (--s->handles_open == 0) free(s);
@@ -1013,15 +597,9 @@ void us_destroy(us_set_t *s) {
   if (s->dns) dns_watch_stop(s->dns);
   s->dns = NULL;
   free_dns_addrs(s);
-  s->abandoned = 1;
-  for (us_backend_t *b = s->backends; b; b = b->next)
-    for (qpart_t *q; (q = q_pop(b)) != NULL;) {
-      b->q_bytes -= q->len;
-      q->be = b;
-      drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
-    }
-  /* Pools fail what is in flight (callbacks drop it: abandoned), then every backend closes. */
-  for (us_backend_t *b = s->backends; b; b = b->next) be_pool_cancel(b->pool);
+  /* What is queued is dropped and pools fail what is in flight (callbacks drop it: abandoned), then every
+   * backend closes. */
+  rq_abandon(s);
   s->destroyed = 1;
   while (s->backends) backend_unlink_and_close(s->backends);
   bl_ring_unref(s->ring);

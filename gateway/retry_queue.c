@@ -1,0 +1,349 @@
+/*
+ * gateway/retry_queue — see retry_queue.h. Owns the parts the upstream took over (qpart_t): copying a failed
+ * client part, each backend's FIFO queue and its backoff, the retries in flight (RETRY_CONCURRENCY per
+ * backend, optionally gzipped), the sweep past retry.max_elapsed, re-splitting queued parts onto the current
+ * ring, drops and their counting, the pending bytes, and giving everything up at the shutdown deadline.
+ * Backend health, the ring and backend lifetime are gateway/upstream's (reached through upstream_internal.h).
+ */
+#include "gateway/retry_queue.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/log.h"
+#include "gateway/memory.h"
+#include "gateway/otlp_http.h"
+#include "gateway/upstream_internal.h"
+
+#define RETRY_CONCURRENCY 8 /* retry-queue parts in flight per backend */
+
+static const bl_shape_t *const shapes[OTLP_N_SIGNALS] = {&bl_shape_traces, &bl_shape_logs, &bl_shape_metrics};
+
+static uint64_t rng_next(us_set_t *s) { /* xorshift64*: jitter only */
+  s->rng ^= s->rng >> 12;
+  s->rng ^= s->rng << 25;
+  s->rng ^= s->rng >> 27;
+  return s->rng * 0x2545F4914F6CDD1Dull;
+}
+
+/* ---- retry queues ------------------------------------------------------------------------------------- */
+
+static void q_push(us_backend_t *b, qpart_t *q, int front) {
+  q->be = b;
+  b->q_bytes += q->len;
+  if (!b->q_head) {
+    q->next = NULL;
+    b->q_head = b->q_tail = q;
+  } else if (front) {
+    q->next = b->q_head;
+    b->q_head = q;
+  } else {
+    q->next = NULL;
+    b->q_tail->next = q;
+    b->q_tail = q;
+  }
+}
+
+static qpart_t *q_pop(us_backend_t *b) {
+  qpart_t *q = b->q_head;
+  if (!q) return NULL;
+  b->q_head = q->next;
+  if (!b->q_head) b->q_tail = NULL;
+  q->next = NULL;
+  return q; /* its bytes stay counted in q_bytes while it is in flight */
+}
+
+static qpart_t *qpart_new(us_set_t *s, int sig, const struct iovec *iov, size_t n_iov, uint64_t items,
+                          uint64_t first_fail_ns) {
+  size_t len = 0;
+  for (size_t i = 0; i < n_iov; i++) len += iov[i].iov_len;
+  qpart_t *q = malloc(sizeof *q + len);
+  if (!q) return NULL;
+  gm_force(&gm_process, sizeof *q + len); /* acknowledged data: charged to server.memory_limit, never refused */
+  memset(q, 0, sizeof *q);
+  q->set = s;
+  q->sig = sig;
+  q->items = items;
+  q->first_fail_ns = first_fail_ns;
+  q->len = len;
+  size_t off = 0;
+  for (size_t i = 0; i < n_iov; i++) {
+    memcpy(q->data + off, iov[i].iov_base, iov[i].iov_len);
+    off += iov[i].iov_len;
+  }
+  return q;
+}
+
+/* Frees the gzip copy of an attempt (q->iov is that copy while q->gz is set), and gives its charge back. */
+static void qpart_gz_free(qpart_t *q) {
+  if (!q->gz) return;
+  gm_release(&gm_process, q->iov.iov_len);
+  free(q->gz);
+  q->gz = NULL;
+}
+
+static void qpart_free(qpart_t *q) {
+  qpart_gz_free(q);
+  gm_release(&gm_process, sizeof *q + q->len);
+  free(q);
+}
+
+/* Gives q up: counted in dropped_items_total{reason} and logged (rate-limited per backend). */
+static void drop(us_set_t *s, qpart_t *q, int reason, const char *detail) {
+  static const char *const reasons[GW_N_DROP_REASONS] = {"rejected", "expired", "shutdown", "malformed"};
+  s->metrics->dropped_items[q->sig][reason] += q->items;
+  us_backend_t *b = q->be;
+  gw_log_limit_t *lim = b ? &b->log_dropped : NULL;
+  uint64_t held = 0;
+  if (!lim || gw_log_limit_take(lim, uv_hrtime(), LOG_REPEAT_NS, &held))
+    gw_log(GW_LOG_WARN, "items dropped", "reason", reasons[reason], "backend", b ? b->endpoint : "", "signal",
+           otlp_signal(q->sig)->name, "items", gw_log_u64(q->items), "detail", detail, "suppressed_since_last",
+           gw_log_u64(held), NULL);
+  qpart_free(q);
+}
+
+/* Hands q to its owner on the current ring. With no ring, it waits on the backend it came from. */
+static void reroute(us_set_t *s, qpart_t *q) {
+  us_backend_t *from = q->be;
+  if (s->abandoned) {
+    drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
+    return;
+  }
+  if (bl_ring_size(s->ring) == 0) {
+    q_push(from, q, 0);
+    return;
+  }
+  bl_split_t split;
+  bl_error_t err;
+  int rc = bl_split(shapes[q->sig], us_route(s->cfg, q->sig), q->data, q->len, s->ring, &split, &err);
+  if (rc == -2) { /* out of memory: it waits where it was (re-routed again at the next rebuild, or expires) */
+    q_push(from, q, 0);
+    return;
+  }
+  if (rc != 0) { /* cannot happen for bytes that split once already; never lose them silently */
+    drop(s, q, GW_DROP_MALFORMED, err.msg); /* -1 malformed, -3 internal error */
+    return;
+  }
+  if (split.n_targets == 0) { /* nothing routable in it: nothing to deliver */
+    bl_split_dispose(&split);
+    qpart_free(q);
+    return;
+  }
+  if (split.n_targets == 1) {
+    us_backend_t *to = bl_ring_member_ud(s->ring, split.single_target);
+    bl_split_dispose(&split);
+    q_push(to, q, 0);
+    if (to->in_ring) rq__pump(to);
+    return;
+  }
+  for (size_t i = 0; i < split.n_parts; i++) {
+    bl_part_t *p = &split.parts[i];
+    if (!p->len) continue;
+    us_backend_t *to = bl_ring_member_ud(s->ring, (uint32_t)i);
+    qpart_t *n = qpart_new(s, q->sig, p->iov, p->n_iov, p->items, q->first_fail_ns);
+    if (!n) { /* out of memory: keep the whole part where it was (pieces already handed on may repeat) */
+      bl_split_dispose(&split);
+      q_push(from, q, 0);
+      return;
+    }
+    q_push(to, n, 0);
+    if (to->in_ring) rq__pump(to);
+  }
+  bl_split_dispose(&split);
+  qpart_free(q);
+}
+
+static uint64_t backoff_ms(us_set_t *s, us_backend_t *b, uint32_t retry_after_s) {
+  const cfg_t *c = s->cfg;
+  uint64_t d = c->backends.retry.initial_interval_ms ? c->backends.retry.initial_interval_ms : 1;
+  for (uint32_t i = 1; i < b->attempt && d < c->backends.retry.max_interval_ms; i++) d *= 2;
+  if (d > c->backends.retry.max_interval_ms) d = c->backends.retry.max_interval_ms;
+  d = d / 2 + rng_next(s) % (d / 2 + 1); /* jitter: [d/2, d] */
+  uint64_t ra = (uint64_t)retry_after_s * 1000;
+  if (ra > d) d = ra < c->backends.retry.max_elapsed_ms ? ra : c->backends.retry.max_elapsed_ms;
+  return d ? d : 1;
+}
+
+static void on_retry_done(void *ud, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
+  qpart_t *q = ud;
+  us_set_t *s = q->set;
+  us_backend_t *b = q->be;
+  b->refs--;
+  b->retry_inflight--;
+  b->q_bytes -= q->len;
+  qpart_gz_free(q);
+  int outcome = gw_outcome(status);
+  b->m.requests[outcome]++;
+  gw_histogram_observe(&b->m.duration, (double)(uv_hrtime() - q->start_ns) / 1e9);
+  us__passive_observe(b, status);
+  if (outcome == GW_OUTCOME_REFUSED) us__log_refusal(b, status);
+  if (outcome == GW_OUTCOME_SUCCESS) {
+    b->m.items[q->sig] += q->items;
+    b->attempt = 0;
+    b->next_try_ns = 0;
+    qpart_free(q);
+  } else if (outcome == GW_OUTCOME_REJECTED) {
+    drop(s, q, GW_DROP_REJECTED, "refused by the backend on retry");
+  } else if (s->abandoned) {
+    drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
+  } else if (uv_hrtime() - q->first_fail_ns > s->cfg->backends.retry.max_elapsed_ms * MS_NS) {
+    drop(s, q, GW_DROP_EXPIRED, "undelivered after backends.retry.max_elapsed");
+  } else if (b->in_ring && status != UV_ECANCELED) {
+    b->attempt++;
+    b->next_try_ns = uv_hrtime() + backoff_ms(s, b, retry_after) * MS_NS;
+    q_push(b, q, 1);
+  } else {
+    q->be = b;
+    reroute(s, q);
+  }
+  if (b->in_ring) rq__pump(b);
+  else us__release(b);
+}
+
+static void on_retry_timer(uv_timer_t *t) { rq__pump(t->data); }
+
+/* Every second: parts that waited past retry.max_elapsed are dropped wherever they wait, also in the queue
+ * of a backend that is down while no ring exists to re-route them to (retry_pump checks only what it sends). */
+void rq__sweep(us_set_t *s) {
+  uint64_t now = uv_hrtime(), max = s->cfg->backends.retry.max_elapsed_ms * MS_NS;
+  for (us_backend_t *b = s->backends; b; b = b->next) {
+    qpart_t **pp = &b->q_head, *prev = NULL;
+    while (*pp) {
+      qpart_t *q = *pp;
+      if (now - q->first_fail_ns <= max) {
+        prev = q;
+        pp = &q->next;
+        continue;
+      }
+      *pp = q->next;
+      if (b->q_tail == q) b->q_tail = prev;
+      b->q_bytes -= q->len;
+      q->next = NULL;
+      drop(s, q, GW_DROP_EXPIRED, "undelivered after backends.retry.max_elapsed");
+    }
+    if (!b->in_ring) us__release(b);
+  }
+}
+
+/* Sends what waits in b's queue, a few at a time, once its backoff has passed. */
+void rq__pump(us_backend_t *b) {
+  us_set_t *s = b->set;
+  if (!b->in_ring || s->destroyed) return;
+  uint64_t now = uv_hrtime();
+  if (b->q_head && b->next_try_ns > now) {
+    uint64_t ms = (b->next_try_ns - now) / MS_NS + 1;
+    if (!uv_is_active((uv_handle_t *)&b->retry_timer) || uv_timer_get_due_in(&b->retry_timer) > ms)
+      uv_timer_start(&b->retry_timer, on_retry_timer, ms, 0);
+    return;
+  }
+  uint32_t cap = s->cfg->backends.max_connections_per_backend;
+  if (cap > RETRY_CONCURRENCY) cap = RETRY_CONCURRENCY;
+  if (!cap) cap = 1;
+  while (b->q_head && b->retry_inflight < cap) {
+    qpart_t *q = q_pop(b);
+    if (now - q->first_fail_ns > s->cfg->backends.retry.max_elapsed_ms * MS_NS) {
+      b->q_bytes -= q->len;
+      drop(s, q, GW_DROP_EXPIRED, "undelivered after backends.retry.max_elapsed");
+      continue;
+    }
+    const struct iovec *iov = &q->iov;
+    q->iov.iov_base = q->data;
+    q->iov.iov_len = q->len;
+    const char *ce = NULL;
+    size_t zl;
+    if (s->cfg->backends.compression == CFG_COMPRESSION_GZIP && otlp_gzip_iov(&q->iov, 1, &q->gz, &zl) == OTLP_OK) {
+      q->iov.iov_base = q->gz;
+      q->iov.iov_len = zl;
+      gm_force(&gm_process, zl); /* given back by qpart_gz_free */
+      ce = "gzip";
+    }
+    q->start_ns = now;
+    int rc = be_send(b->pool, otlp_signal(q->sig)->path, otlp_content_type(OTLP_ENC_PROTOBUF), ce, iov, 1,
+                     on_retry_done, q);
+    if (rc < 0) { /* cannot even queue it (out of memory): back off and try again */
+      qpart_gz_free(q);
+      b->q_bytes -= q->len;
+      q_push(b, q, 1);
+      b->attempt++;
+      uint64_t d = backoff_ms(s, b, 0);
+      b->next_try_ns = now + d * MS_NS;
+      uv_timer_start(&b->retry_timer, on_retry_timer, d, 0);
+      return;
+    }
+    b->refs++;
+    b->retry_inflight++;
+    b->retries++;
+  }
+}
+
+void rq__left_ring(us_backend_t *b) {
+  uv_timer_stop(&b->retry_timer);
+  b->attempt = 0;
+  b->next_try_ns = 0;
+}
+
+/* Moves every part queued on a backend outside the ring to its new owners (retries in flight follow
+ * when they fail). */
+void rq__reroute_stranded(us_set_t *s) {
+  if (bl_ring_size(s->ring) == 0) return;
+  for (us_backend_t *b = s->backends; b; b = b->next) {
+    if (b->in_ring || !b->q_head) continue;
+    qpart_t *q = b->q_head;
+    b->q_head = b->q_tail = NULL;
+    while (q) {
+      qpart_t *next = q->next;
+      b->q_bytes -= q->len;
+      q->next = NULL;
+      reroute(s, q);
+      q = next;
+    }
+  }
+}
+
+/* ---- client parts, drain, shutdown -------------------------------------------------------------------- */
+
+int rq_part_failed(us_set_t *s, us_backend_t *b, int sig, const struct iovec *iov, size_t n_iov, uint64_t items,
+                   uint32_t retry_after_s) {
+  if (s->abandoned) return -1;
+  uint64_t now = uv_hrtime();
+  qpart_t *q = qpart_new(s, sig, iov, n_iov, items, now);
+  if (!q) return -1;
+  q->be = b;
+  if (b->in_ring) {
+    /* The first failure with nothing queued starts a backoff (attempt 1) as a failed retry would; later ones
+     * leave the exponent to the retries, so a burst of failing client parts does not jump to max_interval.
+     * The backend's Retry-After holds either way. */
+    if (!b->q_head && !b->retry_inflight) {
+      b->attempt = 1;
+      b->next_try_ns = now + backoff_ms(s, b, retry_after_s) * MS_NS;
+    } else if (retry_after_s) {
+      uint64_t ms = (uint64_t)retry_after_s * 1000, max = s->cfg->backends.retry.max_elapsed_ms;
+      uint64_t until = now + (ms < max ? ms : max) * MS_NS;
+      if (until > b->next_try_ns) b->next_try_ns = until;
+    }
+    q_push(b, q, 0);
+    rq__pump(b);
+  } else {
+    reroute(s, q);
+  }
+  us__release(b);
+  return 0;
+}
+
+uint64_t rq_pending_bytes(const us_set_t *s) {
+  uint64_t n = 0;
+  for (const us_backend_t *b = s->backends; b; b = b->next) n += b->q_bytes;
+  return n;
+}
+
+void rq_abandon(us_set_t *s) {
+  s->abandoned = 1;
+  for (us_backend_t *b = s->backends; b; b = b->next) {
+    for (qpart_t *q; (q = q_pop(b)) != NULL;) {
+      b->q_bytes -= q->len;
+      q->be = b;
+      drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
+    }
+  }
+  for (us_backend_t *b = s->backends; b; b = b->next) be_pool_cancel(b->pool);
+}
