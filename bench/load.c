@@ -22,9 +22,11 @@
 #include <strings.h>
 
 #include <llhttp.h>
+#include <nghttp2/nghttp2.h>
 #include <uv.h>
 
 #include "bench/payload.h"
+#include "gateway/grpc.h"
 
 #define HEAD_CAP_EXTRA 32          /* room for "<content length>\r\n\r\n" after the shared header prefix */
 #define USER_HEADERS_MAX 8192      /* bytes of --header lines */
@@ -53,6 +55,8 @@ typedef struct load_cfg {
   bool user_host;          /* a --header Host: replaces ours */
   uint64_t timeout_ns;
   bool progress, quiet;
+  bool grpc;               /* --grpc: OTLP/gRPC over HTTP/2 instead of OTLP/HTTP */
+  uint32_t streams;        /* --streams: concurrent calls per gRPC connection */
 } load_cfg;
 
 /* ---------------------------------------------------------------------------------------------- latency */
@@ -168,11 +172,22 @@ struct load {
   uint64_t status[STATUS_MAX];
   uint64_t last_completed, last_progress_ns;
   lat_hist lat;
+  /* --grpc */
+  struct gconn *gconns;
+  uint64_t g_built;      /* slots whose payload was built */
+  nghttp2_session_callbacks *h2_callbacks;
+  nghttp2_nv *nva;       /* the request headers every call shares */
+  size_t n_nva;
+  char *hdr_copy;        /* --header lines split into metadata (nva points into it) */
+  uint64_t codes[GRPC_N_CODES];
+  uint64_t retry_info;   /* answers that carried RetryInfo */
+  char first_error[200]; /* "CODE: grpc-message" of the first non-OK answer */
 };
 
 static void conn_next(conn *c);
 static void conn_go(conn *c);
 static void start_timer(conn *c, enum timer_mode m, uint64_t ms);
+static void g_stop(load *ld);
 
 static void die_usage(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die_usage(const char *fmt, ...) {
@@ -244,6 +259,10 @@ static void conn_finish(conn *c) {
 static void load_stop(load *ld) {
   if (ld->stopping) return;
   ld->stopping = true;
+  if (ld->cfg.grpc) {
+    g_stop(ld);
+    return;
+  }
   for (uint32_t i = 0; i < ld->cfg.connections; i++) conn_finish(&ld->conns[i]);
 }
 
@@ -501,6 +520,590 @@ static void on_timer(uv_timer_t *t) {
   }
 }
 
+/* ---------------------------------------------------------------------------------------------- OTLP/gRPC */
+
+/*
+ * --grpc: N connections (--connections), each an nghttp2 client session carrying M calls at once (--streams).
+ * Each stream slot works like an HTTP connection above: it claims a request, waits for its pacing slot, submits
+ * one Export call (HEADERS + the 5-byte prefix and the message as DATA), and counts the answer by its
+ * grpc-status once the stream closes. nghttp2 is driven with mem_recv/mem_send: what mem_send produces is
+ * gathered into one buffer per connection and written with one uv_write at a time. nghttp2 must not be re-entered
+ * from its callbacks (in_h2), so a call completed there only submits the next one, and the connection flushes
+ * once mem_recv / mem_send has returned.
+ */
+
+#define GRPC_WBUF_FLUSH (256 * 1024) /* stop gathering frames past this and write */
+#define GRPC_STREAMS_MAX 1000
+
+typedef struct gconn gconn;
+
+typedef struct gslot {
+  gconn *gc;
+  uv_timer_t timer;
+  enum timer_mode tmode;
+  bool busy;             /* holds a claimed request that has not completed */
+  bool ready;            /* ... waiting for the connection to submit it */
+  bool sent;             /* ... submitted: stream_id is its stream */
+  bool finished;
+  int32_t stream_id;
+  uint64_t req_no, sent_ns;
+  const uint8_t *msg;    /* the message of the call in flight (the payload's body or the gzip buffer) */
+  size_t msg_len, off;   /* off: bytes of prefix + message handed to nghttp2 */
+  uint8_t prefix[5];
+  int http_status;       /* :status of the answer, 0 until seen */
+  int grpc_status;       /* -1 until the trailers (or a trailers-only answer) carried one */
+  int64_t retry_s;       /* RetryInfo retry_delay of the answer, -1 when none */
+  char message[160];     /* grpc-message, percent-decoded */
+  pl_payload payload;
+  pl_gzip gz;
+} gslot;
+
+struct gconn {
+  load *ld;
+  uv_tcp_t tcp;
+  uv_timer_t backoff;
+  uv_connect_t connect_req;
+  uv_write_t write_req;
+  nghttp2_session *session;
+  bool tcp_open, closing, connected, writing, in_h2, goaway, connect_failed, backoff_on, finished;
+  uint32_t n_finished;   /* slots finished */
+  uint8_t *wbuf;
+  size_t wlen, wcap;
+  gslot *slots;
+  char rbuf[READ_BUF_SIZE];
+};
+
+static void g_slot_next(gslot *sl);
+static void g_kick(gconn *gc);
+static void g_flush(gconn *gc);
+static void g_on_tcp_closed(uv_handle_t *h);
+
+/* The gRPC code a client assumes for an answer without grpc-status (gRPC's "HTTP to gRPC status mapping"). */
+static int g_code_from_http(int http_status) {
+  switch (http_status) {
+  case 400: return GRPC_INTERNAL;
+  case 401: return GRPC_UNAUTHENTICATED;
+  case 403: return GRPC_PERMISSION_DENIED;
+  case 404: return GRPC_UNIMPLEMENTED;
+  case 429: case 502: case 503: case 504: return GRPC_UNAVAILABLE;
+  default: return GRPC_UNKNOWN;
+  }
+}
+
+static void g_conn_finish(gconn *gc) {
+  if (gc->finished) return;
+  gc->finished = true;
+  load *ld = gc->ld;
+  uv_timer_stop(&gc->backoff);
+  uv_close((uv_handle_t *)&gc->backoff, on_handle_closed);
+  if (gc->tcp_open && !gc->closing) {
+    gc->closing = true;
+    uv_close((uv_handle_t *)&gc->tcp, g_on_tcp_closed);
+  }
+  if (++ld->finished == ld->cfg.connections) load_finish(ld);
+}
+
+/* The slot takes no more requests; the connection finishes with its last slot. */
+static void g_slot_finish(gslot *sl) {
+  if (sl->finished) return;
+  gconn *gc = sl->gc;
+  sl->finished = true;
+  if (sl->busy) gc->ld->aborted++;
+  if (sl->sent && gc->session) nghttp2_session_set_stream_user_data(gc->session, sl->stream_id, NULL);
+  sl->busy = sl->ready = sl->sent = false;
+  uv_timer_stop(&sl->timer);
+  uv_close((uv_handle_t *)&sl->timer, on_handle_closed);
+  if (++gc->n_finished == gc->ld->cfg.streams) g_conn_finish(gc);
+}
+
+static void g_stop(load *ld) {
+  for (uint32_t i = 0; i < ld->cfg.connections; i++)
+    for (uint32_t j = 0; j < ld->cfg.streams; j++) g_slot_finish(&ld->gconns[i].slots[j]);
+}
+
+/* Counts the slot's request as a transport failure; false if it had none. */
+static bool g_fail(gslot *sl, enum err_kind kind) {
+  if (!sl->busy) return false;
+  gconn *gc = sl->gc;
+  if (sl->sent && gc->session) nghttp2_session_set_stream_user_data(gc->session, sl->stream_id, NULL);
+  sl->busy = sl->ready = sl->sent = false;
+  gc->ld->completed++;
+  gc->ld->errors[kind]++;
+  uv_timer_stop(&sl->timer);
+  sl->tmode = TM_NONE;
+  return true;
+}
+
+/* The call's stream closed with an answer: count it by its gRPC code. */
+static void g_complete(gslot *sl, int code) {
+  load *ld = sl->gc->ld;
+  uint64_t now = uv_hrtime();
+  sl->busy = sl->sent = false;
+  uv_timer_stop(&sl->timer);
+  sl->tmode = TM_NONE;
+  ld->completed++;
+  hist_add(&ld->lat, now - sl->sent_ns);
+  if (code < 0 || code >= GRPC_N_CODES) code = GRPC_UNKNOWN;
+  ld->codes[code]++;
+  if (sl->retry_s >= 0) ld->retry_info++;
+  if (code == GRPC_OK) {
+    ld->ok++;
+    ld->spans_acked += sl->payload.items;
+    ld->traces_acked += sl->payload.n_traces;
+    if (ld->trace_fp) write_traces(ld, &sl->payload);
+  } else if (!ld->first_error[0]) {
+    snprintf(ld->first_error, sizeof ld->first_error, "%s: %s", grpc_code_name(code), sl->message);
+  }
+}
+
+static ssize_t g_read_data(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                           uint32_t *data_flags, nghttp2_data_source *source, void *user_data) {
+  gslot *sl = source->ptr;
+  if (!sl->sent || sl->stream_id != stream_id) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* a stale stream */
+  size_t total = 5 + sl->msg_len, n = 0;
+  while (n < length && sl->off < total) {
+    if (sl->off < 5) {
+      buf[n++] = sl->prefix[sl->off++];
+      continue;
+    }
+    size_t k = total - sl->off < length - n ? total - sl->off : length - n;
+    memcpy(buf + n, sl->msg + (sl->off - 5), k);
+    n += k;
+    sl->off += k;
+  }
+  if (sl->off == total) *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+  return (ssize_t)n;
+}
+
+/* Submits the slot's claimed request on the connection's session. */
+static void g_submit(gslot *sl) {
+  gconn *gc = sl->gc;
+  load *ld = gc->ld;
+  pl_payload *p = &sl->payload;
+  pl_rng_seed(&p->rng, pl_mix64(ld->cfg.payload.seed ^ pl_mix64(sl->req_no + 1))); /* as conn_send */
+  pl_payload_rerandomize(p);
+  sl->msg = p->body;
+  sl->msg_len = p->len;
+  if (ld->cfg.gzip) {
+    const uint8_t *z;
+    ssize_t n = pl_gzip_compress(&sl->gz, p->body, p->len, &z);
+    if (n < 0) {
+      fprintf(stderr, "otlp-load: gzip: %s\n", strerror((int)-n));
+      g_fail(sl, ERR_PROTOCOL);
+      load_stop(ld);
+      return;
+    }
+    sl->msg = z;
+    sl->msg_len = (size_t)n;
+  }
+  grpc_frame_prefix(sl->prefix, ld->cfg.gzip, (uint32_t)sl->msg_len);
+  sl->off = 0;
+  sl->http_status = 0;
+  sl->grpc_status = -1;
+  sl->retry_s = -1;
+  sl->message[0] = '\0';
+  nghttp2_data_provider dp = {.source = {.ptr = sl}, .read_callback = g_read_data};
+  int32_t id = nghttp2_submit_request(gc->session, NULL, ld->nva, ld->n_nva, &dp, sl);
+  if (id < 0) {
+    if (id == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED) {
+      gc->goaway = true; /* the server sent GOAWAY: the slot stays ready for the next connection */
+      return;
+    }
+    g_fail(sl, ERR_PROTOCOL);
+    return;
+  }
+  sl->ready = false;
+  sl->sent = true;
+  sl->stream_id = id;
+  sl->sent_ns = uv_hrtime();
+  ld->spans_sent += p->items;
+  ld->bytes += 5 + sl->msg_len;
+}
+
+static void g_on_timer(uv_timer_t *t);
+
+static void g_start_timer(gslot *sl, enum timer_mode m, uint64_t ms) {
+  sl->tmode = m;
+  uv_timer_start(&sl->timer, g_on_timer, ms, 0);
+}
+
+/* The slot's request is due: it waits for the connection (connected or not), its timeout running. */
+static void g_slot_go(gslot *sl) {
+  g_start_timer(sl, TM_TIMEOUT, (sl->gc->ld->cfg.timeout_ns + 999999) / 1000000);
+  sl->ready = true;
+  g_kick(sl->gc);
+}
+
+/* The slot is free: claim the next request and send it at its slot, or finish. */
+static void g_slot_next(gslot *sl) {
+  load *ld = sl->gc->ld;
+  uint64_t slot;
+  if (sl->finished) return;
+  sl->req_no = ld->issued;
+  if (!claim(ld, &slot)) {
+    g_slot_finish(sl);
+    return;
+  }
+  sl->busy = true;
+  uint64_t now = uv_hrtime();
+  if (slot > now + 500000) g_start_timer(sl, TM_PACE, (slot - now + 999999) / 1000000);
+  else g_slot_go(sl);
+}
+
+static void g_on_timer(uv_timer_t *t) {
+  gslot *sl = t->data;
+  gconn *gc = sl->gc;
+  enum timer_mode m = sl->tmode;
+  sl->tmode = TM_NONE;
+  if (m == TM_PACE) {
+    g_slot_go(sl);
+  } else if (m == TM_TIMEOUT) {
+    if (sl->sent && gc->session)
+      nghttp2_submit_rst_stream(gc->session, NGHTTP2_FLAG_NONE, sl->stream_id, NGHTTP2_CANCEL);
+    g_fail(sl, ERR_TIMEOUT);
+    g_slot_next(sl);
+    g_flush(gc);
+  }
+}
+
+/* ---- the connection */
+
+/* Closes the connection (if open); connect_failed chooses a backoff before the next connect. Requests sent on it
+ * fail as kind; ready ones wait for the next connection (with a failed connect they fail as ERR_CONNECT). Never
+ * called from nghttp2's callbacks. */
+static void g_drop(gconn *gc, enum err_kind kind) {
+  load *ld = gc->ld;
+  gc->connected = false;
+  if (gc->tcp_open && !gc->closing) {
+    gc->closing = true;
+    uv_close((uv_handle_t *)&gc->tcp, g_on_tcp_closed);
+  }
+  for (uint32_t j = 0; j < ld->cfg.streams; j++) {
+    gslot *sl = &gc->slots[j];
+    if (sl->sent) g_fail(sl, kind);
+    else if (sl->ready && gc->connect_failed) g_fail(sl, ERR_CONNECT);
+    else continue;
+    g_slot_next(sl); /* claims the next request: it waits until the connection is closed and reopened */
+  }
+}
+
+static void g_on_backoff(uv_timer_t *t) {
+  gconn *gc = t->data;
+  gc->backoff_on = false;
+  g_kick(gc);
+}
+
+static void g_on_tcp_closed(uv_handle_t *h) {
+  gconn *gc = h->data;
+  gc->tcp_open = gc->closing = gc->connected = gc->writing = gc->goaway = false;
+  gc->wlen = 0;
+  if (gc->session) {
+    nghttp2_session_del(gc->session);
+    gc->session = NULL;
+  }
+  if (gc->finished) return;
+  if (gc->connect_failed) {
+    gc->backoff_on = true;
+    uv_timer_start(&gc->backoff, g_on_backoff, CONNECT_BACKOFF_MS, 0);
+    return;
+  }
+  g_kick(gc);
+}
+
+static void g_on_write(uv_write_t *req, int status) {
+  gconn *gc = req->data;
+  gc->writing = false;
+  gc->wlen = 0;
+  if (status < 0) {
+    if (status == UV_ECANCELED || gc->finished) return;
+    g_drop(gc, ERR_RESET);
+    return;
+  }
+  g_flush(gc);
+}
+
+/* Gathers what nghttp2 has to send and writes it; closes a connection that is done (after a GOAWAY). */
+static void g_flush(gconn *gc) {
+  if (gc->writing || gc->in_h2 || !gc->session || gc->closing || !gc->connected) return;
+  for (;;) {
+    const uint8_t *data;
+    gc->in_h2 = true; /* a stream closed while sending completes a call, which may submit the next one */
+    ssize_t n = nghttp2_session_mem_send(gc->session, &data);
+    gc->in_h2 = false;
+    if (gc->closing) return; /* its last slot finished meanwhile */
+    if (n < 0) {
+      g_drop(gc, ERR_PROTOCOL);
+      return;
+    }
+    if (n == 0) break;
+    if (gc->wlen + (size_t)n > gc->wcap) {
+      size_t cap = gc->wcap ? gc->wcap : 65536;
+      while (cap < gc->wlen + (size_t)n) cap *= 2;
+      uint8_t *nb = realloc(gc->wbuf, cap);
+      if (!nb) {
+        g_drop(gc, ERR_PROTOCOL);
+        return;
+      }
+      gc->wbuf = nb;
+      gc->wcap = cap;
+    }
+    memcpy(gc->wbuf + gc->wlen, data, (size_t)n);
+    gc->wlen += (size_t)n;
+    if (gc->wlen >= GRPC_WBUF_FLUSH) break;
+  }
+  if (gc->wlen) {
+    uv_buf_t b = uv_buf_init((char *)gc->wbuf, (unsigned)gc->wlen);
+    gc->writing = true;
+    if (uv_write(&gc->write_req, (uv_stream_t *)&gc->tcp, &b, 1, g_on_write) < 0) {
+      gc->writing = false;
+      g_drop(gc, ERR_RESET);
+    }
+    return;
+  }
+  if (!nghttp2_session_want_read(gc->session) && !nghttp2_session_want_write(gc->session)) {
+    gc->connect_failed = false;
+    g_drop(gc, ERR_RESET); /* nothing is in flight: a GOAWAY'd connection closes, the next one opens */
+  }
+}
+
+static void g_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  gconn *gc = h->data;
+  *buf = uv_buf_init(gc->rbuf, sizeof(gc->rbuf));
+}
+
+static void g_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  gconn *gc = s->data;
+  if (nread == 0 || gc->finished || gc->closing) return;
+  if (nread < 0) {
+    g_drop(gc, ERR_RESET);
+    return;
+  }
+  gc->in_h2 = true;
+  ssize_t rv = nghttp2_session_mem_recv(gc->session, (const uint8_t *)buf->base, (size_t)nread);
+  gc->in_h2 = false;
+  if (rv < 0) {
+    g_drop(gc, ERR_PROTOCOL);
+    return;
+  }
+  g_flush(gc);
+}
+
+static int g_on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+                       const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data) {
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  gslot *sl = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
+  if (!sl || !sl->sent || sl->stream_id != frame->hd.stream_id) return 0;
+  hs_slice_t v = {(const char *)value, valuelen};
+  if (namelen == 7 && !memcmp(name, ":status", 7)) {
+    sl->http_status = atoi((const char *)value); /* nghttp2 NUL-terminates values */
+  } else if (namelen == 11 && !memcmp(name, "grpc-status", 11)) {
+    char *end;
+    long c = strtol((const char *)value, &end, 10);
+    sl->grpc_status = valuelen && *end == '\0' && c >= 0 && c < 1000 ? (int)c : GRPC_UNKNOWN;
+  } else if (namelen == 12 && !memcmp(name, "grpc-message", 12)) {
+    size_t n = grpc_percent_decode(v, sl->message, sizeof sl->message);
+    if (n >= sizeof sl->message) n = sizeof sl->message - 1;
+    sl->message[n] = '\0';
+  } else if (namelen == 23 && !memcmp(name, "grpc-status-details-bin", 23)) {
+    sl->retry_s = grpc_retry_delay_from_details(v);
+  }
+  return 0;
+}
+
+/* A GOAWAY: no new stream on this connection; it closes once its streams are done, and the next one opens. */
+static int g_on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
+  if (frame->hd.type == NGHTTP2_GOAWAY) ((gconn *)user_data)->goaway = true;
+  return 0;
+}
+
+static int g_on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code, void *user_data) {
+  gconn *gc = user_data;
+  gslot *sl = nghttp2_session_get_stream_user_data(session, stream_id);
+  if (!sl || !sl->sent || sl->stream_id != stream_id) return 0;
+  if (error_code == NGHTTP2_REFUSED_STREAM && gc->goaway && sl->grpc_status < 0) {
+    /* past the GOAWAY's last stream: never processed, so it goes again on the next connection (as gRPC clients
+     * retry refused streams transparently); its timeout keeps running */
+    sl->sent = false;
+    sl->ready = true;
+    gc->ld->spans_sent -= sl->payload.items;
+    gc->ld->bytes -= 5 + sl->msg_len;
+    return 0;
+  }
+  if (sl->grpc_status >= 0) g_complete(sl, sl->grpc_status);
+  else if (error_code != NGHTTP2_NO_ERROR) g_fail(sl, ERR_RESET);
+  else if (sl->http_status && sl->http_status != 200) g_complete(sl, g_code_from_http(sl->http_status));
+  else g_fail(sl, ERR_PROTOCOL); /* ended without grpc-status */
+  g_slot_next(sl);
+  return 0;
+}
+
+static void g_on_connect(uv_connect_t *req, int status) {
+  gconn *gc = req->data;
+  load *ld = gc->ld;
+  if (status == UV_ECANCELED || gc->finished) return;
+  gc->connect_failed = status < 0;
+  if (status < 0) {
+    g_drop(gc, ERR_CONNECT);
+    return;
+  }
+  if (nghttp2_session_client_new(&gc->session, ld->h2_callbacks, gc) != 0) {
+    gc->connect_failed = true;
+    g_drop(gc, ERR_CONNECT);
+    return;
+  }
+  nghttp2_settings_entry iv[2] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+                                  {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20}};
+  nghttp2_submit_settings(gc->session, NGHTTP2_FLAG_NONE, iv, 2);
+  if (uv_read_start((uv_stream_t *)&gc->tcp, g_on_alloc, g_on_read) < 0) {
+    gc->connect_failed = true;
+    g_drop(gc, ERR_CONNECT);
+    return;
+  }
+  gc->connected = true;
+  g_kick(gc);
+}
+
+static void g_connect(gconn *gc) {
+  load *ld = gc->ld;
+  if (uv_tcp_init(ld->loop, &gc->tcp) < 0) {
+    gc->connect_failed = true;
+    gc->backoff_on = true;
+    uv_timer_start(&gc->backoff, g_on_backoff, CONNECT_BACKOFF_MS, 0);
+    return;
+  }
+  gc->tcp.data = gc;
+  gc->tcp_open = true;
+  uv_tcp_nodelay(&gc->tcp, 1);
+  gc->connect_req.data = gc;
+  if (uv_tcp_connect(&gc->connect_req, &gc->tcp, (const struct sockaddr *)&ld->addr, g_on_connect) < 0) {
+    gc->connect_failed = true;
+    g_drop(gc, ERR_CONNECT);
+  }
+}
+
+/* Submits every ready slot on an open connection and flushes, or opens the connection. */
+static void g_kick(gconn *gc) {
+  if (gc->finished || gc->closing) return; /* the close callback kicks again */
+  if (!gc->tcp_open) {
+    if (gc->backoff_on) return;
+    bool any = false;
+    for (uint32_t j = 0; j < gc->ld->cfg.streams && !any; j++) any = gc->slots[j].ready;
+    if (any) g_connect(gc);
+    return;
+  }
+  if (!gc->connected) return; /* connecting: g_on_connect kicks */
+  for (uint32_t j = 0; j < gc->ld->cfg.streams && !gc->goaway; j++)
+    if (gc->slots[j].ready) g_submit(&gc->slots[j]);
+  g_flush(gc);
+}
+
+/* Builds the request headers every call shares (names lower-case, as HTTP/2 wants). */
+static int g_build_headers(load *ld) {
+  const load_cfg *cfg = &ld->cfg;
+  static char timeout[24];
+  snprintf(timeout, sizeof timeout, "%" PRIu64 "m", (cfg->timeout_ns + 999999) / 1000000);
+  size_t cap = 16 + 64;
+  ld->nva = calloc(cap, sizeof *ld->nva);
+  ld->hdr_copy = malloc(cfg->headers_len + 1);
+  if (!ld->nva || !ld->hdr_copy) return -ENOMEM;
+  size_t n = 0;
+  const char *authority = cfg->authority;
+  /* --header lines: "Name: value\r\n"; a Host header becomes :authority */
+  memcpy(ld->hdr_copy, cfg->headers, cfg->headers_len);
+  ld->hdr_copy[cfg->headers_len] = '\0';
+  nghttp2_nv meta[64];
+  size_t n_meta = 0;
+  for (char *line = ld->hdr_copy; *line && n_meta < 64;) {
+    char *eol = strstr(line, "\r\n");
+    if (!eol) break;
+    *eol = '\0';
+    char *colon = strchr(line, ':');
+    *colon = '\0';
+    for (char *q = line; *q; q++) *q = (char)(*q >= 'A' && *q <= 'Z' ? *q + 32 : *q);
+    const char *v = colon + 2; /* add_header wrote "Name: value" */
+    if (!strcmp(line, "host")) authority = v;
+    else meta[n_meta++] = (nghttp2_nv){(uint8_t *)line, (uint8_t *)v, strlen(line), strlen(v), NGHTTP2_NV_FLAG_NONE};
+    line = eol + 2;
+  }
+#define NV(k, v) (nghttp2_nv){(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v), NGHTTP2_NV_FLAG_NONE}
+  ld->nva[n++] = NV(":method", "POST");
+  ld->nva[n++] = NV(":scheme", "http");
+  ld->nva[n++] = NV(":path", cfg->path);
+  ld->nva[n++] = NV(":authority", authority);
+  ld->nva[n++] = NV("content-type", "application/grpc");
+  ld->nva[n++] = NV("te", "trailers");
+  ld->nva[n++] = NV("grpc-timeout", timeout);
+  if (cfg->gzip) ld->nva[n++] = NV("grpc-encoding", "gzip");
+  ld->nva[n++] = NV("user-agent", "otlp-load/grpc");
+#undef NV
+  for (size_t i = 0; i < n_meta; i++) ld->nva[n++] = meta[i];
+  ld->n_nva = n;
+  return 0;
+}
+
+/* Sets up connections and slots for --grpc; returns 0 or a negative errno (what was built is disposed by
+ * g_dispose). */
+static int g_init(load *ld) {
+  int err;
+  if ((err = g_build_headers(ld)) < 0) return err;
+  nghttp2_session_callbacks *cb;
+  if (nghttp2_session_callbacks_new(&cb) != 0) return -ENOMEM;
+  nghttp2_session_callbacks_set_on_header_callback(cb, g_on_header);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cb, g_on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cb, g_on_frame_recv);
+  ld->h2_callbacks = cb;
+  ld->gconns = calloc(ld->cfg.connections, sizeof(gconn));
+  if (!ld->gconns) return -ENOMEM;
+  for (uint32_t i = 0; i < ld->cfg.connections; i++) {
+    gconn *gc = &ld->gconns[i];
+    gc->ld = ld;
+    gc->slots = calloc(ld->cfg.streams, sizeof(gslot));
+    if (!gc->slots) return -ENOMEM;
+    for (uint32_t j = 0; j < ld->cfg.streams; j++) {
+      gslot *sl = &gc->slots[j];
+      sl->gc = gc;
+      pl_options po = ld->cfg.payload;
+      po.seed = pl_mix64(ld->cfg.payload.seed + i * ld->cfg.streams + j);
+      if ((err = pl_payload_init(&sl->payload, &po)) < 0) return err;
+      ld->g_built++;
+      if (ld->cfg.gzip && (err = pl_gzip_init(&sl->gz, ld->cfg.gzip_level)) < 0) return err;
+    }
+  }
+  return 0;
+}
+
+static void g_start(load *ld) {
+  for (uint32_t i = 0; i < ld->cfg.connections; i++) {
+    gconn *gc = &ld->gconns[i];
+    uv_timer_init(ld->loop, &gc->backoff);
+    gc->backoff.data = gc;
+    gc->write_req.data = gc;
+    for (uint32_t j = 0; j < ld->cfg.streams; j++) {
+      uv_timer_init(ld->loop, &gc->slots[j].timer);
+      gc->slots[j].timer.data = &gc->slots[j];
+    }
+  }
+  for (uint32_t i = 0; i < ld->cfg.connections; i++)
+    for (uint32_t j = 0; j < ld->cfg.streams; j++) g_slot_next(&ld->gconns[i].slots[j]);
+}
+
+static void g_dispose(load *ld) {
+  uint64_t left = ld->g_built;
+  for (uint32_t i = 0; ld->gconns && i < ld->cfg.connections; i++) {
+    gconn *gc = &ld->gconns[i];
+    for (uint32_t j = 0; gc->slots && j < ld->cfg.streams && left; j++, left--) {
+      pl_gzip_dispose(&gc->slots[j].gz);
+      pl_payload_dispose(&gc->slots[j].payload);
+    }
+    free(gc->slots);
+    free(gc->wbuf);
+  }
+  free(ld->gconns);
+  if (ld->h2_callbacks) nghttp2_session_callbacks_del(ld->h2_callbacks);
+  free(ld->nva);
+  free(ld->hdr_copy);
+}
+
 /* ---------------------------------------------------------------------------------------------- signals, progress */
 
 static void on_signal(uv_signal_t *s, int signum) {
@@ -534,23 +1137,35 @@ static void print_summary(const load *ld) {
   double p99 = hist_quantile(&ld->lat, 0.99) / 1e6, pmax = (double)ld->lat.max / 1e6;
   double rps = (double)ld->completed / el, sps = (double)ld->spans_acked / el, mbps = (double)ld->bytes / el / 1e6;
   if (!cfg->quiet) {
-    printf("otlp-load: %s %s%s to http://%s%s, %" PRIu32 " connections, %" PRIu32 " %s/request in %" PRIu32
-           " traces\n",
+    char conns[64];
+    if (cfg->grpc) snprintf(conns, sizeof conns, "%" PRIu32 " connections x %" PRIu32 " streams", cfg->connections,
+                            cfg->streams);
+    else snprintf(conns, sizeof conns, "%" PRIu32 " connections", cfg->connections);
+    printf("otlp-load: %s %s%s %sto http://%s%s, %s, %" PRIu32 " %s/request in %" PRIu32 " traces\n",
            pl_signal_name(cfg->payload.signal), cfg->payload.encoding == PL_JSON ? "json" : "protobuf",
-           cfg->gzip ? "+gzip" : "", cfg->authority, cfg->path, cfg->connections, cfg->payload.items,
+           cfg->gzip ? "+gzip" : "", cfg->grpc ? "over gRPC " : "", cfg->authority, cfg->path, conns,
+           cfg->payload.items,
            cfg->payload.signal == PL_TRACES ? "spans" : cfg->payload.signal == PL_LOGS ? "log records" : "data points",
            cfg->payload.signal == PL_METRICS ? 0 : cfg->payload.traces);
-    printf("  requests   %" PRIu64 " in %.3fs (%.1f req/s), %" PRIu64 " ok (2xx)%s\n", ld->completed, el, rps, ld->ok,
-           ld->aborted ? ", some aborted by the stop" : "");
+    printf("  requests   %" PRIu64 " in %.3fs (%.1f req/s), %" PRIu64 " ok (%s)%s\n", ld->completed, el, rps, ld->ok,
+           cfg->grpc ? "OK" : "2xx", ld->aborted ? ", some aborted by the stop" : "");
     printf("  status    ");
     bool any = false;
-    for (int s = 0; s < STATUS_MAX; s++) {
+    for (int s = 0; !cfg->grpc && s < STATUS_MAX; s++) {
       if (ld->status[s]) {
         printf(" %d=%" PRIu64, s, ld->status[s]);
         any = true;
       }
     }
+    for (int s = 0; cfg->grpc && s < GRPC_N_CODES; s++) {
+      if (ld->codes[s]) {
+        printf(" %s=%" PRIu64, grpc_code_name(s), ld->codes[s]);
+        any = true;
+      }
+    }
     printf("%s\n", any ? "" : " (none)");
+    if (cfg->grpc && ld->retry_info) printf("  retry      %" PRIu64 " answers carried RetryInfo\n", ld->retry_info);
+    if (ld->first_error[0]) printf("  first error %s\n", ld->first_error);
     printf("  errors     %" PRIu64 " (connect %" PRIu64 ", reset %" PRIu64 ", timeout %" PRIu64 ", protocol %" PRIu64
            ")\n",
            errs, ld->errors[ERR_CONNECT], ld->errors[ERR_RESET], ld->errors[ERR_TIMEOUT], ld->errors[ERR_PROTOCOL]);
@@ -569,6 +1184,10 @@ static void print_summary(const load *ld) {
   for (int s = 0; s < STATUS_MAX; s++) {
     if (ld->status[s]) printf(" status_%d=%" PRIu64, s, ld->status[s]);
   }
+  for (int s = 0; cfg->grpc && s < GRPC_N_CODES; s++) {
+    if (ld->codes[s]) printf(" status_%s=%" PRIu64, grpc_code_name(s), ld->codes[s]);
+  }
+  if (cfg->grpc) printf(" retry_info=%" PRIu64, ld->retry_info);
   printf("\n");
   fflush(stdout);
 }
@@ -578,9 +1197,16 @@ static void print_summary(const load *ld) {
 static void usage(FILE *f) {
   fputs(
       "usage: otlp-load [options]\n"
-      "Sends OTLP/HTTP export requests over keep-alive connections and reports throughput and latency.\n"
+      "Sends OTLP/HTTP export requests over keep-alive connections (or OTLP/gRPC calls, --grpc) and reports\n"
+      "throughput and latency.\n"
       "\n"
       "  --url URL            base URL, http only (default http://127.0.0.1:4318); /v1/<signal> is appended\n"
+      "                       (--grpc: default http://127.0.0.1:4317; the path is the service's, the URL's unused)\n"
+      "  --grpc               OTLP/gRPC: HTTP/2 cleartext (prior knowledge), one Export call per request,\n"
+      "                       --streams calls in flight per connection; --gzip sends grpc-encoding gzip;\n"
+      "                       --header lines become metadata (names lower-cased; Host becomes :authority);\n"
+      "                       --timeout is also sent as grpc-timeout. Answers count by grpc-status name\n"
+      "  --streams M          --grpc: concurrent calls per connection (default 1)\n"
       "  --signal S           traces | logs | metrics (default traces)\n"
       "  --connections N      keep-alive connections, one request in flight each (default 8)\n"
       "  --spans N            spans (log records, metric data points) per request (default 100)\n"
@@ -605,7 +1231,10 @@ static void usage(FILE *f) {
       "Output: a summary and one line \"RESULT requests=.. ok=.. spans_sent=.. spans_acked=.. traces_acked=..\n"
       "bytes=.. elapsed_s=.. rps=.. spans_per_s=.. mb_per_s=.. p50_ms=.. p90_ms=.. p99_ms=.. max_ms=..\n"
       "errors=.. errors_<kind>=.. aborted=.. status_<code>=..\" (bytes are request bodies as sent; rps counts\n"
-      "every completed request; spans_per_s counts acknowledged items). Exit 0 when it ran, 2 on bad usage.\n",
+      "every completed request; spans_per_s counts acknowledged items). With --grpc, status_<NAME>=.. per gRPC\n"
+      "code (status_OK, status_UNAVAILABLE, ...; ok = OK answers), then retry_info=.. (answers with RetryInfo);\n"
+      "bytes include the 5-byte message prefix; a stream reset or closed without grpc-status is an error\n"
+      "(reset, protocol). Exit 0 when it ran, 2 on bad usage.\n",
       f);
 }
 
@@ -700,7 +1329,7 @@ static void add_header(load_cfg *cfg, const char *h) {
 
 static void parse_args(load_cfg *cfg, int argc, char **argv) {
   enum { O_URL = 256, O_SIGNAL, O_CONN, O_SPANS, O_TRACES, O_RES, O_REQ, O_DUR, O_RATE, O_GZIP, O_GZLEVEL, O_JSON,
-         O_SEED, O_TFILE, O_HEADER, O_TIMEOUT, O_PROGRESS, O_QUIET, O_HELP };
+         O_SEED, O_TFILE, O_HEADER, O_TIMEOUT, O_PROGRESS, O_QUIET, O_HELP, O_GRPC, O_STREAMS };
   static const struct option longopts[] = {
       {"url", required_argument, NULL, O_URL},           {"signal", required_argument, NULL, O_SIGNAL},
       {"connections", required_argument, NULL, O_CONN},  {"spans", required_argument, NULL, O_SPANS},
@@ -711,8 +1340,10 @@ static void parse_args(load_cfg *cfg, int argc, char **argv) {
       {"seed", required_argument, NULL, O_SEED},         {"trace-file", required_argument, NULL, O_TFILE},
       {"header", required_argument, NULL, O_HEADER},     {"timeout", required_argument, NULL, O_TIMEOUT},
       {"progress", no_argument, NULL, O_PROGRESS},       {"quiet", no_argument, NULL, O_QUIET},
-      {"help", no_argument, NULL, O_HELP},               {NULL, 0, NULL, 0}};
-  const char *url = "http://127.0.0.1:4318";
+      {"help", no_argument, NULL, O_HELP},               {"grpc", no_argument, NULL, O_GRPC},
+      {"streams", required_argument, NULL, O_STREAMS},   {NULL, 0, NULL, 0}};
+  const char *url = NULL;
+  bool streams_set = false;
   bool traces_set = false;
   pl_options_default(&cfg->payload);
   cfg->connections = 8;
@@ -756,6 +1387,11 @@ static void parse_args(load_cfg *cfg, int argc, char **argv) {
     case O_TIMEOUT: cfg->timeout_ns = parse_duration("--timeout", optarg); break;
     case O_PROGRESS: cfg->progress = true; break;
     case O_QUIET: cfg->quiet = true; break;
+    case O_GRPC: cfg->grpc = true; break;
+    case O_STREAMS:
+      cfg->streams = (uint32_t)parse_u64("--streams", optarg, 1, GRPC_STREAMS_MAX);
+      streams_set = true;
+      break;
     case O_HELP:
       usage(stdout);
       exit(0);
@@ -765,8 +1401,12 @@ static void parse_args(load_cfg *cfg, int argc, char **argv) {
     }
   }
   if (optind < argc) die_usage("unexpected argument '%s'", argv[optind]);
-  parse_url(cfg, url);
-  strcat(cfg->path, pl_signal_path(cfg->payload.signal));
+  if (streams_set && !cfg->grpc) die_usage("--streams needs --grpc");
+  if (!cfg->streams) cfg->streams = 1;
+  if (cfg->grpc && cfg->payload.encoding == PL_JSON) die_usage("--json: OTLP/gRPC carries protobuf only");
+  parse_url(cfg, url ? url : cfg->grpc ? "http://127.0.0.1:4317" : "http://127.0.0.1:4318");
+  if (cfg->grpc) snprintf(cfg->path, sizeof cfg->path, "%s", grpc_service_path((int)cfg->payload.signal));
+  else strcat(cfg->path, pl_signal_path(cfg->payload.signal));
   if (!cfg->requests && !cfg->duration_ns) cfg->duration_ns = 10000000000ull;
   pl_options *po = &cfg->payload;
   if (po->signal != PL_METRICS && po->traces > po->items) {
@@ -815,8 +1455,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   char *prefix = build_prefix(&ld.cfg, &ld.prefix_len);
-  ld.conns = calloc(ld.cfg.connections, sizeof(conn));
-  if (!prefix || !ld.conns) {
+  ld.conns = ld.cfg.grpc ? NULL : calloc(ld.cfg.connections, sizeof(conn));
+  if (!prefix || (!ld.conns && !ld.cfg.grpc)) {
     fprintf(stderr, "otlp-load: out of memory\n");
     goto out;
   }
@@ -824,7 +1464,11 @@ int main(int argc, char **argv) {
   llhttp_settings_init(&ld.settings);
   ld.settings.on_message_complete = on_message_complete;
 
-  for (; built < ld.cfg.connections; built++) {
+  if (ld.cfg.grpc && (err = g_init(&ld)) < 0) {
+    fprintf(stderr, "otlp-load: cannot set up gRPC connections: %s\n", strerror(-err));
+    goto out;
+  }
+  for (; !ld.cfg.grpc && built < ld.cfg.connections; built++) {
     conn *c = &ld.conns[built];
     c->ld = &ld;
     c->idx = built;
@@ -867,13 +1511,14 @@ int main(int argc, char **argv) {
   ld.start_ns = ld.last_progress_ns = uv_hrtime();
   if (ld.cfg.duration_ns) ld.deadline_ns = ld.start_ns + ld.cfg.duration_ns;
   if (ld.cfg.progress) uv_timer_start(&ld.progress, on_progress, 1000, 1000);
-  for (uint32_t i = 0; i < ld.cfg.connections; i++) {
+  for (uint32_t i = 0; !ld.cfg.grpc && i < ld.cfg.connections; i++) {
     conn *c = &ld.conns[i];
     uv_timer_init(ld.loop, &c->timer);
     c->timer.data = c;
     c->write_req.data = c;
   }
-  for (uint32_t i = 0; i < ld.cfg.connections; i++) conn_next(&ld.conns[i]);
+  if (ld.cfg.grpc) g_start(&ld);
+  for (uint32_t i = 0; !ld.cfg.grpc && i < ld.cfg.connections; i++) conn_next(&ld.conns[i]);
   uv_run(ld.loop, UV_RUN_DEFAULT);
   if (!ld.done) ld.end_ns = uv_hrtime();
 
@@ -889,6 +1534,7 @@ out:
     pl_payload_dispose(&ld.conns[i].payload);
   }
   free(ld.conns);
+  g_dispose(&ld);
   free(prefix);
   if (uv_loop_close(ld.loop) != 0 && rc == 0) fprintf(stderr, "otlp-load: warning: handles left open at exit\n");
   return rc;

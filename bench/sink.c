@@ -23,6 +23,10 @@
  * (first byte, CLOCK_MONOTONIC seconds) of every OTLP POST with the status it was answered, so tests can
  * check retry timing; /stats reports the most connections and OTLP POSTs in flight seen at once and the
  * GETs per path (so tests can see which health-check path was asked).
+ * --grpc / --grpc-listen: the same receiver over OTLP/gRPC too (gateway/h2_server + gateway/grpc), beside the
+ * HTTP listener that keeps /stats and /control: Export calls go through the same counting, recording and fault
+ * options, their HTTP answer mapped to a gRPC status (see the usage text); grpc.health.v1.Health/Check is the
+ * health check.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -34,6 +38,8 @@
 #include <uv.h>
 
 #include "config/config.h"
+#include "gateway/grpc.h"
+#include "gateway/h2_server.h"
 #include "gateway/http_server.h"
 #include "gateway/otlp_http.h"
 #include "opentelemetry/proto/collector/logs/v1/logs_service.pb-c.h"
@@ -44,13 +50,18 @@
 typedef struct sink {
   uv_loop_t *loop;
   hs_server_t *srv;
+  h2s_server_t *gsrv;    /* --grpc / --grpc-listen: OTLP/gRPC beside the HTTP listener (NULL when off) */
+  uint64_t grpc_requests; /* OTLP Export calls over gRPC that reached the counting code */
+  uint64_t grpc_health;   /* grpc.health.v1.Health/Check calls */
+  int shutdowns;          /* servers still shutting down */
   int status;
   unsigned retry_after;
   uint64_t delay_ms;
   uint64_t max_body;
-  int no_decode;
+  int no_decode;         /* answer 200 without decoding: benchmarks of the HTTP layer alone */
   const char *require_name;   /* --require-header: requests without it are answered 401 */
-  const char *require_value;         /* answer 200 without decoding: benchmarks of the HTTP layer alone */
+  const char *require_value;
+  char require_lname[64];     /* require_name lower-case, for gRPC metadata */
   FILE *trace_file;
   FILE *log_file;        /* --log-file: "<trace_id hex> <records>" per trace per logs request */
   uint64_t requests[OTLP_N_SIGNALS];
@@ -82,15 +93,22 @@ typedef struct sink {
 
 #define SWEEP_MS 500
 
-typedef struct held {
+/* Whom an answer goes to: an HTTP request (req) or a gRPC call (st); start_ns is when it arrived. */
+typedef struct reply {
   hs_request_t *req;
+  h2s_stream_t *st;
+  uint64_t start_ns;
+} reply_t;
+
+typedef struct held {
+  reply_t r;
   int otlp;              /* 1: an OTLP POST (answered with a Status body), 0: a health check */
   otlp_encoding_t enc;
 } held_t;
 
 typedef struct delayed {
   uv_timer_t timer;
-  hs_request_t *req;
+  reply_t r;
   sink_t *sink;
   int status;
   otlp_signal_t sig;
@@ -102,7 +120,7 @@ static const char usage[] =
     "usage: otlp-sink [--listen HOST:PORT] [--status CODE] [--retry-after SECONDS] [--delay MS]\n"
     "                 [--trace-file PATH] [--log-file PATH] [--max-body SIZE] [--no-decode]\n"
     "                 [--require-header 'NAME: VALUE'] [--partial N] [--times-file PATH]\n"
-    "                 [--health-status CODE]\n"
+    "                 [--health-status CODE] [--grpc | --grpc-listen HOST:PORT]\n"
     "  --listen       address to listen on (default 127.0.0.1:0 = ephemeral; the bound address is printed)\n"
     "  --status       answer every OTLP request with this status instead of 200 (e.g. 503); initial value of\n"
     "                 the control endpoint's status\n"
@@ -119,6 +137,9 @@ static const char usage[] =
     "  --times-file   append \"<CLOCK_MONOTONIC seconds> <status> <signal>\" for every OTLP POST: when its first\n"
     "                 byte arrived and what it was answered (0: held by hang mode)\n"
     "  --health-status  answer health checks (GETs but /stats, /control) with this status (default 200)\n"
+    "  --grpc-listen  also serve OTLP/gRPC (HTTP/2 cleartext) on HOST:PORT; printed as \"otlp-sink grpc listening\n"
+    "                 on HOST:PORT\" after the HTTP line (the HTTP listener keeps /stats and /control)\n"
+    "  --grpc         the same on the --listen host, ephemeral port\n"
     "HTTP: POST /v1/{traces,logs,metrics}; GET any other path (health, 200); GET /stats (counters, JSON:\n"
     "  per signal, rejected, invalid, partial_rejected, connections, max_connections, in_flight, max_in_flight,\n"
     "  the partial, health and delay settings, gets per path);\n"
@@ -128,7 +149,15 @@ static const char usage[] =
     "  POSTs and health checks unanswered (a black hole), hang=0 answers the held ones with 503, partial as\n"
     "  --partial, health as --health-status, delay as --delay, reset=1 restarts max_connections and\n"
     "  max_in_flight from the current values.\n"
-    "  Unknown parameters or bad values -> 400. SIGTERM/SIGINT answer held requests (503) and exit.\n";
+    "  Unknown parameters or bad values -> 400. SIGTERM/SIGINT answer held requests (503) and exit.\n"
+    "gRPC: {Trace,Logs,Metrics}Service/Export and grpc.health.v1.Health/Check (SERVING when the health status\n"
+    "  is 200, else NOT_SERVING). Calls are counted with the HTTP requests (per signal in /stats, plus\n"
+    "  grpc_requests, grpc_health, grpc_connections) and get the same fault options (--status, --retry-after,\n"
+    "  --delay, --partial, --require-header on the metadata, hang): 200 -> OK with the Export*ServiceResponse\n"
+    "  (partial_success with --partial); as a gRPC status (trailers-only): 400 -> INVALID_ARGUMENT,\n"
+    "  401 -> UNAUTHENTICATED, 413 -> RESOURCE_EXHAUSTED, 415 -> UNIMPLEMENTED, 503 -> UNAVAILABLE with\n"
+    "  RetryInfo (retry_delay = retry_after, 1 s when 0), 429/502/504 -> UNAVAILABLE (RetryInfo only when\n"
+    "  retry_after > 0), any other -> INTERNAL. A message flagged compressed needs grpc-encoding gzip.\n";
 
 static int cmp_id16(const void *a, const void *b) { return memcmp(a, b, 16); }
 
@@ -202,25 +231,121 @@ static void partial_message(const sink_t *s, otlp_signal_t sig, int64_t rejected
            otlp_signal(sig)->items);
 }
 
-static void answer(sink_t *s, hs_request_t *req, int status, otlp_signal_t sig, otlp_encoding_t enc,
-                   int64_t rejected) {
+/* ---- gRPC answers ---------------------------------------------------------------------------------- */
+
+/* The gRPC status the sink answers for the HTTP status it would answer (see the usage text). */
+static int sink_grpc_code(int http_status) {
+  switch (http_status) {
+    case 200: return GRPC_OK;
+    case 400: return GRPC_INVALID_ARGUMENT;
+    case 401: return GRPC_UNAUTHENTICATED;
+    case 413: return GRPC_RESOURCE_EXHAUSTED;
+    case 415: return GRPC_UNIMPLEMENTED;
+    case 429: case 502: case 503: case 504: return GRPC_UNAVAILABLE;
+    default: return GRPC_INTERNAL;
+  }
+}
+
+static const hs_header_t grpc_ct = {{"content-type", 12}, {"application/grpc", 16}};
+
+/* A trailers-only answer: one HEADERS frame with :status 200, grpc-status, grpc-message and, when
+ * retry_delay_s > 0, grpc-status-details-bin with RetryInfo. */
+static void grpc_fail(h2s_stream_t *st, int code, const char *msg, uint32_t retry_delay_s) {
+  char num[8], pmsg[512], details[768];
+  hs_header_t h[4];
+  size_t n = 0;
+  h[n++] = grpc_ct;
+  int nl = snprintf(num, sizeof num, "%d", code);
+  h[n++] = (hs_header_t){{"grpc-status", 11}, {num, (size_t)nl}};
+  size_t ml = grpc_percent_encode(msg, pmsg, sizeof pmsg);
+  if (ml) h[n++] = (hs_header_t){{"grpc-message", 12}, {pmsg, ml}};
+  if (retry_delay_s > 0) {
+    size_t dl = grpc_status_details_bin(code, msg, retry_delay_s, details, sizeof details);
+    if (dl) h[n++] = (hs_header_t){{"grpc-status-details-bin", 23}, {details, dl}};
+  }
+  h2s_respond(st, 200, h, n, NULL, 0, NULL, 0);
+}
+
+/* OK with one framed message (an Export*ServiceResponse or a HealthCheckResponse), then trailers grpc-status 0. */
+static void grpc_ok(h2s_stream_t *st, const uint8_t *msg, size_t len) {
+  uint8_t body[5 + 1200];
+  if (len > sizeof body - 5) len = 0; /* cannot happen: the callers' messages are small */
+  grpc_frame_prefix(body, 0, (uint32_t)len);
+  if (len) memcpy(body + 5, msg, len);
+  static const hs_header_t ok[1] = {{{"grpc-status", 11}, {"0", 1}}};
+  h2s_respond(st, 200, &grpc_ct, 1, body, 5 + len, ok, 1);
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v) {
+  size_t n = 0;
+  do {
+    p[n] = (uint8_t)(v & 0x7f);
+    v >>= 7;
+    if (v) p[n] |= 0x80;
+    n++;
+  } while (v);
+  return n;
+}
+
+/* Export*ServiceResponse{partial_success = 1 {rejected_<items> = 1, error_message = 2}} (the same shape for the
+ * three signals) into out; empty when nothing was rejected. The HTTP path's otlp_respond_partial() builds the same
+ * bytes but sends them itself. */
+static size_t partial_response(int64_t rejected, const char *msg, uint8_t out[1200]) {
+  if (rejected <= 0) return 0;
+  uint8_t inner[1100];
+  size_t il = 0, ml = strlen(msg);
+  if (ml > 1000) ml = 1000;
+  inner[il++] = 0x08;
+  il += put_varint(inner + il, (uint64_t)rejected);
+  inner[il++] = 0x12;
+  il += put_varint(inner + il, ml);
+  memcpy(inner + il, msg, ml);
+  il += ml;
+  size_t n = 0;
+  out[n++] = 0x0a;
+  n += put_varint(out + n, il);
+  memcpy(out + n, inner, il);
+  return n + il;
+}
+
+/* The gRPC answer to an Export call the HTTP path would answer with http_status. */
+static void grpc_answer(sink_t *s, h2s_stream_t *st, int http_status, otlp_signal_t sig, int64_t rejected,
+                        const char *msg) {
+  int code = sink_grpc_code(http_status);
+  if (code == GRPC_OK) {
+    char pm[160] = "";
+    uint8_t out[1200];
+    if (rejected > 0) partial_message(s, sig, rejected, pm, sizeof pm);
+    grpc_ok(st, out, partial_response(rejected, pm, out));
+    return;
+  }
+  uint32_t delay = 0;
+  if (code == GRPC_UNAVAILABLE) delay = s->retry_after ? s->retry_after : http_status == 503 ? 1 : 0;
+  grpc_fail(st, code, msg, delay);
+}
+
+/* ---- answers over either protocol ------------------------------------------------------------------ */
+
+static void answer(sink_t *s, reply_t r, int status, otlp_signal_t sig, otlp_encoding_t enc, int64_t rejected) {
   s->in_flight--;
-  if (status == 200 && rejected > 0) {
+  if (r.st) {
+    grpc_answer(s, r.st, status, sig, rejected, "otlp-sink configured status");
+  } else if (status == 200 && rejected > 0) {
     char msg[160];
     partial_message(s, sig, rejected, msg, sizeof msg);
-    otlp_respond_partial(req, sig, enc, rejected, msg);
+    otlp_respond_partial(r.req, sig, enc, rejected, msg);
   } else if (status == 200) {
-    otlp_respond_success(req, enc);
+    otlp_respond_success(r.req, enc);
   } else {
-    otlp_respond_status(req, enc, status, "otlp-sink configured status", s->retry_after, NULL, 0);
+    otlp_respond_status(r.req, enc, status, "otlp-sink configured status", s->retry_after, NULL, 0);
   }
 }
 
 /* One --times-file line for an OTLP POST: when its first byte arrived, and the status it gets (0 = held). */
-static void record_time(sink_t *s, const hs_request_t *req, int status, int sig) {
+static void record_time(sink_t *s, reply_t r, int status, int sig) {
   if (!s->times_file) return;
-  fprintf(s->times_file, "%" PRIu64 ".%06" PRIu64 " %d %s\n", req->start_ns / 1000000000u,
-          req->start_ns % 1000000000u / 1000u, status, sig >= 0 ? otlp_signal(sig)->name : "none");
+  fprintf(s->times_file, "%" PRIu64 ".%06" PRIu64 " %d %s\n", r.start_ns / 1000000000u,
+          r.start_ns % 1000000000u / 1000u, status, sig >= 0 ? otlp_signal(sig)->name : "none");
   fflush(s->times_file);
 }
 
@@ -228,25 +353,25 @@ static void on_delay_closed(uv_handle_t *h) { free(h->data); }
 
 static void on_delay(uv_timer_t *t) {
   delayed_t *d = t->data;
-  answer(d->sink, d->req, d->status, d->sig, d->enc, d->rejected);
+  answer(d->sink, d->r, d->status, d->sig, d->enc, d->rejected);
   d->timer.data = d;
   uv_close((uv_handle_t *)&d->timer, on_delay_closed);
 }
 
 /* Answers an OTLP POST (now, or after --delay); rejected > 0 makes a 200 a partial_success. */
-static void respond(sink_t *s, hs_request_t *req, int status, int sig, otlp_encoding_t enc, int64_t rejected) {
+static void respond(sink_t *s, reply_t r, int status, int sig, otlp_encoding_t enc, int64_t rejected) {
   if (status != 200) s->rejected++;
-  record_time(s, req, status, sig);
+  record_time(s, r, status, sig);
   if (s->delay_ms == 0) {
-    answer(s, req, status, sig, enc, rejected);
+    answer(s, r, status, sig, enc, rejected);
     return;
   }
   delayed_t *d = calloc(1, sizeof *d);
   if (!d) {
-    answer(s, req, 500, sig, enc, 0);
+    answer(s, r, 500, sig, enc, 0);
     return;
   }
-  d->req = req;
+  d->r = r;
   d->sink = s;
   d->status = status;
   d->sig = sig;
@@ -262,12 +387,14 @@ static void respond(sink_t *s, hs_request_t *req, int status, int sig, otlp_enco
 static void answer_held(sink_t *s, const held_t *h) {
   s->rejected += h->otlp;
   s->in_flight -= h->otlp;
-  if (h->otlp) otlp_respond_status(h->req, h->enc, 503, "otlp-sink: released from hang mode", s->retry_after, NULL, 0);
-  else hs_respond(h->req, 503, "text/plain", NULL, 0, "hang\n", 5);
+  if (h->r.st) grpc_fail(h->r.st, GRPC_UNAVAILABLE, "otlp-sink: released from hang mode", s->retry_after);
+  else if (h->otlp)
+    otlp_respond_status(h->r.req, h->enc, 503, "otlp-sink: released from hang mode", s->retry_after, NULL, 0);
+  else hs_respond(h->r.req, 503, "text/plain", NULL, 0, "hang\n", 5);
 }
 
-/* Holds req unanswered; 0, or -1 when out of memory (the caller answers it then). */
-static int hold(sink_t *s, hs_request_t *req, int otlp, otlp_encoding_t enc) {
+/* Holds the request unanswered; 0, or -1 when out of memory (the caller answers it then). */
+static int hold(sink_t *s, reply_t r, int otlp, otlp_encoding_t enc) {
   if (s->n_held == s->cap_held) {
     size_t cap = s->cap_held ? 2 * s->cap_held : 64;
     held_t *n = realloc(s->held, cap * sizeof *n);
@@ -275,22 +402,23 @@ static int hold(sink_t *s, hs_request_t *req, int otlp, otlp_encoding_t enc) {
     s->held = n;
     s->cap_held = cap;
   }
-  s->held[s->n_held++] = (held_t){req, otlp, enc};
+  s->held[s->n_held++] = (held_t){r, otlp, enc};
   s->held_total++;
   return 0;
 }
+
+static int reply_gone(reply_t r) { return r.st ? h2s_stream_gone(r.st) : hs_request_gone(r.req); }
 
 /* Answers held requests: all of them (all != 0) or only those whose client is gone. */
 static void release_held(sink_t *s, int all) {
   size_t keep = 0;
   for (size_t i = 0; i < s->n_held; i++) {
     held_t h = s->held[i];
-    if (all || hs_request_gone(h.req)) answer_held(s, &h);
+    if (all || reply_gone(h.r)) answer_held(s, &h);
     else s->held[keep++] = h;
   }
   s->n_held = keep;
 }
-
 static void on_sweep(uv_timer_t *t) { release_held(t->data, 0); }
 
 /* ---- GET /control ---------------------------------------------------------------------------------- */
@@ -392,7 +520,8 @@ static void on_control(sink_t *s, hs_request_t *req) {
   if (health >= 0) s->health_status = (int)health;
   if (delay >= 0) s->delay_ms = (uint64_t)delay;
   if (reset == 1) { /* the connection of this request is not counted */
-    uint64_t open = hs_server_stats(s->srv)->connections_open;
+    uint64_t open = hs_server_stats(s->srv)->connections_open +
+                    (s->gsrv ? h2s_server_stats(s->gsrv)->connections_open : 0);
     s->max_in_flight = s->in_flight;
     s->max_connections = open ? open - 1 : 0;
   }
@@ -427,9 +556,11 @@ static void stats_json(sink_t *s, char *out, size_t cap) {
   append(out, cap, &n,
          "\"rejected\":%" PRIu64 ",\"invalid\":%" PRIu64 ",\"partial_rejected\":%" PRIu64 ",\"connections\":%" PRIu64
          ",\"max_connections\":%" PRIu64 ",\"in_flight\":%" PRIu64 ",\"max_in_flight\":%" PRIu64
-         ",\"partial\":%lld,\"health\":%d,\"delay\":%" PRIu64 ",\"gets\":{",
+         ",\"partial\":%lld,\"health\":%d,\"delay\":%" PRIu64 ",\"grpc_requests\":%" PRIu64
+         ",\"grpc_health\":%" PRIu64 ",\"grpc_connections\":%" PRIu64 ",\"gets\":{",
          s->rejected, s->invalid, s->partial_rejected, s->srv ? hs_server_stats(s->srv)->connections_open : 0,
-         s->max_connections, s->in_flight, s->max_in_flight, (long long)s->partial, s->health_status, s->delay_ms);
+         s->max_connections, s->in_flight, s->max_in_flight, (long long)s->partial, s->health_status, s->delay_ms,
+         s->grpc_requests, s->grpc_health, s->gsrv ? h2s_server_stats(s->gsrv)->connections_open : 0);
   for (size_t i = 0; i < s->n_gets; i++)
     append(out, cap, &n, "%s\"%s\":%" PRIu64, i ? "," : "", s->gets[i].path, s->gets[i].n);
   append(out, cap, &n, "},\"gets_other\":%" PRIu64 "}\n", s->gets_other);
@@ -458,26 +589,75 @@ static void count_get(sink_t *s, hs_slice_t path) {
   s->gets[s->n_gets++].n = 1;
 }
 
+/* Open connections now, over both listeners. */
+static uint64_t open_connections(const sink_t *s) {
+  return hs_server_stats(s->srv)->connections_open + (s->gsrv ? h2s_server_stats(s->gsrv)->connections_open : 0);
+}
+
 /* High-water mark of open connections, sampled when the headers of an OTLP POST or a health check are
  * complete: every connection a client opens carries a request, so one over its limit is seen. Not sampled for
  * /stats and /control, so reading the mark does not raise it (a test's own connection open meanwhile counts). */
 static int on_headers(hs_request_t *req, void *ud) {
   sink_t *s = ud;
   if (req->method == HTTP_GET && (hs_slice_eq(req->path, "/stats") || hs_slice_eq(req->path, "/control"))) return 0;
-  uint64_t open = hs_server_stats(s->srv)->connections_open;
+  uint64_t open = open_connections(s);
   if (open > s->max_connections) s->max_connections = open;
   return 0;
 }
 
 /* Answers an OTLP POST at once with an error of the sink's own (not the configured status), recorded like others. */
-static void refuse(sink_t *s, hs_request_t *req, int sig, otlp_encoding_t enc, int status, const char *msg) {
-  record_time(s, req, status, sig);
+static void refuse(sink_t *s, reply_t r, int sig, otlp_encoding_t enc, int status, const char *msg) {
+  record_time(s, r, status, sig);
   s->in_flight--;
-  otlp_respond_status(req, enc, status, msg, 0, NULL, 0);
+  if (r.st) grpc_fail(r.st, sink_grpc_code(status), msg, 0);
+  else otlp_respond_status(r.req, enc, status, msg, 0, NULL, 0);
+}
+
+/* The common tail of an OTLP request over either protocol, once the sink is to decode it: gunzip, count, record
+ * the trace IDs, answer (200 with the partial_success of --partial, or 400). wire/wire_len: the body as received
+ * (the HTTP body, the gRPC message). */
+static void accept_otlp(sink_t *s, reply_t r, int sig, otlp_encoding_t renc, const uint8_t *wire, size_t wire_len,
+                        int gzip) {
+  const uint8_t *body = wire;
+  size_t len = wire_len;
+  uint8_t *plain = NULL;
+  if (gzip) {
+    if (otlp_gunzip(wire, wire_len, s->max_body, &plain, &len) != OTLP_OK) {
+      s->invalid++;
+      respond(s, r, 400, sig, renc, 0);
+      return;
+    }
+    body = plain;
+  }
+  uint64_t items = 0;
+  if (otlp_count_items(sig, body, len, &items, NULL) != OTLP_OK) {
+    free(plain);
+    s->invalid++;
+    respond(s, r, 400, sig, renc, 0);
+    return;
+  }
+  s->requests[sig]++;
+  s->items[sig] += items;
+  s->bytes[sig] += wire_len;
+  if (r.st) s->grpc_requests++;
+  if (sig == OTLP_TRACES && s->trace_file) record_traces(s, body, len);
+  if (sig == OTLP_LOGS && s->log_file) record_logs(s, body, len);
+  free(plain);
+  int64_t rejected = s->partial > 0 ? (s->partial < (int64_t)items ? s->partial : (int64_t)items) : 0;
+  s->partial_rejected += (uint64_t)rejected;
+  respond(s, r, 200, sig, renc, rejected);
+}
+
+/* --require-header: 0 when the value is there (or nothing is required). */
+static int check_required(const sink_t *s, const hs_slice_t *h) {
+  if (!s->require_name) return 0;
+  size_t vl = strlen(s->require_value);
+  return h && h->len == vl && memcmp(h->base, s->require_value, vl) == 0 ? 0 : -1;
 }
 
 static void on_request(hs_request_t *req, void *ud) {
   sink_t *s = ud;
+  reply_t r = {req, NULL, req->start_ns};
   if (req->method == HTTP_GET) {
     if (hs_slice_eq(req->path, "/stats")) {
       char buf[4096];
@@ -487,7 +667,7 @@ static void on_request(hs_request_t *req, void *ud) {
       on_control(s, req);
     } else {
       count_get(s, req->path);
-      if (s->hang && !s->stopping && hold(s, req, 0, OTLP_ENC_PROTOBUF) == 0) return; /* black hole: never answered */
+      if (s->hang && !s->stopping && hold(s, r, 0, OTLP_ENC_PROTOBUF) == 0) return; /* black hole: never answered */
       if (s->health_status == 200) hs_respond(req, 200, "text/plain", NULL, 0, "ok\n", 3);
       else hs_respond(req, s->health_status, "text/plain", NULL, 0, "configured health status\n", 25);
     }
@@ -501,68 +681,190 @@ static void on_request(hs_request_t *req, void *ud) {
     return;
   }
   if (++s->in_flight > s->max_in_flight) s->max_in_flight = s->in_flight;
-  if (s->hang && !s->stopping && hold(s, req, 1, renc) == 0) { /* black hole: neither answered nor recorded */
-    record_time(s, req, 0, sig);
+  if (s->hang && !s->stopping && hold(s, r, 1, renc) == 0) { /* black hole: neither answered nor recorded */
+    record_time(s, r, 0, sig);
     return;
   }
-  if (s->require_name) {
-    const hs_slice_t *h = hs_request_header(req, s->require_name);
-    size_t vl = strlen(s->require_value);
-    if (!h || h->len != vl || memcmp(h->base, s->require_value, vl) != 0) {
-      s->rejected++;
-      refuse(s, req, sig, renc, 401, "otlp-sink: required header missing");
-      return;
-    }
+  if (s->require_name && check_required(s, hs_request_header(req, s->require_name)) != 0) {
+    s->rejected++;
+    refuse(s, r, sig, renc, 401, "otlp-sink: required header missing");
+    return;
   }
   if (s->status != 200) {
-    respond(s, req, s->status, sig, renc, 0);
+    respond(s, r, s->status, sig, renc, 0);
     return;
   }
   if (s->no_decode) {
     s->requests[sig]++;
     s->bytes[sig] += req->body_len;
-    respond(s, req, 200, sig, renc, 0);
+    respond(s, r, 200, sig, renc, 0);
     return;
   }
   if (enc != OTLP_ENC_PROTOBUF) {
-    refuse(s, req, sig, renc, 415, "otlp-sink decodes application/x-protobuf only");
+    refuse(s, r, sig, renc, 415, "otlp-sink decodes application/x-protobuf only");
     return;
   }
-  const uint8_t *body = req->body;
-  size_t len = req->body_len;
-  uint8_t *plain = NULL;
   int ce = otlp_content_encoding(hs_request_header(req, "Content-Encoding"));
-  if (ce == OTLP_CE_GZIP) {
-    if (otlp_gunzip(req->body, req->body_len, s->max_body, &plain, &len) != OTLP_OK) {
-      s->invalid++;
-      respond(s, req, 400, sig, renc, 0);
+  if (ce < 0) {
+    refuse(s, r, sig, renc, 415, "unsupported Content-Encoding");
+    return;
+  }
+  accept_otlp(s, r, sig, renc, req->body, req->body_len, ce == OTLP_CE_GZIP);
+}
+
+/* ---- OTLP/gRPC ------------------------------------------------------------------------------------- */
+
+/* One gRPC call while its message arrives (h2s_request_t.user). */
+typedef struct gcall {
+  grpc_deframer_t df;
+  uint8_t *msg;          /* df.length bytes, allocated when the prefix is complete */
+  int svc;               /* GRPC_SVC_* */
+} gcall_t;
+
+static void gcall_free(h2s_request_t *req) {
+  gcall_t *c = req->user;
+  req->user = NULL;
+  if (!c) return;
+  free(c->msg);
+  free(c);
+}
+
+static int g_on_headers(h2s_stream_t *st, h2s_request_t *req, void *ud) {
+  sink_t *s = ud;
+  uint64_t open = open_connections(s);
+  if (open > s->max_connections) s->max_connections = open;
+  int svc = grpc_service_from_path(req->path);
+  if (svc < 0) {
+    grpc_fail(st, GRPC_UNIMPLEMENTED, "otlp-sink: unknown service or method", 0);
+    return 1;
+  }
+  const hs_slice_t *ct = h2s_request_header(req, "content-type");
+  if (!ct || ct->len < 16 || memcmp(ct->base, "application/grpc", 16) != 0 ||
+      (ct->len > 16 && ct->base[16] != '+' && ct->base[16] != ';')) {
+    static const hs_header_t plain = {{"content-type", 12}, {"text/plain", 10}};
+    h2s_respond(st, 415, &plain, 1, "otlp-sink: content-type application/grpc\n", 41, NULL, 0);
+    return 1;
+  }
+  gcall_t *c = calloc(1, sizeof *c);
+  if (!c) {
+    grpc_fail(st, GRPC_RESOURCE_EXHAUSTED, "otlp-sink: out of memory", 0);
+    return 1;
+  }
+  grpc_deframer_init(&c->df);
+  c->svc = svc;
+  req->user = c;
+  return 0;
+}
+
+static int g_on_data(h2s_stream_t *st, h2s_request_t *req, const uint8_t *data, size_t len, void *ud) {
+  sink_t *s = ud;
+  gcall_t *c = req->user;
+  /* NEED_BUFFER is answered by feeding the rest again, also when nothing is left (a 0-length message). */
+  for (int need = 0;;) {
+    size_t used = 0;
+    int rc = grpc_deframer_feed(&c->df, data, len, &used);
+    data += used;
+    len -= used;
+    if (rc == GRPC_DF_NEED_BUFFER && !need++) {
+      if (c->df.length > s->max_body) {
+        gcall_free(req);
+        grpc_fail(st, GRPC_RESOURCE_EXHAUSTED, "otlp-sink: message larger than --max-body", 0);
+        return 1;
+      }
+      if (c->df.length && !(c->msg = malloc(c->df.length))) {
+        gcall_free(req);
+        grpc_fail(st, GRPC_RESOURCE_EXHAUSTED, "otlp-sink: out of memory", 0);
+        return 1;
+      }
+      c->df.buf = c->msg;
+      continue;
+    }
+    if (rc == GRPC_DF_ERROR || (len > 0 && used == 0)) {
+      gcall_free(req);
+      grpc_fail(st, GRPC_INTERNAL, "otlp-sink: a unary call carries one message", 0);
+      return 1;
+    }
+    if (len == 0) return 0;
+  }
+}
+
+static void g_on_end(h2s_stream_t *st, h2s_request_t *req, void *ud) {
+  sink_t *s = ud;
+  gcall_t *c = req->user;
+  reply_t r = {NULL, st, req->start_ns};
+  int fin = grpc_deframer_finish(&c->df);
+  if (fin <= 0) {
+    gcall_free(req);
+    grpc_fail(st, GRPC_INTERNAL, fin < 0 ? "otlp-sink: the stream ended inside a message" : "otlp-sink: no message",
+              0);
+    return;
+  }
+  const hs_slice_t *enc = h2s_request_header(req, "grpc-encoding");
+  int gzip = 0;
+  if (c->df.compressed) {
+    if (!enc || hs_slice_eq(*enc, "identity")) {
+      gcall_free(req);
+      grpc_fail(st, GRPC_INTERNAL, "otlp-sink: compressed flag without grpc-encoding", 0);
       return;
     }
-    body = plain;
-  } else if (ce < 0) {
-    refuse(s, req, sig, renc, 415, "unsupported Content-Encoding");
+    if (!hs_slice_eq(*enc, "gzip")) {
+      gcall_free(req);
+      grpc_fail(st, GRPC_UNIMPLEMENTED, "otlp-sink: grpc-encoding gzip or identity only", 0);
+      return;
+    }
+    gzip = 1;
+  }
+  if (c->svc == GRPC_SVC_HEALTH_CHECK) {
+    gcall_free(req);
+    s->grpc_health++;
+    if (s->hang && !s->stopping && hold(s, r, 0, OTLP_ENC_PROTOBUF) == 0) return;
+    uint8_t out[8];
+    grpc_ok(st, out, grpc_health_response(s->health_status == 200 ? 1 : 2, out));
     return;
   }
-  uint64_t items = 0;
-  if (otlp_count_items(sig, body, len, &items, NULL) != OTLP_OK) {
-    free(plain);
-    s->invalid++;
-    respond(s, req, 400, sig, renc, 0);
+  int sig = c->svc; /* GRPC_SVC_TRACES.. are otlp_signal_t */
+  if (++s->in_flight > s->max_in_flight) s->max_in_flight = s->in_flight;
+  if (s->hang && !s->stopping && hold(s, r, 1, OTLP_ENC_PROTOBUF) == 0) {
+    gcall_free(req);
+    record_time(s, r, 0, sig);
     return;
   }
-  s->requests[sig]++;
-  s->items[sig] += items;
-  s->bytes[sig] += req->body_len;
-  if (sig == OTLP_TRACES && s->trace_file) record_traces(s, body, len);
-  if (sig == OTLP_LOGS && s->log_file) record_logs(s, body, len);
-  free(plain);
-  int64_t rejected = s->partial > 0 ? (s->partial < (int64_t)items ? s->partial : (int64_t)items) : 0;
-  s->partial_rejected += (uint64_t)rejected;
-  respond(s, req, 200, sig, renc, rejected);
+  if (s->require_name && check_required(s, h2s_request_header(req, s->require_lname)) != 0) {
+    gcall_free(req);
+    s->rejected++;
+    refuse(s, r, sig, OTLP_ENC_PROTOBUF, 401, "otlp-sink: required header missing");
+    return;
+  }
+  if (s->status != 200) {
+    gcall_free(req);
+    respond(s, r, s->status, sig, OTLP_ENC_PROTOBUF, 0);
+    return;
+  }
+  if (s->no_decode) {
+    s->requests[sig]++;
+    s->bytes[sig] += c->df.length;
+    s->grpc_requests++;
+    gcall_free(req);
+    respond(s, r, 200, sig, OTLP_ENC_PROTOBUF, 0);
+    return;
+  }
+  accept_otlp(s, r, sig, OTLP_ENC_PROTOBUF, c->msg, c->df.length, gzip);
+  gcall_free(req);
 }
+
+static void g_on_abort(h2s_stream_t *st, h2s_request_t *req, int why, void *ud) {
+  (void)ud;
+  gcall_free(req);
+  if (why == H2S_ABORT_TIMEOUT) grpc_fail(st, GRPC_DEADLINE_EXCEEDED, "otlp-sink: request timeout", 0);
+  else if (why == H2S_ABORT_TOO_BIG) grpc_fail(st, GRPC_RESOURCE_EXHAUSTED, "otlp-sink: message too large", 0);
+  else grpc_fail(st, GRPC_CANCELLED, "cancelled", 0); /* discarded: only releases the stream */
+}
+
+/* ---- shutdown -------------------------------------------------------------------------------------- */
 
 static void on_closed_done(void *ud) {
   sink_t *s = ud;
+  if (--s->shutdowns > 0) return;
   uv_close((uv_handle_t *)&s->sweep, NULL);
   uv_close((uv_handle_t *)&s->sig_term, NULL);
   uv_close((uv_handle_t *)&s->sig_int, NULL);
@@ -576,7 +878,9 @@ static void on_signal(uv_signal_t *h, int signum) {
   s->hang = 0;
   uv_timer_stop(&s->sweep);
   release_held(s, 1); /* else their connections would keep the shutdown waiting forever */
+  s->shutdowns = s->gsrv ? 2 : 1;
   hs_server_shutdown(s->srv, on_closed_done, s);
+  if (s->gsrv) h2s_server_shutdown(s->gsrv, on_closed_done, s);
 }
 
 int main(int argc, char **argv) {
@@ -587,13 +891,16 @@ int main(int argc, char **argv) {
       {"no-decode", no_argument, NULL, 'n'},         {"help", no_argument, NULL, 'h'},
       {"require-header", required_argument, NULL, 'q'}, {"log-file", required_argument, NULL, 'L'},
       {"partial", required_argument, NULL, 'p'},     {"times-file", required_argument, NULL, 'T'},
-      {"health-status", required_argument, NULL, 'H'}, {NULL, 0, NULL, 0},
+      {"health-status", required_argument, NULL, 'H'}, {"grpc-listen", required_argument, NULL, 'g'},
+      {"grpc", no_argument, NULL, 'G'},              {NULL, 0, NULL, 0},
   };
   sink_t s = {0};
   s.status = 200;
   s.health_status = 200;
   s.max_body = 64u << 20;
   const char *listen = "127.0.0.1:0", *trace_path = NULL, *log_path = NULL, *times_path = NULL;
+  const char *grpc_listen = NULL;
+  int grpc_same_host = 0;
   for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
     switch (o) {
       case 'l': listen = optarg; break;
@@ -612,6 +919,8 @@ int main(int argc, char **argv) {
         }
         break;
       case 'n': s.no_decode = 1; break;
+      case 'g': grpc_listen = optarg; break;
+      case 'G': grpc_same_host = 1; break;
       case 'q': {
         char *colon = strchr(optarg, ':');
         if (!colon) {
@@ -622,6 +931,13 @@ int main(int argc, char **argv) {
         s.require_name = optarg;
         s.require_value = colon + 1;
         while (*s.require_value == ' ') s.require_value++;
+        size_t nl = strlen(optarg);
+        if (nl >= sizeof s.require_lname) {
+          fprintf(stderr, "otlp-sink: --require-header name too long\n");
+          return 2;
+        }
+        for (size_t i = 0; i <= nl; i++)
+          s.require_lname[i] = (char)(optarg[i] >= 'A' && optarg[i] <= 'Z' ? optarg[i] + 32 : optarg[i]);
         break;
       }
       case 'h': fputs(usage, stdout); return 0;
@@ -672,6 +988,28 @@ int main(int argc, char **argv) {
     return 1;
   }
   printf("otlp-sink listening on %s\n", hs_server_address(s.srv));
+  if (grpc_listen || grpc_same_host) {
+    char *ghost = NULL;
+    uint16_t gport = 0;
+    if (grpc_listen ? cfg_parse_hostport(grpc_listen, &ghost, &gport) != 0
+                    : cfg_parse_hostport(listen, &ghost, &gport) != 0) {
+      fprintf(stderr, "otlp-sink: bad --grpc-listen \"%s\"\n", grpc_listen ? grpc_listen : listen);
+      return 2;
+    }
+    if (!grpc_listen) gport = 0;
+    h2s_config_t gc = {.name = "sink-grpc", .max_concurrent_streams = 1000, .max_body_bytes = s.max_body + 5,
+                       .read_timeout_ms = 30000, .idle_timeout_ms = 120000, .on_headers = g_on_headers,
+                       .on_data = g_on_data, .on_end = g_on_end, .on_abort = g_on_abort, .ud = &s};
+    rc = h2s_server_create(s.loop, &gc, &s.gsrv);
+    if (rc == 0) rc = h2s_server_listen(s.gsrv, ghost, gport, 0);
+    free(ghost);
+    if (rc != 0) {
+      fprintf(stderr, "otlp-sink: cannot listen for gRPC on %s: %s\n", grpc_listen ? grpc_listen : listen,
+              uv_strerror(rc));
+      return 1;
+    }
+    printf("otlp-sink grpc listening on %s\n", h2s_server_address(s.gsrv));
+  }
   fflush(stdout);
   uv_signal_init(s.loop, &s.sig_term);
   uv_signal_init(s.loop, &s.sig_int);
@@ -686,6 +1024,7 @@ int main(int argc, char **argv) {
   stats_json(&s, buf, sizeof buf);
   printf("%s", buf);
   hs_server_destroy(s.srv);
+  if (s.gsrv) h2s_server_destroy(s.gsrv);
   if (s.trace_file) fclose(s.trace_file);
   if (s.log_file) fclose(s.log_file);
   if (s.times_file) fclose(s.times_file);
