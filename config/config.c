@@ -89,6 +89,7 @@ static const char *check_http_path(const char *s);
 static const char *check_hostname(const char *s);
 static const char *check_resolver(const char *s);
 static const char *check_spool_directory(const char *s);
+static const char *hostport_optional(const char *s);
 
 #define KEY(path, type, def, field, lo, hi, enums, check, help) \
   {path, type, def, offsetof(cfg_t, field), 0, lo, hi, enums, check, help}
@@ -99,6 +100,8 @@ static const char *check_spool_directory(const char *s);
 static const cfg_key_t cfg_keys[] = {
     KEY("server.listen", CT_HOSTPORT, "0.0.0.0:4318", server.listen, 0, 65535, NULL, NULL,
         "OTLP/HTTP ingest address"),
+    KEY("server.grpc_listen", CT_HOSTPORT, "0.0.0.0:4317", server.grpc_listen, 0, 65535, NULL, hostport_optional,
+        "OTLP/gRPC ingest address (HTTP/2 with prior knowledge); \"\" = off"),
     KEY("server.workers", CT_U32, "0", server.workers, 0, 1024, NULL, NULL, "event loops; 0 = one per CPU core"),
     KEY("server.max_request_bytes", CT_SIZE, "64MiB", server.max_request_bytes, KIB, 4 * GIB, NULL, NULL,
         "largest request body after decompression; 413 above it"),
@@ -431,6 +434,9 @@ static const char *check_resolver(const char *s) {
 
 /* The spool is not built: a config that asks for it is refused rather than run with in-memory queues that lose
  * their data on a crash, which would contradict the key's promise. "" (the default) stays valid. */
+/* Marks a CT_HOSTPORT key whose "" means off (it is never called). */
+static const char *hostport_optional(const char *s) { return NULL; }
+
 static const char *check_spool_directory(const char *s) {
   if (!*s) return NULL;
   return "the on-disk spool is not implemented yet (issue: crash-safe spool); remove the key to keep retry queues "
@@ -547,6 +553,12 @@ static int set_scalar(const cfg_key_t *e, void *base, const char *text, char *wh
     case CT_HOSTPORT: {
       char *h;
       uint16_t p = 0;
+      if (tn == 0 && e->check == hostport_optional) { /* "" = this listener is off */
+        char *none = strdup("");
+        if (!none) return snprintf(why, whylen, "out of memory"), -1;
+        set_string(base, e->off, none);
+        return 0;
+      }
       const char *bad = split_hostport(text, tn, false, 0, &h, &p);
       free(h);
       if (!bad && (p < e->lo || p > e->hi)) bad = "port out of range";

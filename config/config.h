@@ -34,6 +34,7 @@ typedef struct cfg_header {
 typedef struct cfg {
   struct {
     char *listen;                 /* "host:port" */
+    char *grpc_listen;            /* "host:port", "" = no OTLP/gRPC listener */
     uint32_t workers;             /* 0 = one per core */
     uint64_t max_request_bytes;
     uint64_t memory_limit;        /* process-wide budget for buffered telemetry (gateway/memory) */

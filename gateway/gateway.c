@@ -1,49 +1,32 @@
 /*
- * gateway/gateway — the ingest and telemetry listeners wired to the config and to gateway/upstream (the
- * backends, their health, the ring and the retry queues).
- *
- * Ingest answers, in this order: 404 unknown path, 405 not POST, 401 missing/wrong bearer token, 411 no
- * body framing, 415 unsupported Content-Type / Content-Encoding (all from the headers, before the body is
- * read), then 413 body too large (decompressed), 400 bad gzip / malformed protobuf (with the byte offset),
- * 200 for an empty request, 503 when no backend is up, 503 when a target backend's queue budget is full
- * (nothing forwarded). Every other request is split by balancer/ over the ring and its parts are sent to
- * their backends; the client is answered once every part is delivered (2xx), refused as bad (400/413:
- * dropped, reported in partial_success) or, after any other answer or a transport failure, handed to the
- * upstream's retry queues: 200.
- * Shutdown: stop accepting, answer what is in flight, drain the retry queues, then close telemetry.
+ * gateway/gateway — process wiring for one loop (an "app"): the upstream (backends, health, ring, retry queues),
+ * the forwarder over it, the two front-ends that feed it (OTLP/HTTP on server.listen, OTLP/gRPC on
+ * server.grpc_listen) and, on one loop, the telemetry listener (/metrics, /healthz, /readyz).
+ *   front-ends (ingest_http, ingest_grpc) -> forward -> upstream (pools, retry queues, admission)
+ * Shutdown: stop accepting on both front-ends (gRPC connections get a GOAWAY), answer what is in flight, drain the
+ * retry queues, then close telemetry.
  */
 #include "gateway/gateway.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "balancer/ring.h"
-#include "balancer/splice.h"
-#include "gateway/admission.h"
-#include "gateway/backend.h"
+#include "gateway/forward.h"
+#include "gateway/h2_server.h"
 #include "gateway/http_server.h"
+#include "gateway/ingest_grpc.h"
+#include "gateway/ingest_http.h"
 #include "gateway/log.h"
 #include "gateway/memory.h"
 #include "gateway/metrics.h"
-#include "gateway/otlp_http.h"
-#include "gateway/otlp_json.h"
 #include "gateway/retry_queue.h"
 #include "gateway/telemetry.h"
 #include "gateway/upstream.h"
 
-#define NO_BACKEND_RETRY_AFTER_S 5
-#define BACKEND_RETRY_AFTER_S 1
-#define QUEUE_FULL_RETRY_AFTER_S 1
-#define MEMORY_RETRY_AFTER_S 1 /* server.memory_limit reached */
 #define TRIM_CHECK_MS 1000
 #define DRAIN_POLL_MS 20
-/* What a gRPC client (HTTP/2 with prior knowledge) is told on the OTLP/HTTP port. When OTLP/gRPC is served
- * (server.grpc_listen), this is where the answer names that address instead. */
-#define INGEST_H2_ANSWER                                                                                          \
-  "this port speaks OTLP/HTTP/1.1 (POST /v1/traces, /v1/logs, /v1/metrics); OTLP/gRPC over HTTP/2 is not served " \
-  "by this version"
 
 struct gw_app {
   uv_loop_t *loop;
@@ -51,10 +34,12 @@ struct gw_app {
   const cfg_t *cfg;      /* snap's: read-only, the same snapshot as every other worker loop's */
   cfg_snapshot_t *snap;  /* one reference, dropped when a reload replaces it or at destroy */
   us_set_t *up;          /* backends, health, ring, retry queues */
-  bl_ring_t *validation_ring; /* one stand-in member: validates requests while no backend is up */
-  hs_server_t *ingest;
+  fw_t *fw;              /* the ingest path both front-ends call */
+  ih_t *http;            /* OTLP/HTTP front-end */
+  ig_t *grpc;            /* OTLP/gRPC front-end; NULL when server.grpc_listen is "" */
   hs_server_t *telemetry;
-  gw_metrics_t metrics; /* one worker for now */
+  gw_metrics_t metrics;
+  char h2_answer[200];       /* what an HTTP/2 preface on the OTLP/HTTP port is told */
   uv_timer_t shutdown_timer; /* server.shutdown_timeout */
   uv_timer_t drain_timer;    /* polls the retry queues while draining */
   uv_timer_t trim_timer;     /* gives memory back to the kernel after a burst (on_trim_timer) */
@@ -62,6 +47,7 @@ struct gw_app {
   int trimming;
   int timers_live;
   int shutting_down;
+  int ingest_open;           /* front-end servers not yet closed */
   int ingest_closed;
   int deadline_passed;
   int finished;
@@ -69,360 +55,19 @@ struct gw_app {
   void *done_ud;
 };
 
-/* Request facts decided from the headers, packed into hs_request_t.user. */
-typedef union {
-  void *ptr;
-  struct {
-    uint8_t signal;
-    uint8_t encoding;
-    uint8_t content_encoding;
-  } f;
-} req_facts_t;
-
-static int bearer_ok(const gw_app_t *app, const hs_request_t *req) {
-  size_t n = app->cfg->server.auth.n_bearer_tokens;
-  if (n == 0) return 1;
-  const hs_slice_t *h = hs_request_header(req, "Authorization");
-  if (!h || h->len < 7 || strncasecmp(h->base, "Bearer ", 7) != 0) return 0;
-  const char *tok = h->base + 7;
-  size_t tl = h->len - 7;
-  int ok = 0;
-  for (size_t i = 0; i < n; i++) {
-    const char *want = app->cfg->server.auth.bearer_tokens[i];
-    size_t wl = strlen(want);
-    /* Constant time in the token's content for equal lengths. */
-    unsigned char diff = (unsigned char)(wl != tl);
-    for (size_t k = 0; k < tl && k < wl; k++) diff |= (unsigned char)(tok[k] ^ want[k]);
-    ok |= diff == 0;
-  }
-  return ok;
-}
-
-static void answer(gw_app_t *app, hs_request_t *req, int signal, otlp_encoding_t enc, int status, const char *msg,
-                   unsigned retry_after, const hs_header_t *extra, size_t n_extra) {
-  double secs = (double)(uv_hrtime() - req->start_ns) / 1e9;
-  gw_metrics_request(&app->metrics, signal, status, secs);
-  if (status == 200) otlp_respond_success(req, enc);
-  else otlp_respond_status(req, enc, status, msg, retry_after, extra, n_extra);
-}
-
-static int ingest_on_headers(hs_request_t *req, void *ud) {
-  gw_app_t *app = ud;
-  int sig = otlp_signal_from_path(req->path);
-  int enc = otlp_encoding_from_content_type(hs_request_header(req, "Content-Type"));
-  otlp_encoding_t reply_enc = enc == OTLP_ENC_JSON ? OTLP_ENC_JSON : OTLP_ENC_PROTOBUF;
-  int label = sig < 0 ? GW_SIGNAL_NONE : sig;
-  char msg[256];
-  if (sig < 0) {
-    snprintf(msg, sizeof msg, "unknown path \"%.*s\": OTLP/HTTP paths are /v1/traces, /v1/logs and /v1/metrics",
-             (int)(req->path.len > 100 ? 100 : req->path.len), req->path.base);
-    answer(app, req, label, reply_enc, 404, msg, 0, NULL, 0);
-    return 1;
-  }
-  if (req->method != HTTP_POST) {
-    static const hs_header_t allow = {{"Allow", 5}, {"POST", 4}};
-    answer(app, req, label, reply_enc, 405, "method not allowed: OTLP/HTTP uses POST", 0, &allow, 1);
-    return 1;
-  }
-  if (!bearer_ok(app, req)) {
-    static const hs_header_t www = {{"WWW-Authenticate", 16}, {"Bearer", 6}};
-    answer(app, req, label, reply_enc, 401, "missing or invalid bearer token", 0, &www, 1);
-    return 1;
-  }
-  if (req->content_length == HS_LEN_NONE) {
-    answer(app, req, label, reply_enc, 411, "Content-Length or chunked Transfer-Encoding required", 0, NULL, 0);
-    return 1;
-  }
-  if (enc < 0) {
-    answer(app, req, label, reply_enc, 415,
-           "unsupported Content-Type: use application/x-protobuf or application/json", 0, NULL, 0);
-    return 1;
-  }
-  int ce = otlp_content_encoding(hs_request_header(req, "Content-Encoding"));
-  if (ce < 0) {
-    answer(app, req, label, reply_enc, 415, "unsupported Content-Encoding: use gzip or none", 0, NULL, 0);
-    return 1;
-  }
-  req_facts_t f = {.ptr = NULL};
-  f.f.signal = (uint8_t)sig;
-  f.f.encoding = (uint8_t)enc;
-  f.f.content_encoding = (uint8_t)ce;
-  req->user = f.ptr;
-  return 0;
-}
-
-/* One client request being forwarded: its parts are in flight to their backends. */
-typedef struct fwd fwd_t;
-typedef struct fwd_part {
-  fwd_t *f;
-  us_backend_t *be;
-  uint32_t idx;          /* in f->split.parts: the plain bytes, for the retry queue */
-  uint64_t items;
-  uint64_t start_ns;
-  uint8_t *gz;           /* backends.compression: gzip, the part compressed */
-  struct iovec gz_iov;
-} fwd_part_t;
-
-struct fwd {
-  gw_app_t *app;
-  hs_request_t *req;
-  int sig;
-  otlp_encoding_t enc;
-  uint8_t *plain;         /* decompressed body, when the client sent gzip */
-  bl_split_t split;
-  bl_ring_t *ring;        /* the snapshot the split was made on (referenced) */
-  struct iovec whole;     /* pass-through: the body exactly as received */
-  uint32_t pending;
-  int retryable_failure;
-  char failure[200];
-  int64_t rejected;
-  char message[256];
-  fwd_part_t parts[];
-};
-
-static void fwd_free(fwd_t *f) {
-  size_t n = f->ring ? bl_ring_size(f->ring) : 0;
-  for (size_t i = 0; i < n; i++) free(f->parts[i].gz);
-  bl_split_dispose(&f->split);
-  bl_ring_unref(f->ring);
-  free(f->plain);
-  free(f);
-}
-
-static void fwd_finish(fwd_t *f) {
-  gw_app_t *app = f->app;
-  if (f->retryable_failure) {
-    answer(app, f->req, f->sig, f->enc, 503, f->failure, BACKEND_RETRY_AFTER_S, NULL, 0);
-  } else {
-    double secs = (double)(uv_hrtime() - f->req->start_ns) / 1e9;
-    gw_metrics_request(&app->metrics, f->sig, 200, secs);
-    otlp_respond_partial(f->req, f->sig, f->enc, f->rejected, f->message);
-  }
-  fwd_free(f);
-}
-
-static void on_part_done(void *ud, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
-  fwd_part_t *p = ud;
-  fwd_t *f = p->f;
-  us_backend_t *be = p->be;
-  bl_part_t *part = &f->split.parts[p->idx];
-  int outcome = gw_outcome(status);
-  us_part_end(be, f->sig, part->len, p->items, status, p->start_ns);
-  if (outcome == GW_OUTCOME_SUCCESS) {
-    int64_t rej = 0;
-    char msg[200];
-    if (len && otlp_parse_partial_success(body, len, &rej, msg, sizeof msg) == 0 && (rej > 0 || msg[0])) {
-      f->rejected += rej;
-      if (!f->message[0]) snprintf(f->message, sizeof f->message, "%s", msg);
-    }
-  } else if (outcome == GW_OUTCOME_REJECTED) {
-    /* The backend refused the part as bad: retrying cannot help. Dropped, counted, reported. */
-    f->rejected += (int64_t)p->items;
-    f->app->metrics.dropped_items[f->sig][GW_DROP_REJECTED] += p->items;
-    if (!f->message[0])
-      snprintf(f->message, sizeof f->message, "backend %s rejected %llu %s with HTTP %d", us_backend_endpoint(be),
-               (unsigned long long)p->items, otlp_signal(f->sig)->items, status);
-  } else if (rq_part_failed(f->app->up, be, f->sig, part->iov, part->n_iov, p->items, retry_after) != 0) {
-    /* Retryable, but it could not be queued (out of memory, or shutting down past the deadline): the
-     * client must send it again. */
-    if (!f->retryable_failure) {
-      f->retryable_failure = 1;
-      if (status < 0)
-        snprintf(f->failure, sizeof f->failure, "backend %s unavailable: %s", us_backend_endpoint(be),
-                 uv_strerror(status));
-      else
-        snprintf(f->failure, sizeof f->failure, "backend %s answered HTTP %d", us_backend_endpoint(be), status);
-    }
-  }
-  if (--f->pending == 0) fwd_finish(f);
-}
-
-static const bl_shape_t *const shapes[OTLP_N_SIGNALS] = {&bl_shape_traces, &bl_shape_logs, &bl_shape_metrics};
-
-/* otlp_gunzip_ex's reserve: a decompressed body is charged to its request, given back when it is answered. */
-static int reserve_for_request(void *req, size_t bytes) { return hs_request_reserve(req, bytes, 0); }
-
-/* The memory budget refused a decompressed or transcoded copy (stage): 503 + Retry-After, and a warn line at most
- * every 10 s per worker, as the HTTP server logs the bodies it refuses itself (stage=body). */
-static void refuse_memory(gw_app_t *app, hs_request_t *req, int sig, otlp_encoding_t enc, const char *stage) {
-  static _Thread_local gw_log_limit_t lim;
-  uint64_t held = 0;
-  if (gw_log_limit_take(&lim, uv_hrtime(), 10ull * 1000 * 1000 * 1000, &held))
-    gw_log(GW_LOG_WARN, "memory limit reached, request refused", "server", "ingest", "stage", stage, "client_answer",
-           "503", "suppressed_since_last", gw_log_u64(held), NULL);
-  answer(app, req, sig, enc, 503, "memory limit reached: retry later", MEMORY_RETRY_AFTER_S, NULL, 0);
-}
-
-static void ingest_on_request(hs_request_t *req, void *ud) {
-  gw_app_t *app = ud;
-  req_facts_t facts = {.ptr = req->user};
-  int sig = facts.f.signal;
-  otlp_encoding_t enc = facts.f.encoding;
-  int gzipped = facts.f.content_encoding == OTLP_CE_GZIP;
-  app->metrics.received_bytes[sig][facts.f.content_encoding] += req->body_len;
-
-  const uint8_t *body = req->body;
-  size_t len = req->body_len;
-  uint8_t *plain = NULL;
-  if (gzipped) {
-    int rc = otlp_gunzip_ex(req->body, req->body_len, app->cfg->server.max_request_bytes, reserve_for_request, req,
-                            &plain, &len);
-    if (rc == OTLP_EMEMORY) {
-      refuse_memory(app, req, sig, enc, "gunzip");
-      return;
-    }
-    if (rc == OTLP_ETOOBIG) {
-      answer(app, req, sig, enc, 413, "decompressed body exceeds server.max_request_bytes", 0, NULL, 0);
-      return;
-    }
-    if (rc != OTLP_OK) {
-      answer(app, req, sig, enc, rc == OTLP_ENOMEM ? 500 : 400,
-             rc == OTLP_ENOMEM ? "out of memory" : "body is not valid gzip", 0, NULL, 0);
-      return;
-    }
-    body = plain;
-  }
-  if (enc == OTLP_ENC_JSON) {
-    /* Transcoded once into the equivalent protobuf request, which takes the protobuf path from here (the
-     * client's answer stays JSON). */
-    uint8_t *pb = NULL;
-    size_t pb_len = 0;
-    char jerr[300];
-    int jr = oj_to_protobuf(sig, body, len, &pb, &pb_len, jerr, sizeof jerr);
-    free(plain);
-    plain = NULL;
-    if (jr != 0) {
-      answer(app, req, sig, enc, jr == -1 ? 400 : 500, jr == -1 ? jerr : "out of memory", 0, NULL, 0);
-      return;
-    }
-    if (hs_request_reserve(req, pb_len, 0) != 0) { /* the transcoded copy is charged like a decompressed one */
-      free(pb);
-      refuse_memory(app, req, sig, enc, "json");
-      return;
-    }
-    plain = pb;
-    body = pb;
-    len = pb_len;
-  }
-  /* With no backend up, the request is still validated and counted (on a one-member stand-in ring): an
-   * empty request is a 200 and a malformed one a 400 whatever the backends' state. */
-  bl_ring_t *ring = us_ring(app->up);
-  int no_backend = bl_ring_size(ring) == 0;
-  if (no_backend) ring = app->validation_ring;
-  bl_route_t route = us_route(app->cfg, sig);
-
-  size_t n = bl_ring_size(ring);
-  fwd_t *f = calloc(1, sizeof *f + n * sizeof(fwd_part_t));
-  if (!f) {
-    free(plain);
-    answer(app, req, sig, enc, 500, "out of memory", 0, NULL, 0);
-    return;
-  }
-  f->app = app;
-  f->req = req;
-  f->sig = sig;
-  f->enc = enc;
-  f->plain = plain;
-  f->ring = ring;
-  bl_ring_ref(f->ring);
-  bl_error_t err;
-  int rc = bl_split(shapes[sig], route, body, len, f->ring, &f->split, &err);
-  if (rc != 0) {
-    char msg[300];
-    if (rc != -2) snprintf(msg, sizeof msg, "%s", err.msg); /* -1 malformed, -3 internal error */
-    memset(&f->split, 0, sizeof f->split); /* nothing to dispose after a failed split */
-    bl_ring_unref(f->ring);
-    f->ring = NULL;
-    fwd_free(f);
-    answer(app, req, sig, enc, rc == -1 ? 400 : 500, rc == -2 ? "out of memory" : msg, 0, NULL, 0);
-    return;
-  }
-  app->metrics.received_items[sig] += f->split.items;
-  if (f->split.n_targets == 0) { /* an empty request is a success (OTLP/HTTP) */
-    fwd_free(f);
-    answer(app, req, sig, enc, 200, NULL, 0, NULL, 0);
-    return;
-  }
-  if (no_backend) {
-    fwd_free(f);
-    answer(app, req, sig, enc, 503, "no backends available", NO_BACKEND_RETRY_AFTER_S, NULL, 0);
-    return;
-  }
-  const us_backend_t *full;
-  if (ad_admit(app->up, f->ring, &f->split, &full) != 0) {
-    /* Refused whole before anything is forwarded, so the client's retry duplicates nothing. */
-    char msg[300];
-    snprintf(msg, sizeof msg, "queue full for backend %s: retry later", us_backend_endpoint(full));
-    fwd_free(f);
-    answer(app, req, sig, enc, 503, msg, QUEUE_FULL_RETRY_AFTER_S, NULL, 0);
-    return;
-  }
-  const char *path = otlp_signal(sig)->path;
-  const char *ctype = otlp_content_type(OTLP_ENC_PROTOBUF);
-  uint64_t now = uv_hrtime();
-  f->pending = 1; /* held while sending, so a synchronous failure cannot finish f under our feet */
-  for (uint32_t i = 0; i < n; i++) {
-    bl_part_t *part = &f->split.parts[i];
-    if (part->len == 0) continue;
-    fwd_part_t *fp = &f->parts[i];
-    fp->f = f;
-    fp->be = bl_ring_member_ud(f->ring, i);
-    fp->idx = i;
-    fp->items = part->items;
-    fp->start_ns = now;
-    const struct iovec *iov = part->iov;
-    size_t n_iov = part->n_iov;
-    const char *ce = NULL;
-    if (f->split.n_targets == 1 && gzipped && enc == OTLP_ENC_PROTOBUF) {
-      /* Pass-through: every item has one owner, so the body goes on exactly as it came, still gzip. */
-      f->whole.iov_base = req->body;
-      f->whole.iov_len = req->body_len;
-      iov = &f->whole;
-      n_iov = 1;
-      ce = "gzip";
-    } else if (f->split.n_targets > 1 && app->cfg->backends.compression == CFG_COMPRESSION_GZIP) {
-      /* A re-assembled part follows backends.compression. */
-      size_t zl;
-      if (otlp_gzip_iov(iov, n_iov, &fp->gz, &zl) == OTLP_OK) {
-        hs_request_reserve(req, zl, 1); /* freed with the request (fwd_free): charged to it, never refused */
-        fp->gz_iov.iov_base = fp->gz;
-        fp->gz_iov.iov_len = zl;
-        iov = &fp->gz_iov;
-        n_iov = 1;
-        ce = "gzip";
-      }
-    }
-    f->pending++;
-    us_part_begin(fp->be, part->len);
-    int src = be_send(us_backend_pool(fp->be), path, ctype, ce, iov, n_iov, on_part_done, fp);
-    if (src < 0) on_part_done(fp, src, NULL, 0, 0);
-  }
-  if (--f->pending == 0) fwd_finish(f);
-}
-
-/* Errors the HTTP server answers itself (framing, timeouts, limits) get a google.rpc.Status body in the
- * request's encoding too, and are counted like every other answer. */
-static size_t ingest_error_body(const hs_request_t *req, int status, const char *msg, char *out, size_t cap,
-                                const char **content_type, void *ud) {
-  gw_app_t *app = ud;
-  int enc = req ? otlp_encoding_from_content_type(hs_request_header(req, "Content-Type")) : -1;
-  int sig = req && req->path.base ? otlp_signal_from_path(req->path) : -1;
-  otlp_encoding_t e = enc == OTLP_ENC_JSON ? OTLP_ENC_JSON : OTLP_ENC_PROTOBUF;
-  double secs = req ? (double)(uv_hrtime() - req->start_ns) / 1e9 : 0;
-  gw_metrics_request(&app->metrics, sig < 0 ? GW_SIGNAL_NONE : sig, status, secs);
-  *content_type = otlp_content_type(e);
-  return otlp_status_body(e, status, msg, out, cap);
-}
-
 /* ---- telemetry listener ---------------------------------------------------------------------------------- */
 
 int gw_app_scrape(gw_app_t *app, gw_scrape_t *out) {
   memset(out, 0, sizeof *out);
   out->metrics = app->metrics;
   gw_metrics_gauges_t *g = &out->gauges;
-  if (app->ingest) {
-    g->client_connections = hs_server_stats(app->ingest)->connections_open;
-    g->client_connections_rejected = hs_server_stats(app->ingest)->connections_rejected;
+  if (app->http) {
+    g->client_connections[GW_PROTO_HTTP] = hs_server_stats(ih_server(app->http))->connections_open;
+    g->client_connections_rejected += hs_server_stats(ih_server(app->http))->connections_rejected;
+  }
+  if (app->grpc) {
+    g->client_connections[GW_PROTO_GRPC] = h2s_server_stats(ig_server(app->grpc))->connections_open;
+    g->client_connections_rejected += h2s_server_stats(ig_server(app->grpc))->connections_rejected;
   }
   if (!app->up) return 0;
   size_t nb = us_backend_count(app->up);
@@ -462,16 +107,17 @@ static void on_trim_timer(uv_timer_t *t) {
   app->trimming = uv_queue_work(app->loop, &app->trim_work, trim_work, trim_done) == 0;
 }
 
-/* port_override: the port another worker already bound (its "host:0" resolved), else 0. */
-static int listen_on(hs_server_t *s, const char *hostport, uint16_t port_override, int reuseport, const char *what,
-                     char *err, size_t errlen) {
+/* port_override: the port another worker already bound (its "host:0" resolved), else 0. One of hs / h2 is set. */
+static int listen_on(hs_server_t *hs, h2s_server_t *h2, const char *hostport, uint16_t port_override, int reuseport,
+                     const char *what, char *err, size_t errlen) {
   char *host = NULL;
   uint16_t port = 0;
   if (cfg_parse_hostport(hostport, &host, &port) != 0) {
     snprintf(err, errlen, "%s: invalid address \"%s\"", what, hostport);
     return -1;
   }
-  int rc = hs_server_listen_ex(s, host, port_override ? port_override : port, reuseport);
+  if (port_override) port = port_override;
+  int rc = hs ? hs_server_listen_ex(hs, host, port, reuseport) : h2s_server_listen(h2, host, port, reuseport);
   free(host);
   if (rc != 0) {
     snprintf(err, errlen, "%s: cannot listen on %s: %s", what, hostport, uv_strerror(rc));
@@ -502,43 +148,40 @@ int gw_app_start(uv_loop_t *loop, cfg_snapshot_t *snap, const gw_app_opts_t *opt
   app->trim_timer.data = app;
   uv_timer_start(&app->trim_timer, on_trim_timer, TRIM_CHECK_MS, TRIM_CHECK_MS);
   uv_unref((uv_handle_t *)&app->trim_timer);
-  hs_config_t ic = {
-      .name = "ingest",
-      .max_body_bytes = app->cfg->server.max_request_bytes,
-      .max_connections = app->cfg->server.max_connections,
-      .read_timeout_ms = app->cfg->server.read_timeout_ms,
-      .idle_timeout_ms = app->cfg->server.idle_timeout_ms,
-      .on_headers = ingest_on_headers,
-      .on_request = ingest_on_request,
-      .error_body = ingest_error_body,
-      .ud = app,
-      .shared_connections = opts->client_connections,
-      .mem_reserve = gm_reserve_cb, /* server.memory_limit: one budget for the process, all workers */
-      .mem_release = gm_release_cb,
-      .mem_ud = &gm_process,
-      .mem_retry_after_s = MEMORY_RETRY_AFTER_S,
-      .h2_answer = INGEST_H2_ANSWER,
-  };
   gm_set_limit(&gm_process, app->cfg->server.memory_limit); /* every worker sets the same value */
   hs_config_t tc = gw_telemetry_server_config(telemetry_on_request, app);
-  static const bl_ring_member_t stand_in = {"validation", 1, NULL};
-  if (!(app->validation_ring = bl_ring_create(&stand_in, 1))) {
-    snprintf(err, errlen, "out of memory");
-    goto fail;
-  }
+  const char *grpc_listen = app->cfg->server.grpc_listen;
+  /* Completed once the gRPC listener is bound (its real address); the HTTP server reads it per answer. */
+  snprintf(app->h2_answer, sizeof app->h2_answer,
+           "this port speaks OTLP/HTTP/1.1 (POST /v1/traces, /v1/logs, /v1/metrics); OTLP/gRPC is off "
+           "(server.grpc_listen is \"\")");
   if (us_create(loop, app->cfg, &app->metrics, &app->up, err, errlen) != 0) goto fail;
-  if (hs_server_create(loop, &ic, &app->ingest) != 0 ||
+  if (!(app->fw = fw_create(app->up, &app->metrics, app->cfg)) ||
+      ih_create(loop, app->fw, &app->metrics, opts->client_connections, app->h2_answer, &app->http) != 0 ||
+      (grpc_listen && *grpc_listen && ig_create(loop, app->fw, &app->metrics, opts->client_connections, &app->grpc) != 0) ||
       (opts->telemetry && hs_server_create(loop, &tc, &app->telemetry) != 0)) {
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
-  if (listen_on(app->ingest, app->cfg->server.listen, opts->ingest_port, opts->reuseport, "server.listen", err,
-                errlen) != 0)
+  if (listen_on(ih_server(app->http), NULL, app->cfg->server.listen, opts->ingest_port, opts->reuseport,
+                "server.listen", err, errlen) != 0)
     goto fail;
+  if (app->grpc) {
+    if (listen_on(NULL, ig_server(app->grpc), grpc_listen, opts->grpc_port, opts->reuseport, "server.grpc_listen",
+                  err, errlen) != 0)
+      goto fail;
+    snprintf(app->h2_answer, sizeof app->h2_answer,
+             "this port speaks OTLP/HTTP/1.1 (POST /v1/traces, /v1/logs, /v1/metrics); OTLP/gRPC is served on %s "
+             "(server.grpc_listen)", h2s_server_address(ig_server(app->grpc)));
+  }
   if (app->telemetry &&
-      listen_on(app->telemetry, app->cfg->telemetry.listen, 0, 0, "telemetry.listen", err, errlen) != 0)
+      listen_on(app->telemetry, NULL, app->cfg->telemetry.listen, 0, 0, "telemetry.listen", err, errlen) != 0)
     goto fail;
-  if (opts->worker == 0) gw_log(GW_LOG_INFO, "listening", "server", "ingest", "addr", hs_server_address(app->ingest), NULL);
+  if (opts->worker == 0) {
+    gw_log(GW_LOG_INFO, "listening", "server", "ingest", "addr", hs_server_address(ih_server(app->http)), NULL);
+    if (app->grpc)
+      gw_log(GW_LOG_INFO, "listening", "server", "grpc", "addr", h2s_server_address(ig_server(app->grpc)), NULL);
+  }
   if (app->telemetry)
     gw_log(GW_LOG_INFO, "listening", "server", "telemetry", "addr", hs_server_address(app->telemetry), NULL);
   *out = app;
@@ -594,6 +237,7 @@ static void on_drain_poll(uv_timer_t *t) { check_drained(t->data); }
 
 static void ingest_closed(void *ud) {
   gw_app_t *app = ud;
+  if (app->ingest_open > 0 && --app->ingest_open > 0) return; /* the other front-end is still closing */
   app->ingest_closed = 1;
   if (app->up && rq_pending_bytes(app->up))
     gw_log(GW_LOG_INFO, "draining retry queues", "bytes", gw_log_u64(rq_pending_bytes(app->up)), NULL);
@@ -605,7 +249,10 @@ static void on_shutdown_deadline(uv_timer_t *t) {
   gw_log(GW_LOG_WARN, "shutdown deadline reached, closing open connections and dropping what is still queued", NULL);
   app->deadline_passed = 1;
   if (app->up) rq_abandon(app->up);
-  if (app->ingest && !app->ingest_closed) hs_server_abort(app->ingest);
+  if (!app->ingest_closed) {
+    if (app->http) hs_server_abort(ih_server(app->http));
+    if (app->grpc) h2s_server_abort(ig_server(app->grpc));
+  }
   if (app->telemetry) hs_server_abort(app->telemetry);
   check_drained(app);
 }
@@ -619,8 +266,16 @@ void gw_app_shutdown(gw_app_t *app, void (*done)(void *ud), void *ud) {
     uv_timer_start(&app->shutdown_timer, on_shutdown_deadline, app->cfg->server.shutdown_timeout_ms + 1, 0);
     uv_unref((uv_handle_t *)&app->shutdown_timer);
   }
-  if (app->ingest) hs_server_shutdown(app->ingest, ingest_closed, app);
-  else ingest_closed(app);
+  app->ingest_open = (app->http != NULL) + (app->grpc != NULL);
+  if (!app->ingest_open) {
+    ingest_closed(app);
+    return;
+  }
+  /* Both are counted before either starts: a server with no connection may call back at once. */
+  hs_server_t *http = app->http ? ih_server(app->http) : NULL;
+  h2s_server_t *grpc = app->grpc ? ig_server(app->grpc) : NULL;
+  if (http) hs_server_shutdown(http, ingest_closed, app);
+  if (grpc) h2s_server_shutdown(grpc, ingest_closed, app);
 }
 
 /* ---- reload ---------------------------------------------------------------------------------------------- */
@@ -637,6 +292,7 @@ void gw_app_reload(gw_app_t *app, cfg_snapshot_t *next, const char *path) {
   us_apply_config(app->up, cfg_snapshot_cfg(next));
   app->snap = next;
   app->cfg = cfg_snapshot_cfg(next);
+  fw_set_config(app->fw, app->cfg);
   cfg_snapshot_unref(old); /* the upstream let go of it in us_apply_config */
   gw_log(GW_LOG_INFO, "config reloaded", "path", path ? path : "(defaults)", "backends",
          gw_log_u64(us_backend_count(app->up)), "generation", gw_log_u64(cfg_snapshot_generation(next)), NULL);
@@ -646,13 +302,15 @@ int gw_app_ready(const gw_app_t *app) {
   return !app->shutting_down && app->up && bl_ring_size(us_ring(app->up)) > 0;
 }
 
-uint16_t gw_app_ingest_port(const gw_app_t *app) { return hs_server_port(app->ingest); }
+uint16_t gw_app_ingest_port(const gw_app_t *app) { return hs_server_port(ih_server(app->http)); }
+uint16_t gw_app_grpc_port(const gw_app_t *app) { return app->grpc ? h2s_server_port(ig_server(app->grpc)) : 0; }
 
 void gw_app_destroy(gw_app_t *app) {
   if (!app) return;
-  hs_server_destroy(app->ingest);
+  ih_destroy(app->http);
+  ig_destroy(app->grpc);
   hs_server_destroy(app->telemetry);
-  bl_ring_unref(app->validation_ring);
+  fw_destroy(app->fw);
   cfg_snapshot_unref(app->snap);
   free(app);
 }

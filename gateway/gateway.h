@@ -1,6 +1,6 @@
 /*
- * gateway/gateway — the running gateway: ingest listener (OTLP/HTTP), telemetry listener (/metrics,
- * /healthz, /readyz), wired to the configuration. main.c is a thin CLI around it.
+ * gateway/gateway — the running gateway on one loop: ingest listeners (OTLP/HTTP, OTLP/gRPC), telemetry listener
+ * (/metrics, /healthz, /readyz), wired to the configuration. main.c is a thin CLI around it.
  */
 #ifndef OTLPGW_GATEWAY_H
 #define OTLPGW_GATEWAY_H
@@ -22,6 +22,7 @@ typedef struct gw_app_opts {
   int telemetry;        /* serve telemetry.listen from this app */
   int reuseport;        /* HS_LISTEN_* of gateway/http_server.h for the ingest listener */
   uint16_t ingest_port; /* non-zero: listen on this port instead of server.listen's (worker 0's real port) */
+  uint16_t grpc_port;   /* the same for server.grpc_listen */
   unsigned worker;      /* index, for logs; only worker 0 logs the ingest "listening" line */
   atomic_uint_least64_t *client_connections; /* shared by the workers: server.max_connections is for all */
 } gw_app_opts_t;
@@ -34,8 +35,9 @@ typedef struct gw_app_opts {
 int gw_app_start(uv_loop_t *loop, cfg_snapshot_t *snap, const gw_app_opts_t *opts, gw_app_t **out, char *err,
                  size_t errlen);
 
-/* The port the ingest listener is bound to. */
+/* The ports the OTLP/HTTP and OTLP/gRPC listeners are bound to (gRPC: 0 when off). */
 uint16_t gw_app_ingest_port(const gw_app_t *app);
+uint16_t gw_app_grpc_port(const gw_app_t *app);
 
 /* Copies the app's counters and gauges (call on the app's loop). 0, or -1 out of memory (dispose anyway). */
 int gw_app_scrape(gw_app_t *app, gw_scrape_t *out);

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gateway/grpc.h"
 #include "gateway/memory.h"
 #include "gateway/version.h"
 
@@ -53,7 +54,18 @@ void gw_histogram_observe(gw_histogram_t *h, double seconds) {
 
 void gw_metrics_request(gw_metrics_t *m, int signal, int status, double seconds) {
   m->requests[signal][gw_status_index(status)]++;
-  gw_histogram_observe(&m->request_duration, seconds);
+  gw_histogram_observe(&m->request_duration[GW_PROTO_HTTP], seconds);
+}
+
+void gw_metrics_grpc_request(gw_metrics_t *m, int signal, int grpc_code, double seconds) {
+  if (grpc_code < 0 || grpc_code >= GW_N_GRPC_CODES) grpc_code = 2; /* UNKNOWN */
+  m->grpc_requests[signal][grpc_code]++;
+  gw_histogram_observe(&m->request_duration[GW_PROTO_GRPC], seconds);
+}
+
+static const char *const protocol_labels[GW_N_PROTOCOLS] = {"http", "grpc"};
+const char *gw_protocol_label(int protocol) {
+  return protocol >= 0 && protocol < GW_N_PROTOCOLS ? protocol_labels[protocol] : "unknown";
 }
 
 typedef struct sb {
@@ -201,16 +213,24 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
   gw_metrics_t sum;
   memset(&sum, 0, sizeof sum);
   for (size_t k = 0; k < n; k++) {
-    for (int s = 0; s < GW_N_SIGNAL_LABELS; s++)
+    for (int s = 0; s < GW_N_SIGNAL_LABELS; s++) {
       for (int c = 0; c < GW_N_CODES; c++) sum.requests[s][c] += w[k].requests[s][c];
-    for (int s = 0; s < OTLP_N_SIGNALS; s++) {
-      for (int r = 0; r < GW_N_DROP_REASONS; r++) sum.dropped_items[s][r] += w[k].dropped_items[s][r];
-      sum.received_items[s] += w[k].received_items[s];
-      for (int e = 0; e < OTLP_N_CONTENT_ENCODINGS; e++) sum.received_bytes[s][e] += w[k].received_bytes[s][e];
+      for (int c = 0; c < GW_N_GRPC_CODES; c++) sum.grpc_requests[s][c] += w[k].grpc_requests[s][c];
     }
-    for (int i = 0; i < GW_HIST_BUCKETS; i++) sum.request_duration.buckets[i] += w[k].request_duration.buckets[i];
-    sum.request_duration.count += w[k].request_duration.count;
-    sum.request_duration.sum += w[k].request_duration.sum;
+    sum.grpc_http_refusals += w[k].grpc_http_refusals;
+    for (int s = 0; s < OTLP_N_SIGNALS; s++)
+      for (int r = 0; r < GW_N_DROP_REASONS; r++) sum.dropped_items[s][r] += w[k].dropped_items[s][r];
+    for (int p = 0; p < GW_N_PROTOCOLS; p++) {
+      for (int s = 0; s < OTLP_N_SIGNALS; s++) {
+        sum.received_items[p][s] += w[k].received_items[p][s];
+        for (int e = 0; e < OTLP_N_CONTENT_ENCODINGS; e++)
+          sum.received_bytes[p][s][e] += w[k].received_bytes[p][s][e];
+      }
+      gw_histogram_t *h = &sum.request_duration[p];
+      for (int i = 0; i < GW_HIST_BUCKETS; i++) h->buckets[i] += w[k].request_duration[p].buckets[i];
+      h->count += w[k].request_duration[p].count;
+      h->sum += w[k].request_duration[p].sum;
+    }
   }
   sb_t b = {malloc(16384), 0, 16384, 0};
   if (!b.buf) return 0;
@@ -218,32 +238,50 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
   header(&b, "build_info", "gauge", "Build information; the value is always 1.");
   sb_printf(&b, "otlp_gateway_build_info{version=\"%s\"} 1\n", OTLPGW_VERSION);
 
-  header(&b, "requests_total", "counter", "OTLP/HTTP requests answered, by signal and HTTP status code.");
+  header(&b, "requests_total", "counter",
+         "Ingest requests answered, by protocol, signal and code (OTLP/HTTP: the HTTP status; OTLP/gRPC: the gRPC "
+         "status name).");
   for (int s = 0; s < GW_N_SIGNAL_LABELS; s++)
     for (int c = 0; c < GW_N_CODES; c++) {
-      /* Zero series exist from the start for 200 of each signal, so rate() sees the first request. */
+      /* Zero series exist from the start for 200 / OK of each signal, so rate() sees the first request. */
       if (!sum.requests[s][c] && !(c == GW_CODE_200 && s != GW_SIGNAL_NONE)) continue;
       if (c == GW_CODE_OTHER)
-        sb_printf(&b, "otlp_gateway_requests_total{signal=\"%s\",code=\"other\"} %" PRIu64 "\n", signal_labels[s],
-                  sum.requests[s][c]);
+        sb_printf(&b, "otlp_gateway_requests_total{protocol=\"http\",signal=\"%s\",code=\"other\"} %" PRIu64 "\n",
+                  signal_labels[s], sum.requests[s][c]);
       else
-        sb_printf(&b, "otlp_gateway_requests_total{signal=\"%s\",code=\"%d\"} %" PRIu64 "\n", signal_labels[s],
-                  status_codes[c], sum.requests[s][c]);
+        sb_printf(&b, "otlp_gateway_requests_total{protocol=\"http\",signal=\"%s\",code=\"%d\"} %" PRIu64 "\n",
+                  signal_labels[s], status_codes[c], sum.requests[s][c]);
     }
+  for (int s = 0; s < GW_N_SIGNAL_LABELS; s++)
+    for (int c = 0; c < GW_N_GRPC_CODES; c++) {
+      if (!sum.grpc_requests[s][c] && !(c == 0 && s != GW_SIGNAL_NONE)) continue;
+      sb_printf(&b, "otlp_gateway_requests_total{protocol=\"grpc\",signal=\"%s\",code=\"%s\"} %" PRIu64 "\n",
+                signal_labels[s], grpc_code_name(c), sum.grpc_requests[s][c]);
+    }
+  if (sum.grpc_http_refusals)
+    sb_printf(&b, "otlp_gateway_requests_total{protocol=\"grpc\",signal=\"none\",code=\"other\"} %" PRIu64 "\n",
+              sum.grpc_http_refusals);
 
-  header(&b, "received_items_total", "counter", "Items received in valid requests: spans, log records, and for metrics data points.");
-  for (int s = 0; s < OTLP_N_SIGNALS; s++)
-    sb_printf(&b, "otlp_gateway_received_items_total{signal=\"%s\"} %" PRIu64 "\n", signal_labels[s],
-              sum.received_items[s]);
+  header(&b, "received_items_total", "counter",
+         "Items received in valid requests, by protocol and signal: spans, log records, and for metrics data points.");
+  for (int p = 0; p < GW_N_PROTOCOLS; p++)
+    for (int s = 0; s < OTLP_N_SIGNALS; s++)
+      sb_printf(&b, "otlp_gateway_received_items_total{protocol=\"%s\",signal=\"%s\"} %" PRIu64 "\n",
+                protocol_labels[p], signal_labels[s], sum.received_items[p][s]);
 
-  header(&b, "received_bytes_total", "counter", "Request body bytes received on the wire, by signal and Content-Encoding.");
-  for (int s = 0; s < OTLP_N_SIGNALS; s++)
-    for (int e = 0; e < OTLP_N_CONTENT_ENCODINGS; e++)
-      sb_printf(&b, "otlp_gateway_received_bytes_total{signal=\"%s\",encoding=\"%s\"} %" PRIu64 "\n",
-                signal_labels[s], ce_labels[e], sum.received_bytes[s][e]);
+  header(&b, "received_bytes_total", "counter",
+         "Request body bytes received on the wire, by protocol, signal and compression (Content-Encoding or "
+         "grpc-encoding).");
+  for (int p = 0; p < GW_N_PROTOCOLS; p++)
+    for (int s = 0; s < OTLP_N_SIGNALS; s++)
+      for (int e = 0; e < OTLP_N_CONTENT_ENCODINGS; e++)
+        sb_printf(&b, "otlp_gateway_received_bytes_total{protocol=\"%s\",signal=\"%s\",encoding=\"%s\"} %" PRIu64 "\n",
+                  protocol_labels[p], signal_labels[s], ce_labels[e], sum.received_bytes[p][s][e]);
 
-  header(&b, "request_duration_seconds", "histogram", "Time from a request's first byte to its answer.");
-  render_histogram(&b, "request_duration_seconds", "", &sum.request_duration);
+  header(&b, "request_duration_seconds", "histogram",
+         "Time from a request's first byte (gRPC: its HEADERS frame) to its answer, by protocol.");
+  render_histogram(&b, "request_duration_seconds", "protocol=\"http\",", &sum.request_duration[GW_PROTO_HTTP]);
+  render_histogram(&b, "request_duration_seconds", "protocol=\"grpc\",", &sum.request_duration[GW_PROTO_GRPC]);
 
   header(&b, "dropped_items_total", "counter", "Items dropped, by signal and reason (rejected: a backend refused them as bad; expired: still failing after backends.retry.max_elapsed; shutdown: still queued at the shutdown deadline; malformed: a queued part could not be re-split).");
   for (int s = 0; s < OTLP_N_SIGNALS; s++)
@@ -252,9 +290,13 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
                 drop_labels[r], sum.dropped_items[s][r]);
   render_backends(&b, g);
 
-  header(&b, "connections", "gauge", "Open connections, by side (client: ingest; backend: to collectors).");
-  sb_printf(&b, "otlp_gateway_connections{side=\"client\"} %" PRIu64 "\n", g ? g->client_connections : 0);
-  sb_printf(&b, "otlp_gateway_connections{side=\"backend\"} %" PRIu64 "\n", g ? g->backend_connections : 0);
+  header(&b, "connections", "gauge",
+         "Open connections, by side (client: ingest; backend: to collectors) and protocol (backends: HTTP/1.1).");
+  for (int p = 0; p < GW_N_PROTOCOLS; p++)
+    sb_printf(&b, "otlp_gateway_connections{side=\"client\",protocol=\"%s\"} %" PRIu64 "\n", protocol_labels[p],
+              g ? g->client_connections[p] : 0);
+  sb_printf(&b, "otlp_gateway_connections{side=\"backend\",protocol=\"http\"} %" PRIu64 "\n",
+            g ? g->backend_connections : 0);
   header(&b, "connections_rejected_total", "counter", "Client connections turned away over server.max_connections.");
   sb_printf(&b, "otlp_gateway_connections_rejected_total %" PRIu64 "\n", g ? g->client_connections_rejected : 0);
 

@@ -14,6 +14,10 @@
 #include "gateway/otlp_http.h"
 
 #define GW_SIGNAL_NONE OTLP_N_SIGNALS /* requests to no OTLP path */
+
+/* The ingest protocol (label protocol="http|grpc" on every ingest series). */
+enum { GW_PROTO_HTTP = 0, GW_PROTO_GRPC, GW_N_PROTOCOLS };
+#define GW_N_GRPC_CODES 17 /* gRPC status codes 0..16, counted by name (gateway/grpc's grpc_code_name) */
 #define GW_N_SIGNAL_LABELS (OTLP_N_SIGNALS + 1)
 
 /* The status codes we count one by one; anything else is counted as "other". */
@@ -67,16 +71,18 @@ typedef struct gw_backend_view {
 } gw_backend_view_t;
 
 typedef struct gw_metrics {
-  uint64_t requests[GW_N_SIGNAL_LABELS][GW_N_CODES];
+  uint64_t requests[GW_N_SIGNAL_LABELS][GW_N_CODES];            /* OTLP/HTTP, by HTTP status */
+  uint64_t grpc_requests[GW_N_SIGNAL_LABELS][GW_N_GRPC_CODES];  /* OTLP/gRPC, by gRPC status */
+  uint64_t grpc_http_refusals;     /* gRPC streams answered with an HTTP error status (415), counted as "other" */
   uint64_t dropped_items[OTLP_N_SIGNALS][GW_N_DROP_REASONS];
-  uint64_t received_items[OTLP_N_SIGNALS];
-  uint64_t received_bytes[OTLP_N_SIGNALS][OTLP_N_CONTENT_ENCODINGS]; /* bytes on the wire */
-  gw_histogram_t request_duration;
+  uint64_t received_items[GW_N_PROTOCOLS][OTLP_N_SIGNALS];
+  uint64_t received_bytes[GW_N_PROTOCOLS][OTLP_N_SIGNALS][OTLP_N_CONTENT_ENCODINGS]; /* bytes on the wire */
+  gw_histogram_t request_duration[GW_N_PROTOCOLS];
 } gw_metrics_t;
 
 /* Gauges owned by other modules, read at scrape time. */
 typedef struct gw_metrics_gauges {
-  uint64_t client_connections;
+  uint64_t client_connections[GW_N_PROTOCOLS];
   uint64_t client_connections_rejected;
   uint64_t backend_connections;
   uint64_t ring_backends;
@@ -90,8 +96,13 @@ int gw_outcome(int status); /* HTTP status or negative transport error -> GW_OUT
 int gw_status_index(int status);
 void gw_histogram_observe(gw_histogram_t *h, double seconds);
 
-/* Records one answered request: signal may be GW_SIGNAL_NONE. */
+/* Records one answered OTLP/HTTP request: signal may be GW_SIGNAL_NONE. */
 void gw_metrics_request(gw_metrics_t *m, int signal, int status, double seconds);
+/* Records one answered OTLP/gRPC call by its gRPC status code (0..16). */
+void gw_metrics_grpc_request(gw_metrics_t *m, int signal, int grpc_code, double seconds);
+
+/* "http" / "grpc". */
+const char *gw_protocol_label(int protocol);
 
 /* Renders the exposition of n workers' counters plus process_* metrics into a malloc'd string *out
  * (caller frees). Returns its length, or 0 on out of memory. */

@@ -57,7 +57,7 @@ static void merge(const gw_scrape_t *sc, size_t n, gw_metrics_gauges_t *g, gw_ba
   size_t nv = 0;
   for (size_t k = 0; k < n; k++) {
     const gw_metrics_gauges_t *x = &sc[k].gauges;
-    g->client_connections += x->client_connections;
+    for (int p = 0; p < GW_N_PROTOCOLS; p++) g->client_connections[p] += x->client_connections[p];
     g->client_connections_rejected += x->client_connections_rejected;
     g->backend_connections += x->backend_connections;
     if (x->ring_backends > g->ring_backends) g->ring_backends = x->ring_backends;

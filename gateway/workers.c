@@ -321,7 +321,7 @@ int gw_workers_start(uv_loop_t *main_loop, unsigned n, cfg_snapshot_t *snap, con
   g->n = n;
   pthread_mutex_init(&g->mu, NULL);
   const char *telemetry_listen = cfg_snapshot_cfg(snap)->telemetry.listen;
-  uint16_t port = 0;
+  uint16_t port = 0, grpc_port = 0;
   unsigned started = 0;
   for (; started < n; started++) {
     worker_t *w = &g->w[started];
@@ -333,6 +333,7 @@ int gw_workers_start(uv_loop_t *main_loop, unsigned n, cfg_snapshot_t *snap, con
     gw_app_opts_t opts = {.telemetry = 0,
                           .reuseport = started == 0 ? HS_LISTEN_REUSEPORT_FIRST : HS_LISTEN_REUSEPORT,
                           .ingest_port = port,
+                          .grpc_port = grpc_port,
                           .worker = started,
                           .client_connections = &g->client_connections};
     gw_log_set_worker((int)started); /* the start-up lines say whose they are */
@@ -343,7 +344,10 @@ int gw_workers_start(uv_loop_t *main_loop, unsigned n, cfg_snapshot_t *snap, con
       uv_loop_close(&w->loop);
       break;
     }
-    if (started == 0) port = gw_app_ingest_port(w->app); /* server.listen may say port 0: share the real one */
+    if (started == 0) { /* server.listen / grpc_listen may say port 0: share the real ones */
+      port = gw_app_ingest_port(w->app);
+      grpc_port = gw_app_grpc_port(w->app);
+    }
     uv_async_init(&w->loop, &w->cmd, on_cmd);
     w->cmd.data = w;
     uv_timer_init(&w->loop, &w->ready_timer);

@@ -6,8 +6,8 @@ import os
 from harness import (TMP, WAIT, BackgroundLoad, Pool, delivery, fresh, read_traces, settled_delivery,  # noqa: F401
                      wait_drained, wait_until)
 
-ACKED = 'otlp_gateway_requests_total{signal="traces",code="200"}'
-REFUSED = 'otlp_gateway_requests_total{signal="traces",code="503"}'
+ACKED = 'otlp_gateway_requests_total{protocol="http",signal="traces",code="200"}'
+REFUSED = 'otlp_gateway_requests_total{protocol="http",signal="traces",code="503"}'
 
 
 def count_lines(path):

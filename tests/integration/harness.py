@@ -195,6 +195,19 @@ def _end_procs(scope):
     return bad
 
 
+def loopback_grpc(text):
+    """A config whose server section does not set server.grpc_listen gets "127.0.0.1:0": the default,
+    0.0.0.0:4317, is one fixed port, which tests running side by side (and anything else on the machine) would
+    share."""
+    if "grpc_listen" in text:
+        return text
+    if re.search(r"^server:[ \t]*\n", text, re.M):
+        return re.sub(r"^server:[ \t]*\n", 'server:\n  grpc_listen: "127.0.0.1:0"\n', text, count=1, flags=re.M)
+    if re.search(r"^server:", text, re.M):  # a flow mapping or something unusual: leave it to the test
+        return text
+    return 'server:\n  grpc_listen: "127.0.0.1:0"\n' + text
+
+
 def write_config(text, name="gw.yaml"):
     path = os.path.join(TMP, name)
     with open(path, "w") as f:
@@ -271,9 +284,13 @@ class Gateway(Proc):
     exit_checked = True
 
     def __init__(self, config_text, name="gw.yaml", shared=False):
+        config_text = loopback_grpc(config_text)
         self.config_path = write_config(config_text, name)
         super().__init__([args().gateway, "--config", self.config_path], shared=shared)
         self.port = int(self.wait_line(r"msg=listening server=ingest addr=127\.0\.0\.1:(\d+)").group(1))
+        self.grpc_port = None  # server.grpc_listen's port, when the config serves OTLP/gRPC on loopback
+        if not re.search(r'grpc_listen:\s*""', config_text):
+            self.grpc_port = int(self.wait_line(r"msg=listening server=grpc addr=127\.0\.0\.1:(\d+)").group(1))
         self.telemetry_port = int(self.wait_line(r"msg=listening server=telemetry addr=127\.0\.0\.1:(\d+)").group(1))
         if DEAD_BACKEND_HEALTH in config_text:
             self.wait_not_ready()

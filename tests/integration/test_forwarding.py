@@ -3,7 +3,7 @@ the single-owner pass-through), Expect: 100-continue, and bodies of 16 KiB or mo
 read (the server adopts its read buffer) with pipelined requests behind them. Each request goes through the
 real gateway to two real otlp-sink processes that record every trace they get; the exact spans must arrive,
 every trace on one sink. Also: the JSON google.rpc.Status bodies of 408, 411 and 431, and
-backends.max_connections_per_backend as the sinks see it, with otlp_gateway_connections{side="backend"}.
+backends.max_connections_per_backend as the sinks see it, with otlp_gateway_connections{side="backend",protocol="http"}.
 Every gateway is stopped with SIGTERM and must exit 0."""
 import threading
 
@@ -73,11 +73,11 @@ def test_chunked_gzip_forwarded_and_passed_through():
     with Env('chunked_gzip_forwarded_and_passed_through') as (g, sinks, sent):
         hdr = dict(PB, **{"Content-Encoding": "gzip"})
         ids, want = batch(103, 40)
-        before = value(g, 'otlp_gateway_received_bytes_total{signal="traces",encoding="gzip"}')
+        before = value(g, 'otlp_gateway_received_bytes_total{protocol="http",signal="traces",encoding="gzip"}')
         body = gz(spans_request(ids, 3))
         st, _, rbody = http_request(g.port, "POST", "/v1/traces", body, hdr, chunked=True)
         assert st == 200, (st, rbody)
-        assert value(g, 'otlp_gateway_received_bytes_total{signal="traces",encoding="gzip"}') == before + len(body)
+        assert value(g, 'otlp_gateway_received_bytes_total{protocol="http",signal="traces",encoding="gzip"}') == before + len(body)
         expect_delivered(sinks, sent, want)
         one, want1 = batch(104, 1, per_trace=30)
         body = gz(spans_request(one, 30))
@@ -166,7 +166,7 @@ def test_adopted_body_outlives_later_reads():
     sinks = [RecSink("adopt.%d" % i, "--delay", "300") for i in range(2)]
     g = Gateway(config([s.endpoint for s in sinks], max_conns=1, request_timeout="30s"), name="adopt.yaml")
     conns, sent = [], {}
-    items = 'otlp_gateway_received_items_total{signal="traces"}'
+    items = 'otlp_gateway_received_items_total{protocol="http",signal="traces"}'
     try:
         def post(seed, n_traces, per_trace, big):
             ids, w = batch(seed, n_traces, per_trace)
@@ -225,9 +225,9 @@ def test_json_error_bodies_408_411_431():
             assert st == 431 and h["content-type"] == "application/json", (name, st, h)
             code, msg = parse_status(h["content-type"], body)
             assert code == 3 and "header" in msg, (name, code, msg)
-        assert value(g, 'otlp_gateway_requests_total{signal="traces",code="408"}') == 1
-        assert value(g, 'otlp_gateway_requests_total{signal="logs",code="411"}') == 1
-        assert value(g, 'otlp_gateway_requests_total{signal="metrics",code="431"}') == 2
+        assert value(g, 'otlp_gateway_requests_total{protocol="http",signal="traces",code="408"}') == 1
+        assert value(g, 'otlp_gateway_requests_total{protocol="http",signal="logs",code="411"}') == 1
+        assert value(g, 'otlp_gateway_requests_total{protocol="http",signal="metrics",code="431"}') == 2
     finally:
         stop_ok(g)
 
@@ -235,12 +235,12 @@ def test_json_error_bodies_408_411_431():
 def test_max_connections_per_backend():
     """Two sinks that answer after 200 ms; 12 clients at once, each with parts for both; at most 2 connections
     per backend: each sink sees at most 2 connections and 2 requests at a time, reaches 2, and
-    connections{side="backend"} (summed over backends) never reads above 4."""
+    connections{side="backend",protocol="http"} (summed over backends) never reads above 4."""
     sinks = [RecSink("maxconn.%d" % i, "--delay", "200") for i in range(2)]
     g = Gateway(config([s.endpoint for s in sinks], max_conns=2, request_timeout="30s"), name="maxconn.yaml")
     results, want = [], {}
     try:
-        assert value(g, 'otlp_gateway_connections{side="backend"}') == 0
+        assert value(g, 'otlp_gateway_connections{side="backend",protocol="http"}') == 0
 
         def client(k):
             ids = [trace_id(200 + k, i) for i in range(20)]
@@ -258,10 +258,10 @@ def test_max_connections_per_backend():
         samples = []
 
         def sample():
-            v = value(g, 'otlp_gateway_connections{side="backend"}')
+            v = value(g, 'otlp_gateway_connections{side="backend",protocol="http"}')
             samples.append(v)
             return v
-        wait_until(sample, lambda v: v == 4, 20, 'connections{side="backend"} reaching 2 per backend')
+        wait_until(sample, lambda v: v == 4, 20, 'connections{side="backend",protocol="http"} reaching 2 per backend')
         for t in threads:
             t.join(60)
         while len(samples) < 5:
@@ -275,7 +275,7 @@ def test_max_connections_per_backend():
             assert x["max_in_flight"] == 2, x
             assert 1 <= x["max_connections"] <= 2, x
         assert max(samples) <= 4, samples
-        assert value(g, 'otlp_gateway_connections{side="backend"}') <= 4
+        assert value(g, 'otlp_gateway_connections{side="backend",protocol="http"}') <= 4
     finally:
         stop_ok(g)
         for s in sinks:

@@ -23,7 +23,7 @@ def setup():
 
 def wait_client_connections(g, n, timeout=WAIT):
     """Waits (bounded) until the gateway reports at most n open client connections."""
-    wait_until(lambda: g.metric('otlp_gateway_connections{side="client"}'), lambda v: v <= n, timeout,
+    wait_until(lambda: g.metric('otlp_gateway_connections{side="client",protocol="http"}'), lambda v: v <= n, timeout,
                "open client connections")
 
 
@@ -228,7 +228,7 @@ def test_client_disconnect_mid_body_is_harmless():
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame: what HTTP/2 clients send next
 H2_ANSWER = ("this port speaks OTLP/HTTP/1.1 (POST /v1/traces, /v1/logs, /v1/metrics); "
-             "OTLP/gRPC over HTTP/2 is not served by this version")
+             "OTLP/gRPC is served on 127.0.0.1:%d (server.grpc_listen)")  # % the gateway's gRPC port
 H2_LOG = r"HTTP/2 client on the HTTP/1.1 port"
 
 
@@ -247,14 +247,14 @@ def test_http2_preface_gets_400_with_one_clear_line():
         assert st == 400 and h.get("connection") == "close", (i, st, h)
         assert h.get("content-type") == "application/x-protobuf", h
         code, msg = parse_status(h["content-type"], body)
-        assert code == 3 and msg == H2_ANSWER, (code, msg)  # 3: INVALID_ARGUMENT, as for other 400s
+        assert code == 3 and msg == H2_ANSWER % g.grpc_port, (code, msg)  # 3: INVALID_ARGUMENT, as for other 400s
         assert c.closed_by_peer() and c.buf == b"", c.buf  # one answer only, whatever followed the preface
         c.close()
     elapsed = time.time() - t0
-    g.wait_metric('otlp_gateway_requests_total{signal="none",code="400"}', lambda v: v == 3)
+    g.wait_metric('otlp_gateway_requests_total{protocol="http",signal="none",code="400"}', lambda v: v == 3)
     m = g.wait_line(H2_LOG + r".*peer=127\.0\.0\.1:(\d+)")
     assert int(m.group(1)) == peers[0], (m.group(0), peers)
-    assert "answer=\"" + H2_ANSWER + "\"" in m.string, m.string
+    assert "answer=\"" + H2_ANSWER % g.grpc_port + "\"" in m.string, m.string
     c = Conn(g.port)  # still serving
     c.send(build_request("POST", "/v1/traces", b"", PB))
     assert c.read_response()[0] == 200

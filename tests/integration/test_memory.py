@@ -204,8 +204,8 @@ def burst(limit="%dMiB" % LIMIT_MIB):
                "queued_mem": queued_mem, "queued_bytes": queued_bytes,
                "refused": len(refused), "clients": clients, "g": g,
                "limit": g.metric("otlp_gateway_memory_limit_bytes"),
-               "requests_503": g.metric('otlp_gateway_requests_total{signal="traces",code="503"}'),
-               "requests_200": g.metric('otlp_gateway_requests_total{signal="traces",code="200"}')}
+               "requests_503": g.metric('otlp_gateway_requests_total{protocol="http",signal="traces",code="503"}'),
+               "requests_200": g.metric('otlp_gateway_requests_total{protocol="http",signal="traces",code="200"}')}
         print("    memory_limit=%s: RSS base %.0f MiB, peak %.0f MiB (%.0f while the bodies were held; bound %.0f), "
               "%.0f MiB when drained, %.0f MiB "
               "after; memory_bytes: %.0f MiB of bodies held, %.0f MiB queued; %d of %d clients refused with 503"

@@ -196,7 +196,7 @@ def test_real_prometheus_scrapes_the_gateway():
         assert res["ok"] == n, out
 
         def received():
-            r = prom_query(port, 'otlp_gateway_received_items_total{job="otlpgw",signal="traces"}')
+            r = prom_query(port, 'otlp_gateway_received_items_total{job="otlpgw",protocol="http",signal="traces"}')
             vals = [float(x["value"][1]) for x in r]
             return vals == [n * spans], dict(result=r, targets=prom_targets(port))
 

@@ -345,7 +345,7 @@ def test_queue_full_refuses_whole_request():
         marker = trace_request(2, 1, first_trace=int(mine[0][:2], 16))
         assert http_request(g.port, "POST", "/v1/traces", marker, PB)[0] == 200
         assert good.stats()["traces"]["requests"] == i + 1, "the refused request was partly forwarded"
-        assert g.metric('otlp_gateway_requests_total{signal="traces",code="503"}') == 1
+        assert g.metric('otlp_gateway_requests_total{protocol="http",signal="traces",code="503"}') == 1
         g.wait_line(r'msg="queue full" backend=%s' % re.escape(hole.endpoint))
     finally:
         for c in conns:

@@ -54,7 +54,7 @@ def test_100k_spans_10k_traces_three_sinks():
         _, acked, spans = load_and_check(pool, g, "plain", 1000, 100, "--traces", "10", "--connections", "16")
         assert len(acked) == 10000
         print("    spans per sink: %s" % spans)
-        assert g.metric('otlp_gateway_received_items_total{signal="traces"}') == 100000
+        assert g.metric('otlp_gateway_received_items_total{protocol="http",signal="traces"}') == 100000
         delivered = sum(g.metric('otlp_gateway_backend_items_total{backend="%s",signal="traces"}' % e)
                         for e in pool.endpoints)
         assert delivered == 100000, delivered
@@ -90,7 +90,7 @@ def test_json_routes_like_protobuf():
         per_sink = check_delivery(acked, pool.traces(), expect_spans=90000)
         print("    spans per sink (protobuf + JSON + gzip JSON): %s" % per_sink)
         for enc in ("identity", "gzip"):
-            assert g.metric('otlp_gateway_received_bytes_total{signal="traces",encoding="%s"}' % enc) > 0
+            assert g.metric('otlp_gateway_received_bytes_total{protocol="http",signal="traces",encoding="%s"}' % enc) > 0
 
 
 def test_single_trace_requests_pass_through_gzip():
@@ -147,7 +147,7 @@ def test_metrics_routing_modes_count_data_points():
         got = [s.stats()["metrics"]["items"] for s in pool.sinks]
         print("    routing.metrics=%s: data points per sink %s" % (mode, got))
         assert sum(got) == 200 * 30, (mode, got)
-        assert g.metric('otlp_gateway_received_items_total{signal="metrics"}') == 200 * 30
+        assert g.metric('otlp_gateway_received_items_total{protocol="http",signal="metrics"}') == 200 * 30
         assert sum(g.metric('otlp_gateway_backend_items_total{backend="%s",signal="metrics"}' % e)
                    for e in pool.endpoints) == 200 * 30
         if mode != "service":  # random service.instance.id / many metric names: spread over the pool
@@ -231,7 +231,7 @@ def test_backend_refusing_connections_is_ejected():
     assert g.metric('otlp_gateway_backend_up{backend="%s"}' % ep) == 0
     assert g.metric("otlp_gateway_ring_backends") == 0
     assert g.metric('otlp_gateway_backend_queue_bytes{backend="%s"}' % ep) > 0
-    assert g.metric('otlp_gateway_requests_total{signal="traces",code="200"}') == n_ok
+    assert g.metric('otlp_gateway_requests_total{protocol="http",signal="traces",code="200"}') == n_ok
     assert g.metric('otlp_gateway_backend_requests_total{backend="%s",outcome="error"}' % ep) >= 5  # eject_after
     for _ in range(5):
         assert http_request(g.port, "POST", "/v1/traces", trace_request(5, 2), PB)[0] == 503

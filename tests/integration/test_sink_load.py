@@ -82,8 +82,8 @@ def test_gateway_acknowledges_nothing_when_no_backend_is_up():
     g = Gateway(gateway_config())  # its one backend refuses connections; health checks took it out
     res, out = run_load("http://127.0.0.1:%d" % g.port, "--requests", "200", "--connections", "8", "--spans", "20")
     assert res["status_503"] == 200 and res["ok"] == 0 and res["spans_acked"] == 0, out
-    assert g.metric('otlp_gateway_requests_total{signal="traces",code="503"}') == 200
-    assert g.metric('otlp_gateway_received_items_total{signal="traces"}') == 200 * 20
+    assert g.metric('otlp_gateway_requests_total{protocol="http",signal="traces",code="503"}') == 200
+    assert g.metric('otlp_gateway_received_items_total{protocol="http",signal="traces"}') == 200 * 20
     assert g.stop() == 0
 
 

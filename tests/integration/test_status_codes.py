@@ -176,10 +176,10 @@ def test_json_200_and_400_with_field_path():
     # valid, with spans: its one backend is down, so 503 (it was parsed and counted first)
     ok = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10",' \
          b'"spanId":"0102030405060708","name":"x"}]}]}]}'
-    before = g.metric('otlp_gateway_received_items_total{signal="traces"}')
+    before = g.metric('otlp_gateway_received_items_total{protocol="http",signal="traces"}')
     st, h, body = http_request(g.port, "POST", "/v1/traces", ok, JS)
     expect(st, h, body, 503, 14, "no backends available", ctype="application/json")
-    assert g.metric('otlp_gateway_received_items_total{signal="traces"}') == before + 1
+    assert g.metric('otlp_gateway_received_items_total{protocol="http",signal="traces"}') == before + 1
 
 
 def test_431_header_too_large():
@@ -212,13 +212,13 @@ def test_400_bad_framing():
     expect(st, h, body, 400, 3, "malformed HTTP request", ctype="application/json")
     c.close()
     # (not in /metrics before the first such answer)
-    before = g.metric_or_none('otlp_gateway_requests_total{signal="none",code="400"}') or 0
+    before = g.metric_or_none('otlp_gateway_requests_total{protocol="http",signal="none",code="400"}') or 0
     c = Conn(g.port)
     c.send(b"NOT HTTP AT ALL\r\n\r\n")
     st, h, body = c.read_response()
     expect(st, h, body, 400, 3, "malformed HTTP request")
     c.close()
-    assert g.metric('otlp_gateway_requests_total{signal="none",code="400"}') == before + 1
+    assert g.metric('otlp_gateway_requests_total{protocol="http",signal="none",code="400"}') == before + 1
 
 
 def test_telemetry_endpoints_and_counters():
@@ -230,10 +230,10 @@ def test_telemetry_endpoints_and_counters():
     st, _, _ = http_request(g.telemetry_port, "GET", "/nope")
     assert st == 404
     # (not in /metrics before the first 503, e.g. with ONLY=)
-    before = g.metric_or_none('otlp_gateway_requests_total{signal="traces",code="503"}') or 0
+    before = g.metric_or_none('otlp_gateway_requests_total{protocol="http",signal="traces",code="503"}') or 0
     for _ in range(3):
         http_request(g.port, "POST", "/v1/traces", trace_request(7, 2), PB)
-    assert g.metric('otlp_gateway_requests_total{signal="traces",code="503"}') == before + 3
+    assert g.metric('otlp_gateway_requests_total{protocol="http",signal="traces",code="503"}') == before + 3
     text = g.metrics()
     for name in ("otlp_gateway_requests_total", "otlp_gateway_received_bytes_total",
                  "otlp_gateway_request_duration_seconds", "otlp_gateway_connections", "process_cpu_seconds_total",

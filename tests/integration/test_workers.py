@@ -56,10 +56,10 @@ def test_two_workers_route_exactly_once_and_add_up():
     delivered = {t: n for c in per_sink for t, n in c.items()}
     assert delivered == dict(acked), "delivered spans differ from acknowledged ones"
     # one scrape sums both workers' counters
-    assert g.metric('otlp_gateway_received_items_total{signal="traces"}') == 150000
+    assert g.metric('otlp_gateway_received_items_total{protocol="http",signal="traces"}') == 150000
     assert sum(g.metric('otlp_gateway_backend_items_total{backend="%s",signal="traces"}' % e)
                for e in pool.endpoints) == 150000
-    assert g.metric('otlp_gateway_requests_total{signal="traces",code="200"}') == 1500
+    assert g.metric('otlp_gateway_requests_total{protocol="http",signal="traces",code="200"}') == 1500
     ticks = worker_cpu_ticks(g.p.pid)
     print("    spans per sink %s; worker CPU ticks %s" % ([sum(c.values()) for c in per_sink], ticks))
     assert sorted(ticks) == ["otlpgw-w0", "otlpgw-w1"] and all(v > 0 for v in ticks.values()), ticks

@@ -86,7 +86,8 @@ def ensure_node_modules():
 # ---- the app --------------------------------------------------------------------------------------------
 
 def app_env(port, name, compression="none"):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env = {k: v for k, v in os.environ.items()  # grpc-js would take 127.0.0.1 through a proxy
+           if not k.startswith("OTEL_") and k.lower() not in ("grpc_proxy", "http_proxy", "https_proxy")}
     env.update({
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:%d" % port,
         "OTEL_EXPORTER_OTLP_COMPRESSION": compression,
@@ -133,15 +134,18 @@ def compare(created_file, sink_files):
     return settled_delivery(read_traces(created_file, strict=True), sink_files)
 
 
-def run_traces_scenario(name, mode, compression, g, pool, traces=TRACES, app=None, allow_duplicates=False):
-    """Runs (or waits for) the app and checks the traces; returns (app result, span comparison)."""
-    app = app or App(mode, g.port, name, compression, traces=traces)
+def run_traces_scenario(name, mode, compression, g, pool, traces=TRACES, app=None, allow_duplicates=False,
+                        protocol="http", port=None):
+    """Runs (or waits for) the app (to port, default the gateway's OTLP/HTTP port) and checks the traces and the
+    gateway's byte counters of protocol (http|grpc); returns (app result, span comparison)."""
+    app = app or App(mode, port or g.port, name, compression, traces=traces)
     rc, res = app.result()
     assert rc == 0 and res, "%s: app exited %s\n%s" % (name, rc, app.tail())
     wait_drained(g)
     c = compare(app.created, pool.files)
-    gzip_bytes = g.metric('otlp_gateway_received_bytes_total{signal="traces",encoding="gzip"}')
-    plain_bytes = g.metric('otlp_gateway_received_bytes_total{signal="traces",encoding="identity"}')
+    gzip_bytes = g.metric('otlp_gateway_received_bytes_total{protocol="%s",signal="traces",encoding="gzip"}' % protocol)
+    plain_bytes = g.metric('otlp_gateway_received_bytes_total{protocol="%s",signal="traces",encoding="identity"}'
+                           % protocol)
     print("    scenario=%s sent: traces=%d spans=%d exports_ok=%d exports_failed=%d (%s, %.0f ms) | arrived: spans=%d "
           "per_sink=%s lost=%d duplicates=%d split_traces=%d | gateway traces bytes identity=%d gzip=%d"
           % (name, res["traces"], res["spans_exported"], res["exports_ok"], res["exports_failed"], compression,
@@ -210,7 +214,7 @@ def test_traces_json():
     app = App("traces-json", g.port, "traces-json", "none")
     rc, res = app.result()
     if rc != 0:
-        refused = g.metric_or_none('otlp_gateway_requests_total{signal="traces",code="415"}') or 0
+        refused = g.metric_or_none('otlp_gateway_requests_total{protocol="http",signal="traces",code="415"}') or 0
         print("    scenario=traces-json sent: %s | the gateway answered 415 to %d requests" % (
             " ".join("%s=%s" % kv for kv in sorted((res or {}).items()) if kv[0] != "mode"), refused), flush=True)
         assert not refused, "the gateway refuses OTLP/JSON (415 Unsupported Media Type) from exporter-trace-otlp-http"
@@ -253,7 +257,8 @@ def test_retry_until_backends_come_up():
     g.wait_not_ready()
     app = App("logs", g.port, name, "gzip", traces=RETRY_TRACES)
     for sig in ("traces", "logs"):  # both exporters were refused (and retry)
-        g.wait_metric('otlp_gateway_requests_total{signal="%s",code="503"}' % sig, lambda v: v and v >= 1, 2 * WAIT)
+        g.wait_metric('otlp_gateway_requests_total{protocol="http",signal="%s",code="503"}' % sig,
+                      lambda v: v and v >= 1, 2 * WAIT)
     assert app.p.poll() is None, "the app ended while every backend was down:\n" + app.tail()
     pool = Pool(name, listens=listens, logs=True)
     # the app finishes after the sinks came up: it was still running (retrying) when they were listening
@@ -261,7 +266,8 @@ def test_retry_until_backends_come_up():
     res, spans = run_traces_scenario(name, "logs", "gzip", g, pool, traces=RETRY_TRACES, app=app,
                                      allow_duplicates=True)
     c, items = check_logs(name, app, res, spans, g, pool)
-    refused = {s: g.metric('otlp_gateway_requests_total{signal="%s",code="503"}' % s) for s in ("traces", "logs")}
+    refused = {s: g.metric('otlp_gateway_requests_total{protocol="http",signal="%s",code="503"}' % s)
+               for s in ("traces", "logs")}
     print("    scenario=retry gateway answered 503 to %d traces and %d logs requests; span duplicates=%d record "
           "duplicates=%d"
           % (refused["traces"], refused["logs"], spans["duplicates"], c["duplicates"]), flush=True)

@@ -749,7 +749,7 @@ TEST(print_reference_lists_every_key) {
   fclose(f);
   CHECK_CONTAINS(buf, "| key | type | default | help |\n|---|---|---|---|\n");
   static const char *const keys[] = {
-      "server.listen", "server.workers", "server.max_request_bytes", "server.memory_limit", "server.max_connections",
+      "server.listen", "server.grpc_listen", "server.workers", "server.max_request_bytes", "server.memory_limit", "server.max_connections",
       "server.read_timeout", "server.idle_timeout", "server.shutdown_timeout", "server.auth.bearer_tokens",
       "telemetry.listen", "telemetry.log_level", "telemetry.log_format", "routing.traces", "routing.logs",
       "routing.metrics", "backends.static", "backends.static[].endpoint", "backends.static[].weight",
@@ -768,6 +768,7 @@ TEST(print_reference_lists_every_key) {
   CHECK_CONTAINS(buf, "| `server.max_request_bytes` | size 1KiB..4GiB | `64MiB` |");
   CHECK_CONTAINS(buf, "| `telemetry.log_level` | enum: `debug`, `info`, `warn`, `error` | `info` |");
   CHECK_CONTAINS(buf, "| `server.listen` | host:port | `\"0.0.0.0:4318\"` |");
+  CHECK_CONTAINS(buf, "| `server.grpc_listen` | host:port | `\"0.0.0.0:4317\"` |");
   size_t rows = 0;
   for (const char *p = buf; (p = strchr(p, '\n')); p++) rows++;
   CHECK_EQ_INT(rows, 2 + sizeof keys / sizeof keys[0]);

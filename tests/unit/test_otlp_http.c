@@ -174,13 +174,22 @@ TEST(metrics_render_has_help_and_type) {
   size_t n = gw_metrics_render(&m, 1, NULL, &text);
   CHECK(n > 0);
   CHECK_CONTAINS(text, "# TYPE otlp_gateway_requests_total counter");
-  CHECK_CONTAINS(text, "otlp_gateway_requests_total{signal=\"traces\",code=\"503\"} 1");
-  CHECK_CONTAINS(text, "otlp_gateway_requests_total{signal=\"none\",code=\"404\"} 1");
-  CHECK_CONTAINS(text, "otlp_gateway_requests_total{signal=\"logs\",code=\"other\"} 1");
-  CHECK_CONTAINS(text, "otlp_gateway_request_duration_seconds_bucket{le=\"0.0001\"} 1");
-  CHECK_CONTAINS(text, "otlp_gateway_request_duration_seconds_bucket{le=\"0.00025\"} 2");
-  CHECK_CONTAINS(text, "otlp_gateway_request_duration_seconds_bucket{le=\"+Inf\"} 3");
-  CHECK_CONTAINS(text, "otlp_gateway_request_duration_seconds_count 3");
+  CHECK_CONTAINS(text, "otlp_gateway_requests_total{protocol=\"http\",signal=\"traces\",code=\"503\"} 1");
+  CHECK_CONTAINS(text, "otlp_gateway_requests_total{protocol=\"http\",signal=\"none\",code=\"404\"} 1");
+  CHECK_CONTAINS(text, "otlp_gateway_requests_total{protocol=\"http\",signal=\"logs\",code=\"other\"} 1");
+  CHECK_CONTAINS(text, "otlp_gateway_request_duration_seconds_bucket{protocol=\"http\",le=\"0.0001\"} 1");
+  CHECK_CONTAINS(text, "otlp_gateway_request_duration_seconds_bucket{protocol=\"http\",le=\"0.00025\"} 2");
+  CHECK_CONTAINS(text, "otlp_gateway_request_duration_seconds_bucket{protocol=\"http\",le=\"+Inf\"} 3");
+  CHECK_CONTAINS(text, "otlp_gateway_request_duration_seconds_count{protocol=\"http\"} 3");
+  /* gRPC calls are counted by code name, with their own histogram; OK of each signal exists from the start */
+  CHECK_CONTAINS(text, "otlp_gateway_requests_total{protocol=\"grpc\",signal=\"logs\",code=\"OK\"} 0");
+  gw_metrics_grpc_request(&m, OTLP_TRACES, 14, 0.0002);
+  free(text);
+  n = gw_metrics_render(&m, 1, NULL, &text);
+  CHECK(n > 0);
+  CHECK_CONTAINS(text, "otlp_gateway_requests_total{protocol=\"grpc\",signal=\"traces\",code=\"UNAVAILABLE\"} 1");
+  CHECK_CONTAINS(text, "otlp_gateway_request_duration_seconds_count{protocol=\"grpc\"} 1");
+  CHECK_CONTAINS(text, "otlp_gateway_request_duration_seconds_count{protocol=\"http\"} 3");
   CHECK_CONTAINS(text, "process_resident_memory_bytes ");
   free(text);
 }
