@@ -3,7 +3,8 @@
  * An instrumented "application" for the interop test (tests/interop/test_interop.py): it sends traces, logs
  * or metrics with the real OpenTelemetry JavaScript SDK, configured the way users configure it, through
  * environment variables only:
- *   OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:<gateway port>   (the exporters append /v1/<signal>)
+ *   OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:<gateway port>   (the HTTP exporters append /v1/<signal>; the gRPC
+ *     exporters take it as is, and http:// means plaintext h2c)
  *   OTEL_EXPORTER_OTLP_COMPRESSION=gzip|none, OTEL_EXPORTER_OTLP_TIMEOUT (ms, covers the exporter's retries)
  *   OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_* / OTEL_BLRP_* (batching),
  *   OTEL_METRIC_EXPORT_INTERVAL / OTEL_METRIC_EXPORT_TIMEOUT (ms)
@@ -20,6 +21,9 @@
  *                 records outside any span (no trace_id)
  *   metrics       counters, an up-down counter, a histogram and an observable gauge with attributes,
  *                 exported every OTEL_METRIC_EXPORT_INTERVAL for --intervals intervals, then shutdown
+ *   traces-grpc, logs-grpc, metrics-grpc  traces-proto, logs and metrics through the OTLP/gRPC exporters
+ *                 (exporter-{trace,logs,metrics}-otlp-grpc, @grpc/grpc-js; OTEL_EXPORTER_OTLP_COMPRESSION=gzip is
+ *                 grpc-encoding gzip)
  *
  * --out FILE gets "<trace_id hex> <span count>" per trace created (the format of otlp-sink --trace-file),
  * --log-out FILE "<trace_id hex> <record count>" per trace (otlp-sink --log-file). Prints one JSON line to
@@ -40,7 +44,7 @@ function opt(name, dflt) {
   const i = argv.indexOf(name);
   return i > 0 && i + 1 < argv.length ? argv[i + 1] : dflt;
 }
-const MODES = ['traces-proto', 'traces-json', 'logs', 'metrics'];
+const MODES = ['traces-proto', 'traces-json', 'logs', 'metrics', 'traces-grpc', 'logs-grpc', 'metrics-grpc'];
 if (!MODES.includes(mode)) {
   process.stderr.write(`usage: node app.js ${MODES.join('|')} [--traces N] [--out FILE] [--log-out FILE] [--intervals N]\n`);
   process.exit(2);
@@ -49,6 +53,7 @@ const nTraces = parseInt(opt('--traces', '2000'), 10);
 const outFile = opt('--out', null);
 const logOutFile = opt('--log-out', null);
 const nIntervals = parseInt(opt('--intervals', '4'), 10);
+const grpc = mode.endsWith('-grpc'); // the same scenario through the OTLP/gRPC exporters
 
 // Everything the SDK reports goes to stderr and counts as a problem: failed exports, "Dropped N spans",
 // BatchSpanProcessor timeouts (the global error handler).
@@ -116,8 +121,8 @@ function sum(counter) {
 
 async function runTraces(withLogs) {
   const json = mode === 'traces-json';
-  const { OTLPTraceExporter } = json ? require('@opentelemetry/exporter-trace-otlp-http')
-    : require('@opentelemetry/exporter-trace-otlp-proto');
+  const { OTLPTraceExporter } = grpc ? require('@opentelemetry/exporter-trace-otlp-grpc')
+    : json ? require('@opentelemetry/exporter-trace-otlp-http') : require('@opentelemetry/exporter-trace-otlp-proto');
   const spanExporter = new OTLPTraceExporter(); // endpoint, compression, timeout: environment
   const exported = new Map();
   const spanStats = watch(spanExporter, 'traces', (spans) => {
@@ -146,7 +151,8 @@ async function runTraces(withLogs) {
   let recordsNoTrace = 0, recordsNoTraceExported = 0;
   if (withLogs) {
     const { LoggerProvider, BatchLogRecordProcessor } = require('@opentelemetry/sdk-logs');
-    const { OTLPLogExporter } = require('@opentelemetry/exporter-logs-otlp-proto');
+    const { OTLPLogExporter } = grpc ? require('@opentelemetry/exporter-logs-otlp-grpc')
+      : require('@opentelemetry/exporter-logs-otlp-proto');
     const { SeverityNumber } = require('@opentelemetry/api-logs');
     const logExporter = new OTLPLogExporter();
     logStats = watch(logExporter, 'logs', (records) => {
@@ -235,7 +241,8 @@ async function runTraces(withLogs) {
 
 async function runMetrics() {
   const { MeterProvider, PeriodicExportingMetricReader } = require('@opentelemetry/sdk-metrics');
-  const { OTLPMetricExporter } = require('@opentelemetry/exporter-metrics-otlp-proto');
+  const { OTLPMetricExporter } = grpc ? require('@opentelemetry/exporter-metrics-otlp-grpc')
+    : require('@opentelemetry/exporter-metrics-otlp-proto');
   const exporter = new OTLPMetricExporter();
   let points = 0, nonEmpty = 0;
   const st = watch(exporter, 'metrics', (rm) => {
@@ -280,7 +287,7 @@ async function runMetrics() {
 }
 
 (async () => {
-  const r = mode === 'metrics' ? await runMetrics() : await runTraces(mode === 'logs');
+  const r = mode.startsWith('metrics') ? await runMetrics() : await runTraces(mode.startsWith('logs'));
   r.res.problems = problems.length;
   r.res.ms = Date.now() - t0;
   const ok = r.ok && problems.length === 0;
