@@ -1,6 +1,7 @@
 """Helpers for bench/compare: starting and stopping the sinks and the three proxies (otlp-gateway, HAProxy,
-nginx) on 127.0.0.1, reading their CPU time and peak RSS from /proc, and the idle-connection client of
-scenario S5 (run as `python3 bench/compare_lib.py idle PORT N`).
+nginx; for the OTLP/gRPC rows the gateway's gRPC listener and HAProxy with `proto h2`) on 127.0.0.1, reading
+their CPU time and peak RSS from /proc, and the idle-connection client of scenario S5 (run as
+`python3 bench/compare_lib.py idle PORT N`).
 
 Every process is started in its own process group (start_new_session) and registered with a Procs object;
 Procs.stop_all() signals each group (SIGTERM, then SIGKILL after a grace period), so nginx's workers go with
@@ -155,25 +156,33 @@ class Proxy:
         return sum(vm_hwm_kib(p) for p in self.rss_pids) / 1024.0
 
 
-def start_sinks(procs, build, tmp, n):
+def start_sinks(procs, build, tmp, n, grpc=False):
+    """n `otlp-sink --no-decode`: [(proc, http_port)], or with grpc=True (each also serves OTLP/gRPC, --grpc)
+    [(proc, http_port, grpc_port)]."""
     ps = []
     for i in range(n):
         log = os.path.join(tmp, "sink%d.out" % i)
         out = open(log, "w")
-        p = procs.spawn([os.path.join(build, "otlp-sink"), "--no-decode", "--listen", "127.0.0.1:0"],
+        p = procs.spawn([os.path.join(build, "otlp-sink"), "--no-decode", "--listen", "127.0.0.1:0"] +
+                        (["--grpc"] if grpc else []),
                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         out.close()
         ps.append((p, log))
+    if grpc:
+        return [(p, wait_log(log, "listening on", p, what="otlp-sink"),
+                 wait_log(log, "grpc listening on", p, what="otlp-sink --grpc")) for p, log in ps]
     return [(p, wait_log(log, "listening on", p, what="otlp-sink")) for p, log in ps]
 
 
-def start_gateway(procs, build, tmp, sink_ports, workers, tag):
+def start_gateway(procs, build, tmp, sink_ports, workers, tag, grpc=False):
+    """The gateway with trace-ID routing to the sinks (over HTTP/1.1); grpc=True also opens its OTLP/gRPC listener
+    (server.grpc_listen, else off), whose port is the Proxy's gport."""
     cfg = os.path.join(tmp, "gw-%s.yaml" % tag)
     with open(cfg, "w") as f:
-        f.write('server: {listen: "127.0.0.1:0", workers: %d, max_connections: 20000, idle_timeout: 600s, '
-                'read_timeout: 600s}\n'
+        f.write('server: {listen: "127.0.0.1:0", grpc_listen: "%s", workers: %d, max_connections: 20000, '
+                'idle_timeout: 600s, read_timeout: 600s}\n'
                 'telemetry: {listen: "127.0.0.1:0"}\n'
-                'backends:\n  static:\n' % workers +
+                'backends:\n  static:\n' % ("127.0.0.1:0" if grpc else "", workers) +
                 "".join('    - {endpoint: "http://127.0.0.1:%d"}\n' % p for p in sink_ports))
     log = os.path.join(tmp, "gw-%s.err" % tag)
     err = open(log, "w")
@@ -181,11 +190,17 @@ def start_gateway(procs, build, tmp, sink_ports, workers, tag):
                     stdin=subprocess.DEVNULL)
     err.close()
     port = wait_log(log, "server=ingest", p, what="otlp-gateway")
-    return Proxy("gateway", p, port, [p.pid], [p.pid])
+    px = Proxy("gateway", p, port, [p.pid], [p.pid])
+    if grpc:
+        px.gport = wait_log(log, "server=grpc", p, what="otlp-gateway gRPC listener")
+    return px
 
 
-def start_haproxy(procs, tmp, sink_ports, workers, tag, maxconn=10100, bufsize=0):
+def start_haproxy(procs, tmp, sink_ports, workers, tag, maxconn=10100, bufsize=0, h2=False):
+    """HAProxy, mode http, round robin to the sinks; h2=True: HTTP/2 cleartext on the bind and to the servers
+    (`proto h2` on both), for OTLP/gRPC, whose trailers HAProxy passes through end to end."""
     port = free_port()
+    proto = " proto h2" if h2 else ""
     cfg = os.path.join(tmp, "haproxy-%s.cfg" % tag)
     # maxconn: 10,000 idle clients + load; with http-reuse always an idle client holds no server connection,
     # so ~maxconn fds suffice. HAProxy wants 2*maxconn fds and by default refuses to start below that
@@ -205,14 +220,14 @@ def start_haproxy(procs, tmp, sink_ports, workers, tag, maxconn=10100, bufsize=0
   timeout http-keep-alive 600s
   timeout queue 30s
 frontend fe
-  bind 127.0.0.1:%d backlog 1024
+  bind 127.0.0.1:%d backlog 1024%s
   maxconn %d
   default_backend sinks
 backend sinks
   balance roundrobin
   http-reuse always
-%s""" % (workers, maxconn, "  tune.bufsize %d\n" % bufsize if bufsize else "", port, maxconn,
-         "".join("  server s%d 127.0.0.1:%d\n" % (i, p) for i, p in enumerate(sink_ports))))
+%s""" % (workers, maxconn, "  tune.bufsize %d\n" % bufsize if bufsize else "", port, proto, maxconn,
+         "".join("  server s%d 127.0.0.1:%d%s\n" % (i, p, proto) for i, p in enumerate(sink_ports))))
     log = os.path.join(tmp, "haproxy-%s.err" % tag)
     err = open(log, "w")
     p = procs.spawn(["haproxy", "-db", "-f", cfg], stdout=err, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -268,10 +283,13 @@ http {
 
 
 def run_load(procs, build, url, duration, connections, spans, traces, resources=None, gzip=False, rate=0,
-             timeout=None):
-    """Runs otlp-load to completion; returns the RESULT line as a dict of floats (plus 'raw')."""
+             timeout=None, grpc_streams=0):
+    """Runs otlp-load to completion; returns the RESULT line as a dict of floats (plus 'raw'). grpc_streams > 0:
+    OTLP/gRPC (otlp-load --grpc) with that many calls in flight per connection."""
     args = [os.path.join(build, "otlp-load"), "--url", url, "--quiet", "--duration", duration,
             "--connections", str(connections), "--spans", str(spans), "--traces", str(traces)]
+    if grpc_streams:
+        args += ["--grpc", "--streams", str(grpc_streams)]
     if resources:
         args += ["--resources", str(resources)]
     if gzip:
