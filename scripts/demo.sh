@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README demo: installs what is missing, builds, starts otlp-gateway with three local otlp-sink
-# collectors (config/examples/demo.yaml), sends a few seconds of OTLP load with otlp-load, then shows how
-# many spans and traces each backend got, that nothing acknowledged is missing and that no trace was split.
+# collectors (config/examples/demo.yaml), sends a few seconds of OTLP load with otlp-load over both protocols at
+# once (OTLP/HTTP to :4318 and OTLP/gRPC to :4317), then shows how many spans and traces each backend got, that
+# nothing acknowledged is missing and that no trace was split.
 # Stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,18 +47,25 @@ for i in 1 2 3; do
   echo "   sink $i on 127.0.0.1:$port"
 done
 # The usual ports when free, else ephemeral ones.
-export GW_LISTEN=127.0.0.1:4318 GW_TELEMETRY=127.0.0.1:8888
+export GW_LISTEN=127.0.0.1:4318 GW_GRPC=127.0.0.1:4317 GW_TELEMETRY=127.0.0.1:8888
 (exec 3<>/dev/tcp/127.0.0.1/4318) 2>/dev/null && GW_LISTEN=127.0.0.1:0
+(exec 3<>/dev/tcp/127.0.0.1/4317) 2>/dev/null && GW_GRPC=127.0.0.1:0
 (exec 3<>/dev/tcp/127.0.0.1/8888) 2>/dev/null && GW_TELEMETRY=127.0.0.1:0
 build/otlp-gateway --config config/examples/demo.yaml >"$work/gateway.log" 2>&1 &
 pids+=($!)
 gw_port=$(wait_for "$work/gateway.log" 'server=ingest addr=127\.0\.0\.1:[0-9]+')
+grpc_port=$(wait_for "$work/gateway.log" 'server=grpc addr=127\.0\.0\.1:[0-9]+')
 tm_port=$(wait_for "$work/gateway.log" 'server=telemetry addr=127\.0\.0\.1:[0-9]+')
-echo "   otlp-gateway on 127.0.0.1:$gw_port (metrics on 127.0.0.1:$tm_port)"
+echo "   otlp-gateway: OTLP/HTTP on 127.0.0.1:$gw_port, OTLP/gRPC on 127.0.0.1:$grpc_port (metrics on 127.0.0.1:$tm_port)"
 
-echo "== 3/4 sending $duration of traces through the gateway (8 connections, 100 spans from 10 traces per request)"
-build/otlp-load --url "http://127.0.0.1:$gw_port" --duration "$duration" --connections 8 --spans 100 --traces 10 \
-  --trace-file "$work/acked.traces" --progress >"$work/load.out"
+echo "== 3/4 sending $duration of traces through the gateway over both protocols at once, 100 spans from 10 traces per"
+echo "   request: OTLP/HTTP (4 connections) and OTLP/gRPC (2 HTTP/2 connections x 4 concurrent calls)"
+build/otlp-load --url "http://127.0.0.1:$gw_port" --duration "$duration" --connections 4 --spans 100 --traces 10 \
+  --seed 1 --trace-file "$work/acked.traces" >"$work/load.out" &
+http_load=$!
+build/otlp-load --grpc --url "http://127.0.0.1:$grpc_port" --duration "$duration" --connections 2 --streams 4 \
+  --spans 100 --traces 10 --seed 2 --trace-file "$work/acked-grpc.traces" >"$work/load-grpc.out"
+wait "$http_load"
 curl_metrics() {
   python3 - "$tm_port" <<'PY'
 import sys, urllib.request
@@ -90,11 +98,12 @@ def traces(path):
             c[t] += int(n)
     return c
 
-via = result(os.path.join(work, "load.out"))
-codes = ", ".join("%s x %s" % (k[7:], v) for k, v in sorted(via.items()) if k.startswith("status_"))
-print("   otlp-load -> gateway: %s requests in %ss (%s spans/s, p50 %s ms, p99 %s ms); answers: %s" % (
-    via.get("requests"), via.get("elapsed_s"), via.get("spans_per_s"), via.get("p50_ms"), via.get("p99_ms"),
-    codes or "none"))
+for proto, name in (("OTLP/HTTP", "load.out"), ("OTLP/gRPC", "load-grpc.out")):
+    via = result(os.path.join(work, name))
+    codes = ", ".join("%s x %s" % (k[7:], v) for k, v in sorted(via.items()) if k.startswith("status_"))
+    print("   otlp-load -> gateway, %s: %s requests in %ss (%s spans/s, p50 %s ms, p99 %s ms); answers: %s" % (
+        proto, via.get("requests"), via.get("elapsed_s"), via.get("spans_per_s"), via.get("p50_ms"),
+        via.get("p99_ms"), codes or "none"))
 print()
 print("   %-8s %-16s %10s %10s %10s %8s  %s" % ("backend", "address", "requests", "spans", "traces", "share",
                                            "health"))
@@ -111,7 +120,7 @@ for i, port, st, tr in per_sink:
     print("   %-8s %-16s %10d %10d %10d %7.1f%%  %s" % ("sink %d" % i, "127.0.0.1:" + port, st["traces"]["requests"],
           st["traces"]["items"], len(tr), 100.0 * sum(tr.values()) / total, health.get(port, "?")))
 split = [t for t, s in owners.items() if len(s) > 1]
-acked = traces(os.path.join(work, "acked.traces"))
+acked = traces(os.path.join(work, "acked.traces")) + traces(os.path.join(work, "acked-grpc.traces"))
 got = collections.Counter()
 for _, _, _, tr in per_sink:
     got.update(tr)
@@ -123,8 +132,9 @@ print("   traces: %d; split across backends: %d%s" % (len(owners), len(split),
       "  -> every trace landed whole on one collector" if not split and owners else ""))
 PY
 echo
-grep -E '^otlp_gateway_(requests_total\{signal="traces"|received_items_total\{signal="traces"|backend_items_total\{.*traces|ring_backends)' \
+grep -E '^otlp_gateway_(requests_total\{protocol="(http|grpc)",signal="traces",code="(200|OK)"|received_items_total\{protocol="(http|grpc)",signal="traces"|backend_items_total\{.*traces|ring_backends)' \
   "$work/metrics.txt" | sed 's/^/   /'
 echo
 echo "   Metrics: http://127.0.0.1:$tm_port/metrics   Point an app at it: OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:$gw_port"
+echo "   (or, with OTEL_EXPORTER_OTLP_PROTOCOL=grpc, OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:$grpc_port)"
 echo "== done; stopping the gateway and sinks"
