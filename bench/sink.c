@@ -276,38 +276,6 @@ static void grpc_ok(h2s_stream_t *st, const uint8_t *msg, size_t len) {
   h2s_respond(st, 200, &grpc_ct, 1, body, 5 + len, ok, 1);
 }
 
-static size_t put_varint(uint8_t *p, uint64_t v) {
-  size_t n = 0;
-  do {
-    p[n] = (uint8_t)(v & 0x7f);
-    v >>= 7;
-    if (v) p[n] |= 0x80;
-    n++;
-  } while (v);
-  return n;
-}
-
-/* Export*ServiceResponse{partial_success = 1 {rejected_<items> = 1, error_message = 2}} (the same shape for the
- * three signals) into out; empty when nothing was rejected. The HTTP path's otlp_respond_partial() builds the same
- * bytes but sends them itself. */
-static size_t partial_response(int64_t rejected, const char *msg, uint8_t out[1200]) {
-  if (rejected <= 0) return 0;
-  uint8_t inner[1100];
-  size_t il = 0, ml = strlen(msg);
-  if (ml > 1000) ml = 1000;
-  inner[il++] = 0x08;
-  il += put_varint(inner + il, (uint64_t)rejected);
-  inner[il++] = 0x12;
-  il += put_varint(inner + il, ml);
-  memcpy(inner + il, msg, ml);
-  il += ml;
-  size_t n = 0;
-  out[n++] = 0x0a;
-  n += put_varint(out + n, il);
-  memcpy(out + n, inner, il);
-  return n + il;
-}
-
 /* The gRPC answer to an Export call the HTTP path would answer with http_status. */
 static void grpc_answer(sink_t *s, h2s_stream_t *st, int http_status, otlp_signal_t sig, int64_t rejected,
                         const char *msg) {
@@ -316,7 +284,7 @@ static void grpc_answer(sink_t *s, h2s_stream_t *st, int http_status, otlp_signa
     char pm[160] = "";
     uint8_t out[1200];
     if (rejected > 0) partial_message(s, sig, rejected, pm, sizeof pm);
-    grpc_ok(st, out, partial_response(rejected, pm, out));
+    grpc_ok(st, out, rejected > 0 ? otlp_partial_body(rejected, pm, out, sizeof out) : 0);
     return;
   }
   uint32_t delay = 0;

@@ -919,51 +919,9 @@ int h2s_server_create(uv_loop_t *loop, const h2s_config_t *cfg, h2s_server_t **o
   return 0;
 }
 
-/* SO_REUSEPORT lets any process of the same user share a port; the first worker makes sure nobody listens
- * there yet with a plain bind (as gateway/http_server does). */
-static int probe_port_free(const struct sockaddr_storage *ss) {
-  int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return uv_translate_sys_error(errno);
-  int one = 1, rc = 0;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-  if (bind(fd, (const struct sockaddr *)ss, len) != 0) rc = uv_translate_sys_error(errno);
-  close(fd);
-  return rc;
-}
-
 int h2s_server_listen(h2s_server_t *s, const char *host, uint16_t port, int reuseport) {
-  struct sockaddr_storage ss;
-  int rc;
-  if (strchr(host, ':')) rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
-  else rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
-  if (rc) return rc;
-  if ((rc = uv_tcp_init_ex(s->loop, &s->listener, ss.ss_family)) != 0) return rc;
-  s->listener.data = s;
-  s->listening = 1;
-  if (reuseport == HS_LISTEN_REUSEPORT_FIRST && port != 0 && (rc = probe_port_free(&ss)) != 0) return rc;
-  if (reuseport) {
-    uv_os_fd_t fd;
-    int one = 1;
-    if ((rc = uv_fileno((uv_handle_t *)&s->listener, &fd)) != 0) return rc;
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) return uv_translate_sys_error(errno);
-  }
-  if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) != 0 ||
-      (rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0)
-    return rc;
-  int namelen = sizeof ss;
-  uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &namelen);
-  char ip[64] = "";
-  if (ss.ss_family == AF_INET6) {
-    uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
-    s->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    snprintf(s->addr, sizeof s->addr, "[%s]:%u", ip, s->port);
-  } else {
-    uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
-    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    snprintf(s->addr, sizeof s->addr, "%s:%u", ip, s->port);
-  }
-  return 0;
+  return hs_tcp_listen(s->loop, &s->listener, s, &s->listening, host, port, reuseport, on_connection, s->addr,
+                       sizeof s->addr, &s->port); /* as gateway/http_server's listeners */
 }
 
 /* ---- stopping -------------------------------------------------------------------------------------------- */

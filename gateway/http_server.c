@@ -949,7 +949,8 @@ static int probe_port_free(const struct sockaddr_storage *ss) {
   return rc;
 }
 
-int hs_server_listen_ex(hs_server_t *s, const char *host, uint16_t port, int reuseport) {
+int hs_tcp_listen(uv_loop_t *loop, uv_tcp_t *listener, void *data, int *initialised, const char *host, uint16_t port,
+                  int reuseport, uv_connection_cb on_conn, char *addr, size_t addr_cap, uint16_t *bound_port) {
   struct sockaddr_storage ss;
   int rc;
   if (strchr(host, ':')) rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
@@ -957,33 +958,38 @@ int hs_server_listen_ex(hs_server_t *s, const char *host, uint16_t port, int reu
   if (rc) return rc;
   /* With reuseport the socket exists before bind (uv_tcp_init_ex), so SO_REUSEPORT can be set on it: each
    * worker loop then has its own listener on the same port and the kernel spreads connections over them. */
-  if ((rc = uv_tcp_init_ex(s->loop, &s->listener, ss.ss_family)) != 0) return rc;
-  s->listener.data = s;
-  s->listening = 1;
+  if ((rc = uv_tcp_init_ex(loop, listener, ss.ss_family)) != 0) return rc;
+  listener->data = data;
+  *initialised = 1;
   if (reuseport == HS_LISTEN_REUSEPORT_FIRST && port != 0 && (rc = probe_port_free(&ss)) != 0) return rc;
   if (reuseport) {
     uv_os_fd_t fd;
     int one = 1;
-    if ((rc = uv_fileno((uv_handle_t *)&s->listener, &fd)) != 0) return rc;
+    if ((rc = uv_fileno((uv_handle_t *)listener, &fd)) != 0) return rc;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) return uv_translate_sys_error(errno);
   }
-  if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) != 0 ||
-      (rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) {
+  if ((rc = uv_tcp_bind(listener, (struct sockaddr *)&ss, 0)) != 0 ||
+      (rc = uv_listen((uv_stream_t *)listener, 1024, on_conn)) != 0) {
     return rc;
   }
   int namelen = sizeof ss;
-  uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &namelen);
+  uv_tcp_getsockname(listener, (struct sockaddr *)&ss, &namelen);
   char ip[64] = "";
   if (ss.ss_family == AF_INET6) {
     uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
-    s->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    snprintf(s->addr, sizeof s->addr, "[%s]:%u", ip, s->port);
+    *bound_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    snprintf(addr, addr_cap, "[%s]:%u", ip, *bound_port);
   } else {
     uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
-    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    snprintf(s->addr, sizeof s->addr, "%s:%u", ip, s->port);
+    *bound_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    snprintf(addr, addr_cap, "%s:%u", ip, *bound_port);
   }
   return 0;
+}
+
+int hs_server_listen_ex(hs_server_t *s, const char *host, uint16_t port, int reuseport) {
+  return hs_tcp_listen(s->loop, &s->listener, s, &s->listening, host, port, reuseport, on_connection, s->addr,
+                       sizeof s->addr, &s->port);
 }
 
 const char *hs_server_address(const hs_server_t *s) { return s->addr; }

@@ -112,6 +112,13 @@ int hs_server_listen(hs_server_t *s, const char *host, uint16_t port);
 enum { HS_LISTEN_PLAIN = 0, HS_LISTEN_REUSEPORT = 1, HS_LISTEN_REUSEPORT_FIRST = 2 };
 int hs_server_listen_ex(hs_server_t *s, const char *host, uint16_t port, int reuseport);
 
+/* The listening part of hs_server_listen_ex, shared with gateway/h2_server: uv_tcp_init_ex's listener on loop (then
+ * *initialised = 1: the caller must close it, even when this fails later), data into listener->data, SO_REUSEPORT
+ * and the first worker's probe as above, bind, listen with on_conn, and the bound address written as
+ * "host:port" into addr (addr_cap bytes) and *bound_port. 0 or a negative libuv error. */
+int hs_tcp_listen(uv_loop_t *loop, uv_tcp_t *listener, void *data, int *initialised, const char *host, uint16_t port,
+                  int reuseport, uv_connection_cb on_conn, char *addr, size_t addr_cap, uint16_t *bound_port);
+
 /* The bound address as "host:port" (valid after hs_server_listen). */
 const char *hs_server_address(const hs_server_t *s);
 uint16_t hs_server_port(const hs_server_t *s);

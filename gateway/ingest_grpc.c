@@ -97,7 +97,7 @@ static void answer_status(ig_t *ig, h2s_stream_t *st, h2s_request_t *req, ig_cal
 
 /* OK with a message: headers, the framed reply, trailers grpc-status 0. */
 static void answer_ok(ig_t *ig, ig_call_t *c, const uint8_t *msg, size_t len) {
-  uint8_t buf[5 + 600];
+  uint8_t buf[5 + OTLP_PARTIAL_MSG_MAX + 40];
   if (len > sizeof buf - 5) len = 0; /* never: the replies are small */
   grpc_frame_prefix(buf, 0, (uint32_t)len);
   memcpy(buf + 5, msg, len);
@@ -112,50 +112,13 @@ static void answer_ok(ig_t *ig, ig_call_t *c, const uint8_t *msg, size_t len) {
   call_free(c);
 }
 
-/* Export*ServiceResponse{partial_success = 1 {rejected_* = 1 (int64), error_message = 2}}: the same field numbers
- * for all three signals. Empty (0 bytes) when nothing was rejected and there is no message. */
-static size_t put_varint(uint8_t *p, uint64_t v) {
-  size_t n = 0;
-  while (v >= 0x80) {
-    p[n++] = (uint8_t)(v | 0x80);
-    v >>= 7;
-  }
-  p[n++] = (uint8_t)v;
-  return n;
-}
-
-static size_t export_response(int64_t rejected, const char *message, uint8_t *out, size_t cap) {
-  size_t ml = message ? strlen(message) : 0;
-  if (ml > 400) ml = 400;
-  if (rejected <= 0 && ml == 0) return 0;
-  uint8_t inner[430];
-  size_t n = 0;
-  if (rejected > 0) {
-    inner[n++] = 0x08;
-    n += put_varint(inner + n, (uint64_t)rejected);
-  }
-  if (ml) {
-    inner[n++] = 0x12;
-    n += put_varint(inner + n, ml);
-    memcpy(inner + n, message, ml);
-    n += ml;
-  }
-  if (n + 12 > cap) return 0;
-  size_t o = 0;
-  out[o++] = 0x0a;
-  o += put_varint(out + o, n);
-  memcpy(out + o, inner, n);
-  return o + n;
-}
-
 static void on_forwarded(void *ud, const fw_result_t *r) {
   ig_call_t *c = ud;
   ig_t *ig = c->ig;
   switch (r->status) {
     case FW_OK: {
-      uint8_t msg[600];
-      size_t len = export_response(r->rejected, r->partial, msg, sizeof msg);
-      answer_ok(ig, c, msg, len);
+      uint8_t msg[OTLP_PARTIAL_MSG_MAX + 40];
+      answer_ok(ig, c, msg, otlp_partial_body(r->rejected, r->partial, msg, sizeof msg));
       return;
     }
     case FW_INVALID: answer_status(ig, c->st, c->req, c, GRPC_INVALID_ARGUMENT, r->message, 0); return;
@@ -318,9 +281,27 @@ static void on_end(h2s_stream_t *st, h2s_request_t *req, void *ud) {
   }
   stop_deadline(c); /* the message is complete */
   if (c->svc == GRPC_SVC_HEALTH_CHECK) {
-    uint8_t plain_only = !c->df.compressed;
     hs_slice_t service = {"", 0};
-    if (!plain_only || grpc_health_parse_request(c->df.buf, c->df.length, &service) != 0) {
+    uint8_t *plain = NULL;
+    size_t plain_len = 0;
+    const uint8_t *m = c->df.buf;
+    size_t ml = c->df.length;
+    if (c->df.compressed) { /* a HealthCheckRequest is a service name: 4 KiB is plenty */
+      if (otlp_gunzip(m, ml, 4096, &plain, &plain_len) != OTLP_OK) {
+        answer_status(ig, st, req, c, GRPC_INVALID_ARGUMENT, "HealthCheckRequest is not valid gzip", 0);
+        return;
+      }
+      m = plain;
+      ml = plain_len;
+    }
+    int bad = grpc_health_parse_request(m, ml, &service) != 0;
+    char name[160] = "";
+    size_t nl = bad ? 0 : service.len < sizeof name ? service.len : sizeof name - 1;
+    if (nl) memcpy(name, service.base, nl); /* service points into plain, freed next */
+    name[nl] = 0;
+    service = (hs_slice_t){name, nl};
+    free(plain);
+    if (bad) {
       answer_status(ig, st, req, c, GRPC_INVALID_ARGUMENT, "malformed HealthCheckRequest", 0);
       return;
     }

@@ -354,15 +354,39 @@ static size_t write_varint(uint8_t *out, uint64_t v) {
   return n;
 }
 
+size_t otlp_partial_body(int64_t rejected, const char *message, uint8_t *out, size_t cap) {
+  size_t ml = message ? strlen(message) : 0;
+  if (ml > OTLP_PARTIAL_MSG_MAX) ml = OTLP_PARTIAL_MSG_MAX;
+  if (rejected <= 0 && ml == 0) return 0;
+  uint8_t inner[OTLP_PARTIAL_MSG_MAX + 24];
+  size_t il = 0;
+  if (rejected > 0) {
+    inner[il++] = 0x08; /* rejected_spans / rejected_log_records / rejected_data_points = 1 */
+    il += write_varint(inner + il, (uint64_t)rejected);
+  }
+  if (ml) {
+    inner[il++] = 0x12; /* error_message = 2 */
+    il += write_varint(inner + il, ml);
+    memcpy(inner + il, message, ml);
+    il += ml;
+  }
+  if (il + 11 > cap) return 0;
+  size_t len = 0;
+  out[len++] = 0x0a; /* partial_success = 1 */
+  len += write_varint(out + len, il);
+  memcpy(out + len, inner, il);
+  return len + il;
+}
+
 int otlp_respond_partial(hs_request_t *req, otlp_signal_t sig, otlp_encoding_t enc, int64_t rejected,
                          const char *message) {
   if (rejected == 0 && (!message || !*message)) return otlp_respond_success(req, enc);
   char out[1400];
   size_t len = 0;
   size_t ml = message ? strlen(message) : 0;
-  if (ml > 1000) ml = 1000;
+  if (ml > OTLP_PARTIAL_MSG_MAX) ml = OTLP_PARTIAL_MSG_MAX;
   if (enc == OTLP_ENC_JSON) {
-    char esc[1024] = "", tmp[1001];
+    char esc[1024] = "", tmp[OTLP_PARTIAL_MSG_MAX + 1];
     memcpy(tmp, message ? message : "", ml);
     tmp[ml] = 0;
     size_t el = json_escape(tmp, esc, sizeof esc);
@@ -371,22 +395,7 @@ int otlp_respond_partial(hs_request_t *req, otlp_signal_t sig, otlp_encoding_t e
                      rejected_json[sig], (long long)rejected, (int)el, esc);
     len = n < 0 ? 0 : (size_t)n;
   } else {
-    uint8_t inner[1100];
-    size_t il = 0;
-    if (rejected) {
-      inner[il++] = 0x08;
-      il += write_varint(inner + il, (uint64_t)rejected);
-    }
-    if (ml) {
-      inner[il++] = 0x12;
-      il += write_varint(inner + il, ml);
-      memcpy(inner + il, message, ml);
-      il += ml;
-    }
-    out[len++] = 0x0a;
-    len += write_varint((uint8_t *)out + len, il);
-    memcpy(out + len, inner, il);
-    len += il;
+    len = otlp_partial_body(rejected, message, (uint8_t *)out, sizeof out);
   }
   return hs_respond(req, 200, otlp_content_type(enc), NULL, 0, out, len);
 }

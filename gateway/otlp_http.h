@@ -89,6 +89,12 @@ int otlp_respond_success(hs_request_t *req, otlp_encoding_t enc);
  * valid response. */
 int otlp_parse_partial_success(const uint8_t *body, size_t len, int64_t *rejected, char *msg, size_t msg_cap);
 
+/* Export*ServiceResponse{partial_success{rejected, message}} as protobuf bytes (the same field numbers for all three
+ * signals; the message cut at OTLP_PARTIAL_MSG_MAX bytes) into out (cap bytes): its length, 0 when rejected <= 0 and
+ * message is empty (an empty response) or when it does not fit. For OTLP/gRPC replies and otlp-sink. */
+#define OTLP_PARTIAL_MSG_MAX 1000
+size_t otlp_partial_body(int64_t rejected, const char *message, uint8_t *out, size_t cap);
+
 /* Answers req 200 with Export*ServiceResponse{partial_success{rejected, message}} in enc (an empty
  * response when rejected == 0 and message is empty). */
 int otlp_respond_partial(hs_request_t *req, otlp_signal_t sig, otlp_encoding_t enc, int64_t rejected,

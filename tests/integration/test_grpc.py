@@ -18,7 +18,8 @@ import subprocess
 import time
 
 from harness import (TMP, WAIT, BackgroundLoad, Gateway, Pool, Sink, args, fresh, gateway_config, http_request,
-                     read_traces, run_load, run_tests, settled_delivery, trace_request, wait_until, write_config)
+                     parse_fields, read_traces, run_load, run_tests, settled_delivery, trace_request, wait_until,
+                     write_config)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST, SETTINGS, PING, GOAWAY, WINDOW = 0, 1, 3, 4, 6, 7, 8
@@ -277,6 +278,30 @@ def test_200_concurrent_calls_on_one_connection_and_two_workers():
     assert g.metric('otlp_gateway_requests_total{protocol="grpc",signal="traces",code="OK"}') == 1400
     assert g.stop() == 0
     pool.stop()
+
+
+def test_partial_success_reaches_the_grpc_client():
+    """A backend's partial_success comes back in the OK reply's ExportTraceServiceResponse (DATA frames carry it
+    unencoded: read here without HPACK)."""
+    sink = Sink("--partial", "3")
+    g = Gateway(gateway_config([sink.endpoint]))
+    c = H2(g.grpc_port)
+    c.send(frame(HEADERS, END_HEADERS, 1, call_headers()) + frame(DATA, END_STREAM, 1, grpc_message(trace_request(10))))
+    data = b""
+    while True:
+        f = c.frames(lambda f: f[2] == 1 and f[0] in (DATA, HEADERS))
+        assert f is not None, "the connection closed before the answer ended"
+        if f[0] == DATA:
+            data += f[3]
+        if f[1] & END_STREAM:
+            break
+    c.close()
+    assert len(data) >= 5 and data[0] == 0 and int.from_bytes(data[1:5], "big") == len(data) - 5, data
+    ps = parse_fields(parse_fields(data[5:])[1][0])
+    assert ps[1] == [3] and b"otlp-sink" in ps[2][0], ps
+    assert g.metric('otlp_gateway_requests_total{protocol="grpc",signal="traces",code="OK"}') == 1
+    assert g.stop() == 0
+    sink.stop()
 
 
 def test_grpc_timeout_bounds_receiving_the_message():

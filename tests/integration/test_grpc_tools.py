@@ -6,6 +6,7 @@ import os
 
 from harness import (TMP, WAIT, Gateway, Pool, Sink, fresh, gateway_config, read_traces, run_load, run_tests,
                      settled_delivery, wait_until)
+from test_sink_load import check_load_into_sink  # the same agreement check, over gRPC
 
 
 def grpc_sink(*extra):
@@ -19,31 +20,12 @@ def url(port):
     return "http://127.0.0.1:%d" % port
 
 
-def check_grpc_load_into_sink(name, *load_args, requests=400, spans=50, traces=10):
-    sink_file = fresh(os.path.join(TMP, name + ".sink.txt"))
-    load_file = fresh(os.path.join(TMP, name + ".load.txt"))
-    s, gport = grpc_sink("--trace-file", sink_file)
-    res, out = run_load(url(gport), "--grpc", "--requests", str(requests), "--connections", "2", "--streams", "4",
-                        "--spans", str(spans), "--traces", str(traces), "--trace-file", load_file, *load_args)
-    assert res["requests"] == requests and res["ok"] == requests, out
-    assert res["status_OK"] == requests and res["errors"] == 0 and res["retry_info"] == 0, out
-    assert res["spans_acked"] == requests * spans, out
-    st = s.stats()
-    assert st["traces"]["requests"] == requests and st["grpc_requests"] == requests, st
-    assert st["traces"]["items"] == requests * spans, st
-    assert s.stop() == 0
-    sent, got = read_traces(load_file, strict=True), read_traces(sink_file, strict=True)
-    assert sum(got.values()) == requests * spans
-    assert got == sent, "sink and load generator disagree on traces"
-    assert len(got) == res["traces_acked"] == requests * traces, (len(got), res["traces_acked"])
-
-
 def test_grpc_load_to_sink():
-    check_grpc_load_into_sink("grpc-pb")
+    check_load_into_sink("grpc-pb", grpc=True)
 
 
 def test_grpc_load_to_sink_gzip():
-    check_grpc_load_into_sink("grpc-gz", "--gzip")
+    check_load_into_sink("grpc-gz", "--gzip", grpc=True)
 
 
 def test_grpc_load_logs_and_metrics():

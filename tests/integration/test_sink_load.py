@@ -7,17 +7,27 @@ from harness import (TMP, WAIT, Conn, Gateway, Sink, build_request, fresh, gatew
                      run_load, run_tests, trace_request, wait_until)
 
 
-def check_load_into_sink(name, *load_args, requests=400, spans=50, traces=10):
+def check_load_into_sink(name, *load_args, requests=400, spans=50, traces=10, grpc=False):
+    """otlp-load -> one otlp-sink (OTLP/HTTP, or OTLP/gRPC on the sink's --grpc port with grpc=True): every
+    request answered 200 / OK, and the sink's trace file equal to the load's."""
     sink_file = fresh(os.path.join(TMP, name + ".sink.txt"))
     load_file = fresh(os.path.join(TMP, name + ".load.txt"))
-    s = Sink("--trace-file", sink_file)
-    res, out = run_load("http://127.0.0.1:%d" % s.port, "--requests", str(requests), "--connections", "8",
+    if grpc:
+        s = Sink("--grpc", "--trace-file", sink_file)
+        port = int(s.wait_line(r"otlp-sink grpc listening on 127\.0\.0\.1:(\d+)", stream="out").group(1))
+        conns = ("--grpc", "--connections", "2", "--streams", "4")
+    else:
+        s = Sink("--trace-file", sink_file)
+        port, conns = s.port, ("--connections", "8")
+    res, out = run_load("http://127.0.0.1:%d" % port, "--requests", str(requests), *conns,
                         "--spans", str(spans), "--traces", str(traces), "--trace-file", load_file, *load_args)
     assert res["requests"] == requests and res["ok"] == requests, out
-    assert res["status_200"] == requests and res["errors"] == 0, out
+    assert res["status_OK" if grpc else "status_200"] == requests and res["errors"] == 0, out
+    assert not grpc or res["retry_info"] == 0, out
     assert res["spans_acked"] == requests * spans, out
     st = s.stats()
     assert st["traces"]["requests"] == requests, st
+    assert not grpc or st["grpc_requests"] == requests, st
     assert st["traces"]["items"] == requests * spans, st
     assert s.stop() == 0
     sent, got = read_traces(load_file, strict=True), read_traces(sink_file, strict=True)
@@ -87,4 +97,5 @@ def test_gateway_acknowledges_nothing_when_no_backend_is_up():
     assert g.stop() == 0
 
 
-run_tests(globals())
+if __name__ == "__main__":  # test_grpc_tools imports check_load_into_sink
+    run_tests(globals())
