@@ -280,6 +280,30 @@ def test_200_concurrent_calls_on_one_connection_and_two_workers():
     pool.stop()
 
 
+def test_client_reset_mid_call_keeps_what_was_forwarded():
+    """A client that resets its call after sending it (END_STREAM, then RST_STREAM CANCEL while the backend still
+    holds the part) and one that resets half-way through its message: the first part is still delivered, the
+    second never forwarded, nothing is left in flight, and the connection keeps serving."""
+    sink = Sink("--delay", "400")
+    g = Gateway(gateway_config([sink.endpoint]))
+    c = H2(g.grpc_port)
+    body = grpc_message(trace_request(7))
+    c.send(frame(HEADERS, END_HEADERS, 1, call_headers()) + frame(DATA, END_STREAM, 1, body)
+           + frame(RST, 0, 1, struct.pack(">I", 8)))
+    c.send(frame(HEADERS, END_HEADERS, 3, call_headers()) + frame(DATA, 0, 3, body[:9])
+           + frame(RST, 0, 3, struct.pack(">I", 8)))
+    wait_until(lambda: sink.stats()["traces"]["items"], lambda n: n == 7, WAIT, "the reset call's spans at the sink")
+    g.wait_metric('otlp_gateway_requests_total{protocol="grpc",signal="traces",code="CANCELLED"}', lambda v: v == 1)
+    c.send(frame(HEADERS, END_HEADERS, 5, call_headers()) + frame(DATA, END_STREAM, 5, body))
+    f = c.frames(lambda f: f[0] == HEADERS and f[2] == 5 and f[1] & END_STREAM)
+    assert f is not None, "the connection did not answer after the resets"
+    c.close()
+    assert sink.stats()["traces"]["items"] == 14
+    g.wait_metric('otlp_gateway_memory_bytes', lambda v: v == 0)
+    assert g.stop() == 0
+    sink.stop()
+
+
 def test_partial_success_reaches_the_grpc_client():
     """A backend's partial_success comes back in the OK reply's ExportTraceServiceResponse (DATA frames carry it
     unencoded: read here without HPACK)."""
