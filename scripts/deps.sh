@@ -9,10 +9,10 @@
 #   other way, e.g. from nodesource or nvm, is kept).
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config python3 libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-      libxxhash-dev libyaml-dev libdeflate-dev libc-ares-dev libjson-c-dev libnghttp2-dev node-llhttp)
+      libxxhash-dev libyaml-dev libdeflate-dev libc-ares-dev libjson-c-dev libnghttp2-dev libssl-dev node-llhttp)
 for arg in "$@"; do
   case "$arg" in
-    --tests) pkgs+=(prometheus dnsmasq-base) ;;
+    --tests) pkgs+=(prometheus dnsmasq-base openssl ca-certificates) ;;
     --fuzz) pkgs+=(clang libclang-rt-14-dev) ;;
     *) echo "usage: scripts/deps.sh [--tests] [--fuzz]" >&2; exit 2 ;;
   esac
