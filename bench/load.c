@@ -8,6 +8,9 @@
  * failures (connect, reset/EOF, timeout, protocol) are counted apart from HTTP status codes. The run ends when the
  * budget is spent and every connection is idle, or on SIGINT/SIGTERM; either way a summary and one
  * machine-readable "RESULT k=v ..." line go to stdout.
+ * --tls / --ca / --insecure (or an https:// URL): every connection is TLS through gateway/transport (the gateway's
+ * own transport; ALPN http/1.1, or h2 with --grpc), verified against the system bundle or --ca, SNI and name check
+ * from the URL's host; a failed handshake counts as a connect error (its reason printed once on stderr).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -27,6 +30,7 @@
 
 #include "bench/payload.h"
 #include "gateway/grpc.h"
+#include "gateway/transport.h"
 
 #define HEAD_CAP_EXTRA 32          /* room for "<content length>\r\n\r\n" after the shared header prefix */
 #define USER_HEADERS_MAX 8192      /* bytes of --header lines */
@@ -57,6 +61,9 @@ typedef struct load_cfg {
   bool progress, quiet;
   bool grpc;               /* --grpc: OTLP/gRPC over HTTP/2 instead of OTLP/HTTP */
   uint32_t streams;        /* --streams: concurrent calls per gRPC connection */
+  bool tls;                /* --tls, --ca, --insecure or an https:// URL */
+  const char *ca_file;     /* --ca: verify against this bundle instead of the system's */
+  bool insecure;           /* --insecure: no verification at all */
 } load_cfg;
 
 /* ---------------------------------------------------------------------------------------------- latency */
@@ -125,7 +132,7 @@ typedef struct load load;
 typedef struct conn {
   load *ld;
   uint32_t idx;
-  uv_tcp_t tcp;
+  tp_t tp;               /* plain or TLS (gateway/transport); tp.tcp.data = the conn */
   uv_timer_t timer;
   uv_connect_t connect_req;
   uv_write_t write_req;
@@ -182,6 +189,8 @@ struct load {
   uint64_t codes[GRPC_N_CODES];
   uint64_t retry_info;   /* answers that carried RetryInfo */
   char first_error[200]; /* "CODE: grpc-message" of the first non-OK answer */
+  tls_ctx_t *tls;        /* the client context, NULL when plain */
+  bool tls_error_told;   /* the first handshake failure's reason went to stderr */
 };
 
 static void conn_next(conn *c);
@@ -232,12 +241,12 @@ static void conn_close(conn *c, enum after_close after) {
   c->after = after;
   c->connected = false;
   if (!c->tcp_open) {
-    if (!c->finished) on_tcp_closed((uv_handle_t *)&c->tcp);
+    if (!c->finished) on_tcp_closed((uv_handle_t *)&c->tp.tcp);
     return;
   }
   if (c->closing) return;
   c->closing = true;
-  uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
+  tp_close(&c->tp, on_tcp_closed);
 }
 
 /* The connection takes no more requests: its handles close and the run ends with the last one. */
@@ -251,7 +260,7 @@ static void conn_finish(conn *c) {
   uv_close((uv_handle_t *)&c->timer, on_handle_closed);
   if (c->tcp_open && !c->closing) {
     c->closing = true;
-    uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
+    tp_close(&c->tp, on_tcp_closed);
   }
   if (++ld->finished == ld->cfg.connections) load_finish(ld);
 }
@@ -330,14 +339,27 @@ static void start_timer(conn *c, enum timer_mode m, uint64_t ms) {
   uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
+/* A read or write error on a TLS connection whose handshake had not completed: a connect error (a write held for
+ * the handshake fails with it too); the first one's reason goes to stderr. */
+static bool tls_failed(load *ld, const tp_t *tp, int err) {
+  if (!tp_is_tls(tp) || tp_handshake_done(tp)) return false;
+  if (!ld->tls_error_told) {
+    ld->tls_error_told = true;
+    fprintf(stderr, "otlp-load: TLS handshake with %s failed: %s\n", ld->cfg.authority,
+            tp_error(tp)[0] ? tp_error(tp) : uv_strerror(err));
+  }
+  return true;
+}
+
 static void on_write(uv_write_t *req, int status) {
   conn *c = req->data;
   c->writing = false;
   if (status < 0) {
     c->next_after_write = false;
     if (status == UV_ECANCELED || c->finished) return; /* closed by us; whoever closed accounted for it */
-    conn_fail(c, ERR_RESET);
-    conn_close(c, AC_NEXT);
+    bool handshake = tls_failed(c->ld, &c->tp, status);
+    conn_fail(c, handshake ? ERR_CONNECT : ERR_RESET);
+    conn_close(c, handshake ? AC_BACKOFF : AC_NEXT);
     return;
   }
   if (c->next_after_write) {
@@ -374,7 +396,7 @@ static void conn_send(conn *c) {
   c->sent_ns = uv_hrtime();
   ld->spans_sent += p->items;
   ld->bytes += len;
-  int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, 2, on_write);
+  int rc = tp_write(&c->write_req, &c->tp, bufs, 2, on_write);
   if (rc < 0) {
     c->writing = false;
     conn_fail(c, ERR_RESET);
@@ -406,6 +428,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   conn *c = s->data;
   if (nread == 0 || c->finished) return;
   if (nread < 0) {
+    if (tls_failed(c->ld, &c->tp, (int)nread)) {
+      conn_fail(c, ERR_CONNECT);
+      conn_close(c, AC_BACKOFF); /* as a refused connect: no spinning on a peer that fails every handshake */
+      return;
+    }
     if (c->sent && nread == UV_EOF) {
       llhttp_finish(&c->parser); /* a body delimited by EOF completes here */
       if (c->msg_done) {
@@ -448,9 +475,14 @@ static void on_connect(uv_connect_t *req, int status) {
     return;
   }
   c->connected = true;
+  if (c->ld->tls && tp_start_client(&c->tp, c->ld->tls, c->ld->cfg.host, NULL) < 0) {
+    conn_fail(c, ERR_CONNECT);
+    conn_close(c, AC_BACKOFF);
+    return;
+  }
   llhttp_init(&c->parser, HTTP_RESPONSE, &c->ld->settings);
   c->parser.data = c;
-  int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  int rc = tp_read_start(&c->tp, on_alloc, on_read);
   if (rc < 0) {
     conn_fail(c, ERR_CONNECT);
     conn_close(c, AC_BACKOFF);
@@ -461,17 +493,17 @@ static void on_connect(uv_connect_t *req, int status) {
 
 static void conn_connect(conn *c) {
   load *ld = c->ld;
-  int rc = uv_tcp_init(ld->loop, &c->tcp);
+  int rc = tp_init(ld->loop, &c->tp);
   if (rc < 0) {
     conn_fail(c, ERR_CONNECT);
     start_timer(c, TM_BACKOFF, CONNECT_BACKOFF_MS);
     return;
   }
-  c->tcp.data = c;
+  c->tp.tcp.data = c;
   c->tcp_open = true;
-  uv_tcp_nodelay(&c->tcp, 1);
+  uv_tcp_nodelay(&c->tp.tcp, 1);
   c->connect_req.data = c;
-  rc = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&ld->addr, on_connect);
+  rc = uv_tcp_connect(&c->connect_req, &c->tp.tcp, (const struct sockaddr *)&ld->addr, on_connect);
   if (rc < 0) {
     conn_fail(c, ERR_CONNECT);
     conn_close(c, AC_BACKOFF);
@@ -560,7 +592,7 @@ typedef struct gslot {
 
 struct gconn {
   load *ld;
-  uv_tcp_t tcp;
+  tp_t tp;               /* tp.tcp.data = the gconn */
   uv_timer_t backoff;
   uv_connect_t connect_req;
   uv_write_t write_req;
@@ -598,7 +630,7 @@ static void g_conn_finish(gconn *gc) {
   uv_close((uv_handle_t *)&gc->backoff, on_handle_closed);
   if (gc->tcp_open && !gc->closing) {
     gc->closing = true;
-    uv_close((uv_handle_t *)&gc->tcp, g_on_tcp_closed);
+    tp_close(&gc->tp, g_on_tcp_closed);
   }
   if (++ld->finished == ld->cfg.connections) load_finish(ld);
 }
@@ -776,7 +808,7 @@ static void g_drop(gconn *gc, enum err_kind kind) {
   gc->connected = false;
   if (gc->tcp_open && !gc->closing) {
     gc->closing = true;
-    uv_close((uv_handle_t *)&gc->tcp, g_on_tcp_closed);
+    tp_close(&gc->tp, g_on_tcp_closed);
   }
   for (uint32_t j = 0; j < ld->cfg.streams; j++) {
     gslot *sl = &gc->slots[j];
@@ -816,6 +848,11 @@ static void g_on_write(uv_write_t *req, int status) {
   gc->wlen = 0;
   if (status < 0) {
     if (status == UV_ECANCELED || gc->finished) return;
+    if (tls_failed(gc->ld, &gc->tp, status)) {
+      gc->connect_failed = true;
+      g_drop(gc, ERR_CONNECT);
+      return;
+    }
     g_drop(gc, ERR_RESET);
     return;
   }
@@ -854,7 +891,7 @@ static void g_flush(gconn *gc) {
   if (gc->wlen) {
     uv_buf_t b = uv_buf_init((char *)gc->wbuf, (unsigned)gc->wlen);
     gc->writing = true;
-    if (uv_write(&gc->write_req, (uv_stream_t *)&gc->tcp, &b, 1, g_on_write) < 0) {
+    if (tp_write(&gc->write_req, &gc->tp, &b, 1, g_on_write) < 0) {
       gc->writing = false;
       g_drop(gc, ERR_RESET);
     }
@@ -875,6 +912,11 @@ static void g_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   gconn *gc = s->data;
   if (nread == 0 || gc->finished || gc->closing) return;
   if (nread < 0) {
+    if (tls_failed(gc->ld, &gc->tp, (int)nread)) {
+      gc->connect_failed = true;
+      g_drop(gc, ERR_CONNECT);
+      return;
+    }
     g_drop(gc, ERR_RESET);
     return;
   }
@@ -946,6 +988,11 @@ static void g_on_connect(uv_connect_t *req, int status) {
     g_drop(gc, ERR_CONNECT);
     return;
   }
+  if (ld->tls && tp_start_client(&gc->tp, ld->tls, ld->cfg.host, NULL) < 0) {
+    gc->connect_failed = true;
+    g_drop(gc, ERR_CONNECT);
+    return;
+  }
   if (nghttp2_session_client_new(&gc->session, ld->h2_callbacks, gc) != 0) {
     gc->connect_failed = true;
     g_drop(gc, ERR_CONNECT);
@@ -954,7 +1001,7 @@ static void g_on_connect(uv_connect_t *req, int status) {
   nghttp2_settings_entry iv[2] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
                                   {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20}};
   nghttp2_submit_settings(gc->session, NGHTTP2_FLAG_NONE, iv, 2);
-  if (uv_read_start((uv_stream_t *)&gc->tcp, g_on_alloc, g_on_read) < 0) {
+  if (tp_read_start(&gc->tp, g_on_alloc, g_on_read) < 0) {
     gc->connect_failed = true;
     g_drop(gc, ERR_CONNECT);
     return;
@@ -965,17 +1012,17 @@ static void g_on_connect(uv_connect_t *req, int status) {
 
 static void g_connect(gconn *gc) {
   load *ld = gc->ld;
-  if (uv_tcp_init(ld->loop, &gc->tcp) < 0) {
+  if (tp_init(ld->loop, &gc->tp) < 0) {
     gc->connect_failed = true;
     gc->backoff_on = true;
     uv_timer_start(&gc->backoff, g_on_backoff, CONNECT_BACKOFF_MS, 0);
     return;
   }
-  gc->tcp.data = gc;
+  gc->tp.tcp.data = gc;
   gc->tcp_open = true;
-  uv_tcp_nodelay(&gc->tcp, 1);
+  uv_tcp_nodelay(&gc->tp.tcp, 1);
   gc->connect_req.data = gc;
-  if (uv_tcp_connect(&gc->connect_req, &gc->tcp, (const struct sockaddr *)&ld->addr, g_on_connect) < 0) {
+  if (uv_tcp_connect(&gc->connect_req, &gc->tp.tcp, (const struct sockaddr *)&ld->addr, g_on_connect) < 0) {
     gc->connect_failed = true;
     g_drop(gc, ERR_CONNECT);
   }
@@ -1027,7 +1074,7 @@ static int g_build_headers(load *ld) {
   }
 #define NV(k, v) (nghttp2_nv){(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v), NGHTTP2_NV_FLAG_NONE}
   ld->nva[n++] = NV(":method", "POST");
-  ld->nva[n++] = NV(":scheme", "http");
+  ld->nva[n++] = NV(":scheme", cfg->tls ? "https" : "http");
   ld->nva[n++] = NV(":path", cfg->path);
   ld->nva[n++] = NV(":authority", authority);
   ld->nva[n++] = NV("content-type", "application/grpc");
@@ -1141,9 +1188,10 @@ static void print_summary(const load *ld) {
     if (cfg->grpc) snprintf(conns, sizeof conns, "%" PRIu32 " connections x %" PRIu32 " streams", cfg->connections,
                             cfg->streams);
     else snprintf(conns, sizeof conns, "%" PRIu32 " connections", cfg->connections);
-    printf("otlp-load: %s %s%s %sto http://%s%s, %s, %" PRIu32 " %s/request in %" PRIu32 " traces\n",
+    printf("otlp-load: %s %s%s %sto %s://%s%s, %s, %" PRIu32 " %s/request in %" PRIu32 " traces\n",
            pl_signal_name(cfg->payload.signal), cfg->payload.encoding == PL_JSON ? "json" : "protobuf",
-           cfg->gzip ? "+gzip" : "", cfg->grpc ? "over gRPC " : "", cfg->authority, cfg->path, conns,
+           cfg->gzip ? "+gzip" : "", cfg->grpc ? "over gRPC " : "", cfg->tls ? "https" : "http", cfg->authority,
+           cfg->path, conns,
            cfg->payload.items,
            cfg->payload.signal == PL_TRACES ? "spans" : cfg->payload.signal == PL_LOGS ? "log records" : "data points",
            cfg->payload.signal == PL_METRICS ? 0 : cfg->payload.traces);
@@ -1200,9 +1248,16 @@ static void usage(FILE *f) {
       "Sends OTLP/HTTP export requests over keep-alive connections (or OTLP/gRPC calls, --grpc) and reports\n"
       "throughput and latency.\n"
       "\n"
-      "  --url URL            base URL, http only (default http://127.0.0.1:4318); /v1/<signal> is appended\n"
+      "  --url URL            base URL (default http://127.0.0.1:4318); /v1/<signal> is appended; https:// means\n"
+      "                       --tls (default port 443)\n"
       "                       (--grpc: default http://127.0.0.1:4317; the path is the service's, the URL's unused)\n"
-      "  --grpc               OTLP/gRPC: HTTP/2 cleartext (prior knowledge), one Export call per request,\n"
+      "  --tls                TLS on every connection (gateway/transport, OpenSSL), verified against the system CA\n"
+      "                       bundle with SNI and the URL's host checked against the certificate; ALPN http/1.1,\n"
+      "                       or h2 with --grpc. A failed handshake counts as a connect error (reason on stderr)\n"
+      "  --ca FILE            --tls, verified against the CA certificates in FILE (PEM) instead\n"
+      "  --insecure           --tls without verifying the server's certificate\n"
+      "  --grpc               OTLP/gRPC: HTTP/2 (cleartext with prior knowledge, or ALPN h2 with --tls), one\n"
+      "                       Export call per request,\n"
       "                       --streams calls in flight per connection; --gzip sends grpc-encoding gzip;\n"
       "                       --header lines become metadata (names lower-cased; Host becomes :authority);\n"
       "                       --timeout is also sent as grpc-timeout. Answers count by grpc-status name\n"
@@ -1268,11 +1323,10 @@ static uint64_t parse_duration(const char *opt, const char *s) {
 
 static void parse_url(load_cfg *cfg, const char *url) {
   const char *p = url;
-  if (strncasecmp(p, "http://", 7) != 0) {
-    if (strncasecmp(p, "https://", 8) == 0) die_usage("--url: https is not supported");
-    die_usage("--url: '%s' must start with http://", url);
-  }
-  p += 7;
+  bool https = strncasecmp(p, "https://", 8) == 0;
+  if (!https && strncasecmp(p, "http://", 7) != 0) die_usage("--url: '%s' must start with http:// or https://", url);
+  p += https ? 8 : 7;
+  if (https) cfg->tls = true;
   const char *auth_end = p + strcspn(p, "/?#");
   size_t alen = (size_t)(auth_end - p);
   if (alen == 0 || alen >= sizeof(cfg->authority)) die_usage("--url: '%s' has no usable host", url);
@@ -1295,7 +1349,7 @@ static void parse_url(load_cfg *cfg, const char *url) {
   if (hlen == 0 || hlen >= sizeof(cfg->host)) die_usage("--url: '%s' has no usable host", url);
   memcpy(cfg->host, host, hlen);
   cfg->host[hlen] = '\0';
-  uint64_t port = colon ? parse_u64("--url port", colon + 1, 1, 65535) : 80;
+  uint64_t port = colon ? parse_u64("--url port", colon + 1, 1, 65535) : https ? 443 : 80;
   snprintf(cfg->port, sizeof(cfg->port), "%" PRIu64, port);
   /* Path prefix: everything after the authority up to a query, without a trailing '/'. */
   size_t plen = strcspn(auth_end, "?#");
@@ -1329,7 +1383,8 @@ static void add_header(load_cfg *cfg, const char *h) {
 
 static void parse_args(load_cfg *cfg, int argc, char **argv) {
   enum { O_URL = 256, O_SIGNAL, O_CONN, O_SPANS, O_TRACES, O_RES, O_REQ, O_DUR, O_RATE, O_GZIP, O_GZLEVEL, O_JSON,
-         O_SEED, O_TFILE, O_HEADER, O_TIMEOUT, O_PROGRESS, O_QUIET, O_HELP, O_GRPC, O_STREAMS };
+         O_SEED, O_TFILE, O_HEADER, O_TIMEOUT, O_PROGRESS, O_QUIET, O_HELP, O_GRPC, O_STREAMS, O_TLS, O_CA,
+         O_INSECURE };
   static const struct option longopts[] = {
       {"url", required_argument, NULL, O_URL},           {"signal", required_argument, NULL, O_SIGNAL},
       {"connections", required_argument, NULL, O_CONN},  {"spans", required_argument, NULL, O_SPANS},
@@ -1341,7 +1396,9 @@ static void parse_args(load_cfg *cfg, int argc, char **argv) {
       {"header", required_argument, NULL, O_HEADER},     {"timeout", required_argument, NULL, O_TIMEOUT},
       {"progress", no_argument, NULL, O_PROGRESS},       {"quiet", no_argument, NULL, O_QUIET},
       {"help", no_argument, NULL, O_HELP},               {"grpc", no_argument, NULL, O_GRPC},
-      {"streams", required_argument, NULL, O_STREAMS},   {NULL, 0, NULL, 0}};
+      {"streams", required_argument, NULL, O_STREAMS},   {"tls", no_argument, NULL, O_TLS},
+      {"ca", required_argument, NULL, O_CA},             {"insecure", no_argument, NULL, O_INSECURE},
+      {NULL, 0, NULL, 0}};
   const char *url = NULL;
   bool streams_set = false;
   bool traces_set = false;
@@ -1391,6 +1448,15 @@ static void parse_args(load_cfg *cfg, int argc, char **argv) {
     case O_STREAMS:
       cfg->streams = (uint32_t)parse_u64("--streams", optarg, 1, GRPC_STREAMS_MAX);
       streams_set = true;
+      break;
+    case O_TLS: cfg->tls = true; break;
+    case O_CA:
+      cfg->ca_file = optarg;
+      cfg->tls = true;
+      break;
+    case O_INSECURE:
+      cfg->insecure = true;
+      cfg->tls = true;
       break;
     case O_HELP:
       usage(stdout);
@@ -1453,6 +1519,17 @@ int main(int argc, char **argv) {
   if (err < 0) {
     fprintf(stderr, "otlp-load: cannot resolve %s:%s: %s\n", ld.cfg.host, ld.cfg.port, uv_strerror(err));
     return 2;
+  }
+  if (ld.cfg.tls) {
+    char terr[512];
+    tls_client_opts_t to = {.ca_file = ld.cfg.ca_file, .insecure_skip_verify = ld.cfg.insecure,
+                            .alpn = ld.cfg.grpc ? "h2" : "http/1.1"};
+    if (tls_client_ctx_create(&to, "otlp-load", &ld.tls, terr, sizeof terr) != 0) {
+      fprintf(stderr, "otlp-load: %s\n", terr);
+      return 2;
+    }
+    if (ld.cfg.insecure && !ld.cfg.quiet)
+      fprintf(stderr, "otlp-load: --insecure: the server's certificate is not verified\n");
   }
   char *prefix = build_prefix(&ld.cfg, &ld.prefix_len);
   ld.conns = ld.cfg.grpc ? NULL : calloc(ld.cfg.connections, sizeof(conn));
@@ -1536,6 +1613,7 @@ out:
   free(ld.conns);
   g_dispose(&ld);
   free(prefix);
+  tls_ctx_unref(ld.tls);
   if (uv_loop_close(ld.loop) != 0 && rc == 0) fprintf(stderr, "otlp-load: warning: handles left open at exit\n");
   return rc;
 }

@@ -27,6 +27,11 @@
  * HTTP listener that keeps /stats and /control: Export calls go through the same counting, recording and fault
  * options, their HTTP answer mapped to a gRPC status (see the usage text); grpc.health.v1.Health/Check is the
  * health check.
+ * --tls CERT,KEY: both listeners speak TLS with that certificate (gateway/transport; ALPN http/1.1 on the HTTP
+ * listener, h2 on the gRPC one); --control-listen adds a plaintext listener that answers /stats and /control only,
+ * so a test reads the counters of a TLS sink as of any other. --prefix P: the OTLP paths are P/v1/{traces,...}
+ * (an endpoint with a path prefix, as Grafana Cloud's); requests to any other path but GETs are counted
+ * (unknown_paths) and answered 404, as are gRPC calls to unknown methods.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -42,6 +47,7 @@
 #include "gateway/h2_server.h"
 #include "gateway/http_server.h"
 #include "gateway/otlp_http.h"
+#include "gateway/transport.h"
 #include "opentelemetry/proto/collector/logs/v1/logs_service.pb-c.h"
 #include "opentelemetry/proto/collector/trace/v1/trace_service.pb-c.h"
 
@@ -51,6 +57,10 @@ typedef struct sink {
   uv_loop_t *loop;
   hs_server_t *srv;
   h2s_server_t *gsrv;    /* --grpc / --grpc-listen: OTLP/gRPC beside the HTTP listener (NULL when off) */
+  hs_server_t *ctl;      /* --control-listen: plaintext /stats and /control (NULL when off) */
+  const char *prefix;    /* --prefix: the OTLP paths are prefix + /v1/<signal> ("" = none) */
+  uint64_t unknown_paths; /* requests (not GET) to a path that is no OTLP path, and gRPC calls to unknown methods */
+  uint64_t unauthorized; /* answered 401: --require-header missing or wrong */
   uint64_t grpc_requests; /* OTLP Export calls over gRPC that reached the counting code */
   uint64_t grpc_health;   /* grpc.health.v1.Health/Check calls */
   int shutdowns;          /* servers still shutting down */
@@ -120,7 +130,8 @@ static const char usage[] =
     "usage: otlp-sink [--listen HOST:PORT] [--status CODE] [--retry-after SECONDS] [--delay MS]\n"
     "                 [--trace-file PATH] [--log-file PATH] [--max-body SIZE] [--no-decode]\n"
     "                 [--require-header 'NAME: VALUE'] [--partial N] [--times-file PATH]\n"
-    "                 [--health-status CODE] [--grpc | --grpc-listen HOST:PORT]\n"
+    "                 [--health-status CODE] [--grpc | --grpc-listen HOST:PORT] [--tls CERT,KEY]\n"
+    "                 [--control-listen HOST:PORT] [--prefix /PATH]\n"
     "  --listen       address to listen on (default 127.0.0.1:0 = ephemeral; the bound address is printed)\n"
     "  --status       answer every OTLP request with this status instead of 200 (e.g. 503); initial value of\n"
     "                 the control endpoint's status\n"
@@ -140,9 +151,16 @@ static const char usage[] =
     "  --grpc-listen  also serve OTLP/gRPC (HTTP/2 cleartext) on HOST:PORT; printed as \"otlp-sink grpc listening\n"
     "                 on HOST:PORT\" after the HTTP line (the HTTP listener keeps /stats and /control)\n"
     "  --grpc         the same on the --listen host, ephemeral port\n"
+    "  --tls CERT,KEY both listeners speak TLS with this certificate chain and key (PEM files): ALPN http/1.1 on\n"
+    "                 the HTTP listener, h2 on the gRPC one; /stats and /control are then https (or see below)\n"
+    "  --control-listen HOST:PORT  a plaintext HTTP listener for GET /stats and GET /control only (anything else\n"
+    "                 404), printed as \"otlp-sink control listening on HOST:PORT\" after the other lines\n"
+    "  --prefix /PATH the OTLP paths are /PATH/v1/{traces,logs,metrics} (an endpoint with a path prefix)\n"
     "HTTP: POST /v1/{traces,logs,metrics}; GET any other path (health, 200); GET /stats (counters, JSON:\n"
     "  per signal, rejected, invalid, partial_rejected, connections, max_connections, in_flight, max_in_flight,\n"
-    "  the partial, health and delay settings, gets per path);\n"
+    "  the partial, health and delay settings, grpc_*, gets per path, gets_other, unknown_paths (requests but\n"
+    "  GETs to other paths, answered 404/405; gRPC calls to unknown methods), unauthorized (401 answers),\n"
+    "  tls_handshake_failures (--tls, both listeners));\n"
     "  GET /control[?status=CODE][&retry_after=S][&hang=0|1][&partial=N][&health=CODE][&delay=MS][&reset=1]\n"
     "  change behaviour while running, answers the state as JSON (status, retry_after, hang, held, held_total):\n"
     "  status for every OTLP POST (200..599), Retry-After for non-200 answers (0 = none), hang=1 holds OTLP\n"
@@ -419,7 +437,8 @@ static void control_error(hs_request_t *req, const char *fmt, size_t len, const 
   hs_respond(req, 400, "application/json", NULL, 0, buf, strlen(buf));
 }
 
-static void on_control(sink_t *s, hs_request_t *req) {
+/* own_conn: the request came over an OTLP listener (its connection is counted there), not --control-listen. */
+static void on_control(sink_t *s, hs_request_t *req, int own_conn) {
   size_t qlen = req->query.len;
   const char *q = req->query.base;
   long status = -1, retry_after = -1, hang = -1, partial = -1, health = -1, delay = -1, reset = -1;
@@ -491,7 +510,7 @@ static void on_control(sink_t *s, hs_request_t *req) {
     uint64_t open = hs_server_stats(s->srv)->connections_open +
                     (s->gsrv ? h2s_server_stats(s->gsrv)->connections_open : 0);
     s->max_in_flight = s->in_flight;
-    s->max_connections = open ? open - 1 : 0;
+    s->max_connections = open && own_conn ? open - 1 : open;
   }
   if (hang == 0 && s->hang) {
     s->hang = 0;
@@ -531,7 +550,14 @@ static void stats_json(sink_t *s, char *out, size_t cap) {
          s->grpc_requests, s->grpc_health, s->gsrv ? h2s_server_stats(s->gsrv)->connections_open : 0);
   for (size_t i = 0; i < s->n_gets; i++)
     append(out, cap, &n, "%s\"%s\":%" PRIu64, i ? "," : "", s->gets[i].path, s->gets[i].n);
-  append(out, cap, &n, "},\"gets_other\":%" PRIu64 "}\n", s->gets_other);
+  uint64_t hs_fail = 0;
+  for (int i = 0; i < TLS_N_FAIL_REASONS; i++)
+    hs_fail += (s->srv ? hs_server_stats(s->srv)->tls_handshake_failures[i] : 0) +
+               (s->gsrv ? h2s_server_stats(s->gsrv)->tls_handshake_failures[i] : 0);
+  append(out, cap, &n,
+         "},\"gets_other\":%" PRIu64 ",\"unknown_paths\":%" PRIu64 ",\"unauthorized\":%" PRIu64
+         ",\"tls_handshake_failures\":%" PRIu64 "}\n",
+         s->gets_other, s->unknown_paths, s->unauthorized, hs_fail);
   if (n >= cap && cap > 2) snprintf(out + cap - 3, 3, "}\n"); /* cannot happen with the fixed-size table */
 }
 
@@ -623,6 +649,27 @@ static int check_required(const sink_t *s, const hs_slice_t *h) {
   return h && h->len == vl && memcmp(h->base, s->require_value, vl) == 0 ? 0 : -1;
 }
 
+/* The signal of an OTLP path under --prefix, or -1. */
+static int sink_signal_from_path(const sink_t *s, hs_slice_t path) {
+  size_t pl = strlen(s->prefix);
+  if (path.len < pl || memcmp(path.base, s->prefix, pl) != 0) return -1;
+  return otlp_signal_from_path((hs_slice_t){path.base + pl, path.len - pl});
+}
+
+/* --control-listen: /stats and /control only. */
+static void on_control_request(hs_request_t *req, void *ud) {
+  sink_t *s = ud;
+  if (req->method == HTTP_GET && hs_slice_eq(req->path, "/stats")) {
+    char buf[4096];
+    stats_json(s, buf, sizeof buf);
+    hs_respond(req, 200, "application/json", NULL, 0, buf, strlen(buf));
+  } else if (req->method == HTTP_GET && hs_slice_eq(req->path, "/control")) {
+    on_control(s, req, 0);
+  } else {
+    hs_respond(req, 404, "text/plain", NULL, 0, "control listener: GET /stats or /control\n", 41);
+  }
+}
+
 static void on_request(hs_request_t *req, void *ud) {
   sink_t *s = ud;
   reply_t r = {req, NULL, req->start_ns};
@@ -632,7 +679,7 @@ static void on_request(hs_request_t *req, void *ud) {
       stats_json(s, buf, sizeof buf);
       hs_respond(req, 200, "application/json", NULL, 0, buf, strlen(buf));
     } else if (hs_slice_eq(req->path, "/control")) {
-      on_control(s, req);
+      on_control(s, req, 1);
     } else {
       count_get(s, req->path);
       if (s->hang && !s->stopping && hold(s, r, 0, OTLP_ENC_PROTOBUF) == 0) return; /* black hole: never answered */
@@ -641,10 +688,11 @@ static void on_request(hs_request_t *req, void *ud) {
     }
     return;
   }
-  int sig = otlp_signal_from_path(req->path);
+  int sig = sink_signal_from_path(s, req->path);
   int enc = otlp_encoding_from_content_type(hs_request_header(req, "Content-Type"));
   otlp_encoding_t renc = enc == OTLP_ENC_JSON ? OTLP_ENC_JSON : OTLP_ENC_PROTOBUF;
   if (sig < 0 || req->method != HTTP_POST) {
+    s->unknown_paths += sig < 0;
     otlp_respond_status(req, renc, sig < 0 ? 404 : 405, "otlp-sink: POST /v1/{traces,logs,metrics}", 0, NULL, 0);
     return;
   }
@@ -655,6 +703,7 @@ static void on_request(hs_request_t *req, void *ud) {
   }
   if (s->require_name && check_required(s, hs_request_header(req, s->require_name)) != 0) {
     s->rejected++;
+    s->unauthorized++;
     refuse(s, r, sig, renc, 401, "otlp-sink: required header missing");
     return;
   }
@@ -703,6 +752,7 @@ static int g_on_headers(h2s_stream_t *st, h2s_request_t *req, void *ud) {
   if (open > s->max_connections) s->max_connections = open;
   int svc = grpc_service_from_path(req->path);
   if (svc < 0) {
+    s->unknown_paths++;
     grpc_fail(st, GRPC_UNIMPLEMENTED, "otlp-sink: unknown service or method", 0);
     return 1;
   }
@@ -800,6 +850,7 @@ static void g_on_end(h2s_stream_t *st, h2s_request_t *req, void *ud) {
   if (s->require_name && check_required(s, h2s_request_header(req, s->require_lname)) != 0) {
     gcall_free(req);
     s->rejected++;
+    s->unauthorized++;
     refuse(s, r, sig, OTLP_ENC_PROTOBUF, 401, "otlp-sink: required header missing");
     return;
   }
@@ -846,10 +897,14 @@ static void on_signal(uv_signal_t *h, int signum) {
   s->hang = 0;
   uv_timer_stop(&s->sweep);
   release_held(s, 1); /* else their connections would keep the shutdown waiting forever */
-  s->shutdowns = s->gsrv ? 2 : 1;
+  s->shutdowns = 1 + (s->gsrv != NULL) + (s->ctl != NULL);
   hs_server_shutdown(s->srv, on_closed_done, s);
   if (s->gsrv) h2s_server_shutdown(s->gsrv, on_closed_done, s);
+  if (s->ctl) hs_server_shutdown(s->ctl, on_closed_done, s);
 }
+
+/* hs_config_t / h2s_config_t .tls_ctx: the one context of the listener (--tls), never replaced. */
+static tls_ctx_t *sink_tls_ctx(void *tls_ud) { return tls_ud; }
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {
@@ -860,15 +915,19 @@ int main(int argc, char **argv) {
       {"require-header", required_argument, NULL, 'q'}, {"log-file", required_argument, NULL, 'L'},
       {"partial", required_argument, NULL, 'p'},     {"times-file", required_argument, NULL, 'T'},
       {"health-status", required_argument, NULL, 'H'}, {"grpc-listen", required_argument, NULL, 'g'},
-      {"grpc", no_argument, NULL, 'G'},              {NULL, 0, NULL, 0},
+      {"grpc", no_argument, NULL, 'G'},              {"tls", required_argument, NULL, 'S'},
+      {"control-listen", required_argument, NULL, 'C'}, {"prefix", required_argument, NULL, 'P'},
+      {NULL, 0, NULL, 0},
   };
   sink_t s = {0};
   s.status = 200;
   s.health_status = 200;
   s.max_body = 64u << 20;
   const char *listen = "127.0.0.1:0", *trace_path = NULL, *log_path = NULL, *times_path = NULL;
-  const char *grpc_listen = NULL;
+  const char *grpc_listen = NULL, *control_listen = NULL;
+  char *tls_cert = NULL, *tls_key = NULL;
   int grpc_same_host = 0;
+  s.prefix = "";
   for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
     switch (o) {
       case 'l': listen = optarg; break;
@@ -889,6 +948,28 @@ int main(int argc, char **argv) {
       case 'n': s.no_decode = 1; break;
       case 'g': grpc_listen = optarg; break;
       case 'G': grpc_same_host = 1; break;
+      case 'C': control_listen = optarg; break;
+      case 'S': {
+        char *comma = strchr(optarg, ',');
+        if (!comma || comma == optarg || !comma[1]) {
+          fprintf(stderr, "otlp-sink: --tls wants CERT,KEY\n");
+          return 2;
+        }
+        *comma = 0;
+        tls_cert = optarg;
+        tls_key = comma + 1;
+        break;
+      }
+      case 'P': {
+        size_t pl = strlen(optarg);
+        while (pl && optarg[pl - 1] == '/') optarg[--pl] = 0; /* "/otlp/" = "/otlp" */
+        if (pl && optarg[0] != '/') {
+          fprintf(stderr, "otlp-sink: --prefix wants /PATH\n");
+          return 2;
+        }
+        s.prefix = optarg;
+        break;
+      }
       case 'q': {
         char *colon = strchr(optarg, ':');
         if (!colon) {
@@ -945,9 +1026,25 @@ int main(int argc, char **argv) {
     return 1;
   }
   signal(SIGPIPE, SIG_IGN);
+  tls_ctx_t *tls_http = NULL, *tls_grpc = NULL;
+  if (tls_cert) {
+    char err[512];
+    tls_server_opts_t to = {.cert_file = tls_cert, .key_file = tls_key, .min_version = 12, .alpn = "http/1.1"};
+    int trc = tls_server_ctx_create(&to, "otlp-sink --tls", &tls_http, err, sizeof err);
+    to.alpn = "h2";
+    if (trc == 0 && (grpc_listen || grpc_same_host))
+      trc = tls_server_ctx_create(&to, "otlp-sink --tls", &tls_grpc, err, sizeof err);
+    if (trc != 0) {
+      fprintf(stderr, "otlp-sink: %s\n", err);
+      tls_ctx_unref(tls_http);
+      free(host);
+      return 1;
+    }
+  }
   s.loop = uv_default_loop();
   hs_config_t hc = {.name = "sink", .max_body_bytes = s.max_body, .read_timeout_ms = 30000,
-                    .idle_timeout_ms = 120000, .on_headers = on_headers, .on_request = on_request, .ud = &s};
+                    .idle_timeout_ms = 120000, .on_headers = on_headers, .on_request = on_request, .ud = &s,
+                    .tls_ctx = tls_http ? sink_tls_ctx : NULL, .tls_ud = tls_http};
   int rc = hs_server_create(s.loop, &hc, &s.srv);
   if (rc == 0) rc = hs_server_listen(s.srv, host, port);
   free(host);
@@ -967,7 +1064,8 @@ int main(int argc, char **argv) {
     if (!grpc_listen) gport = 0;
     h2s_config_t gc = {.name = "sink-grpc", .max_concurrent_streams = 1000, .max_body_bytes = s.max_body + 5,
                        .read_timeout_ms = 30000, .idle_timeout_ms = 120000, .on_headers = g_on_headers,
-                       .on_data = g_on_data, .on_end = g_on_end, .on_abort = g_on_abort, .ud = &s};
+                       .on_data = g_on_data, .on_end = g_on_end, .on_abort = g_on_abort, .ud = &s,
+                       .tls_ctx = tls_grpc ? sink_tls_ctx : NULL, .tls_ud = tls_grpc};
     rc = h2s_server_create(s.loop, &gc, &s.gsrv);
     if (rc == 0) rc = h2s_server_listen(s.gsrv, ghost, gport, 0);
     free(ghost);
@@ -977,6 +1075,24 @@ int main(int argc, char **argv) {
       return 1;
     }
     printf("otlp-sink grpc listening on %s\n", h2s_server_address(s.gsrv));
+  }
+  if (control_listen) {
+    char *chost = NULL;
+    uint16_t cport = 0;
+    if (cfg_parse_hostport(control_listen, &chost, &cport) != 0) {
+      fprintf(stderr, "otlp-sink: bad --control-listen \"%s\"\n", control_listen);
+      return 2;
+    }
+    hs_config_t cc = {.name = "sink-control", .max_body_bytes = 4096, .read_timeout_ms = 30000,
+                      .idle_timeout_ms = 120000, .on_request = on_control_request, .ud = &s};
+    rc = hs_server_create(s.loop, &cc, &s.ctl);
+    if (rc == 0) rc = hs_server_listen(s.ctl, chost, cport);
+    free(chost);
+    if (rc != 0) {
+      fprintf(stderr, "otlp-sink: cannot listen on %s: %s\n", control_listen, uv_strerror(rc));
+      return 1;
+    }
+    printf("otlp-sink control listening on %s\n", hs_server_address(s.ctl));
   }
   fflush(stdout);
   uv_signal_init(s.loop, &s.sig_term);
@@ -993,6 +1109,9 @@ int main(int argc, char **argv) {
   printf("%s", buf);
   hs_server_destroy(s.srv);
   if (s.gsrv) h2s_server_destroy(s.gsrv);
+  if (s.ctl) hs_server_destroy(s.ctl);
+  tls_ctx_unref(tls_http); /* after the servers that used them */
+  tls_ctx_unref(tls_grpc);
   if (s.trace_file) fclose(s.trace_file);
   if (s.log_file) fclose(s.log_file);
   if (s.times_file) fclose(s.times_file);

@@ -83,6 +83,8 @@ static const cfg_enum_t span_routes[] = {{"trace_id", CFG_ROUTE_TRACE_ID}, {"ser
 static const cfg_enum_t metric_routes[] = {
     {"service", CFG_ROUTE_SERVICE}, {"resource", CFG_ROUTE_RESOURCE}, {"metric", CFG_ROUTE_METRIC}, {NULL, 0}};
 static const cfg_enum_t compressions[] = {{"none", CFG_COMPRESSION_NONE}, {"gzip", CFG_COMPRESSION_GZIP}, {NULL, 0}};
+static const cfg_enum_t tls_versions[] = {{"1.2", CFG_TLS_1_2}, {"1.3", CFG_TLS_1_3}, {NULL, 0}};
+static const cfg_enum_t schemes[] = {{"http", CFG_SCHEME_HTTP}, {"https", CFG_SCHEME_HTTPS}, {NULL, 0}};
 
 static const char *check_token(const char *s);
 static const char *check_http_path(const char *s);
@@ -118,6 +120,14 @@ static const cfg_key_t cfg_keys[] = {
         "on SIGTERM/SIGINT: time to finish in-flight requests and flush queues"),
     LIST("server.auth.bearer_tokens", CT_STRLIST, server.auth.bearer_tokens, server.auth.n_bearer_tokens, 1024,
          check_token, "non-empty: \"Authorization: Bearer <token>\" required, else 401"),
+    KEY("server.tls.cert_file", CT_STRING, "", server.tls.cert_file, 0, 0, NULL, NULL,
+        "PEM certificate chain for both listeners; \"\" = plaintext; re-read on SIGHUP"),
+    KEY("server.tls.key_file", CT_STRING, "", server.tls.key_file, 0, 0, NULL, NULL,
+        "PEM private key of cert_file; re-read on SIGHUP"),
+    KEY("server.tls.client_ca_file", CT_STRING, "", server.tls.client_ca_file, 0, 0, NULL, NULL,
+        "non-empty: clients must present a certificate this CA signed (mTLS)"),
+    KEY("server.tls.min_version", CT_ENUM, "1.2", server.tls.min_version, 0, 0, tls_versions, NULL,
+        "oldest TLS version accepted"),
     KEY("telemetry.listen", CT_HOSTPORT, "0.0.0.0:8888", telemetry.listen, 0, 65535, NULL, NULL,
         "GET /metrics (Prometheus text), /healthz, /readyz"),
     KEY("telemetry.log_level", CT_ENUM, "info", telemetry.log_level, 0, 0, log_levels, NULL, "log verbosity"),
@@ -129,7 +139,7 @@ static const cfg_key_t cfg_keys[] = {
     KEY("routing.metrics", CT_ENUM, "service", routing.metrics, 0, 0, metric_routes, NULL,
         "routing key for each resource (service, resource) or each metric (metric)"),
     LIST("backends.static", CT_BACKENDS, backends.statics, backends.n_statics, 4096, NULL,
-         "fixed backends, e.g. - {endpoint: \"http://collector-1:4318\", weight: 1}"),
+         "fixed backends, e.g. - {endpoint: \"http://collector-1:4318\", weight: 1} or \"https://host/otlp\""),
     KEY("backends.dns.hostname", CT_STRING, "", backends.dns.hostname, 0, 0, NULL, check_hostname,
         "re-resolved every interval; A/AAAA records become backends; \"\" = off"),
     KEY("backends.dns.port", CT_U32, "4318", backends.dns.port, 1, 65535, NULL, NULL,
@@ -138,6 +148,8 @@ static const cfg_key_t cfg_keys[] = {
         "DNS re-resolution interval"),
     LIST("backends.dns.servers", CT_STRLIST, backends.dns.servers, backends.dns.n_servers, 16, check_resolver,
          "\"host:port\" resolvers; empty = the system's"),
+    KEY("backends.dns.scheme", CT_ENUM, "http", backends.dns.scheme, 0, 0, schemes, NULL,
+        "http | https for the backends found by DNS (https: backends.tls applies)"),
     KEY("backends.request_timeout", CT_DURATION, "5s", backends.request_timeout_ms, 1, DUR_MAX, NULL, NULL,
         "one backend request, connect to response"),
     KEY("backends.max_connections_per_backend", CT_U32, "32", backends.max_connections_per_backend, 1, 65535, NULL,
@@ -146,6 +158,15 @@ static const cfg_key_t cfg_keys[] = {
         "for re-assembled parts; pass-through keeps the client's encoding"),
     LIST("backends.headers", CT_HEADERS, backends.headers, backends.n_headers, 64, NULL,
          "added to every backend request, e.g. Authorization: \"Basic ${env:CLOUD_TOKEN}\""),
+    KEY("backends.tls.ca_file", CT_STRING, "", backends.tls.ca_file, 0, 0, NULL, NULL,
+        "CA bundle that https:// backends are verified against; \"\" = the system's"),
+    KEY("backends.tls.cert_file", CT_STRING, "", backends.tls.cert_file, 0, 0, NULL, NULL,
+        "client certificate for backends that require one (mTLS), with key_file"),
+    KEY("backends.tls.key_file", CT_STRING, "", backends.tls.key_file, 0, 0, NULL, NULL, "key of cert_file"),
+    KEY("backends.tls.server_name", CT_STRING, "", backends.tls.server_name, 0, 0, NULL, NULL,
+        "SNI and the name verified in backend certificates; \"\" = each endpoint's host"),
+    KEY("backends.tls.insecure_skip_verify", CT_BOOL, "false", backends.tls.insecure_skip_verify, 0, 0, NULL, NULL,
+        "no verification of backend certificates (logged as a warning at start)"),
     KEY("backends.health_check.enabled", CT_BOOL, "true", backends.health_check.enabled, 0, 0, NULL, NULL,
         "active health checks"),
     KEY("backends.health_check.path", CT_STRING, "/", backends.health_check.path, 0, 0, NULL, check_http_path,
@@ -176,7 +197,7 @@ static const cfg_key_t cfg_keys[] = {
 
 /* Keys of one backends.static item; the walk is the same as for cfg_keys, based at a cfg_backend_t. */
 static const cfg_key_t backend_keys[] = {
-    {"endpoint", CT_ENDPOINT, NULL, 0, 0, 0, 0, NULL, NULL, "\"http://host[:port]\", required; no path"},
+    {"endpoint", CT_ENDPOINT, NULL, 0, 0, 0, 0, NULL, NULL, "\"http[s]://host[:port][/prefix]\", required; posts to <prefix>/v1/<signal>"},
     {"weight", CT_U32, "1", offsetof(cfg_backend_t, weight), 0, 1, 1000000, NULL, NULL, "share of the ring"},
 };
 
@@ -379,25 +400,39 @@ int cfg_parse_hostport(const char *s, char **host, uint16_t *port) {
   return 0;
 }
 
-/* Validates an "http://host[:port][/]" endpoint. On success fills *host (heap) and *port (80 when absent) and
- * *keep = length of s without the trailing "/". Returns NULL or a reason. */
-static const char *parse_endpoint(const char *s, char **host, uint16_t *port, size_t *keep) {
-  *host = NULL;
-  if (strncasecmp(s, "http://", 7) != 0) return strstr(s, "://") ? "only http:// is supported" : "missing http://";
-  const char *a = s + 7;
+/* Validates an "http[s]://host[:port][/prefix][/]" endpoint. On success fills *host (heap), *port (80 / 443 when
+ * absent), *tls, *path (heap: the prefix without its trailing "/", "" when none) and *keep = length of s without
+ * the trailing "/". Returns NULL or a reason. */
+static const char *parse_endpoint(const char *s, char **host, uint16_t *port, bool *tls, char **path, size_t *keep) {
+  *host = *path = NULL;
+  size_t skip;
+  if (strncasecmp(s, "http://", 7) == 0) skip = 7, *tls = false;
+  else if (strncasecmp(s, "https://", 8) == 0) skip = 8, *tls = true;
+  else return strstr(s, "://") ? "only http:// and https:// are supported" : "missing http:// or https://";
+  const char *a = s + skip;
   size_t an = strcspn(a, "/?#");
   const char *tail = a + an;
-  if (tail[0] != '\0' && strcmp(tail, "/") != 0)
-    return "a path is not allowed (the gateway sends to /v1/{traces,logs,metrics})";
+  if (tail[0] == '?' || tail[0] == '#') return "a query or fragment is not allowed";
+  size_t tl = strlen(tail);
+  while (tl > 0 && tail[tl - 1] == '/') tl--; /* "http://h/otlp/" is "http://h/otlp" */
+  for (size_t i = 0; i < tl; i++)
+    if ((unsigned char)tail[i] <= 0x20 || (unsigned char)tail[i] >= 0x7f || tail[i] == '?' || tail[i] == '#' ||
+        (tail[i] == '/' && i + 1 < tl && tail[i + 1] == '/'))
+      return "the path prefix must be visible ASCII without spaces, '?', '#' or \"//\"";
   if (memchr(a, '@', an)) return "credentials in the URL are not supported (use backends.headers)";
-  const char *why = split_hostport(a, an, true, 80, host, port);
+  const char *why = split_hostport(a, an, true, *tls ? 443 : 80, host, port);
   if (why) return why;
   if (*port == 0) {
     free(*host);
     *host = NULL;
     return "invalid port";
   }
-  *keep = (size_t)(tail - s);
+  if (!(*path = strndup(tail, tl))) {
+    free(*host);
+    *host = NULL;
+    return "out of memory";
+  }
+  *keep = (size_t)(tail - s) + tl;
   return NULL;
 }
 
@@ -572,18 +607,22 @@ static int set_scalar(const cfg_key_t *e, void *base, const char *text, char *wh
     }
     case CT_ENDPOINT: {
       cfg_backend_t *be = field_at(base, e->off);
-      char *h;
+      char *h, *path;
       uint16_t p = 0;
       size_t keep = 0;
-      const char *bad = parse_endpoint(text, &h, &p, &keep);
+      bool tls = false;
+      const char *bad = parse_endpoint(text, &h, &p, &tls, &path, &keep);
       if (bad) return snprintf(why, whylen, "invalid endpoint \"%s\": %s", show(q, sizeof q, text, tn), bad), -1;
       char *ep = strndup(text, keep);
-      if (!ep) return free(h), snprintf(why, whylen, "out of memory"), -1;
+      if (!ep) return free(h), free(path), snprintf(why, whylen, "out of memory"), -1;
       free(be->endpoint);
       free(be->host);
+      free(be->path);
       be->endpoint = ep;
       be->host = h;
       be->port = p;
+      be->tls = tls;
+      be->path = path;
       return 0;
     }
     default:
@@ -609,7 +648,8 @@ static int apply_defaults(const cfg_key_t *tab, size_t n, void *base) {
 static void free_backend(cfg_backend_t *b) {
   free(b->endpoint);
   free(b->host);
-  b->endpoint = b->host = NULL;
+  free(b->path);
+  b->endpoint = b->host = b->path = NULL;
 }
 
 /* Frees the list at e (elements and array) and zeroes its pointer and count. */
@@ -634,6 +674,7 @@ static void free_list(const cfg_key_t *e, void *base) {
 
 void cfg_dispose(cfg_t *c) {
   if (!c) return;
+  if (c->ext.free) c->ext.free(c->ext.ptr);
   for (size_t i = 0; i < N_KEYS; i++) {
     const cfg_key_t *e = &cfg_keys[i];
     if (is_list_type(e->type)) free_list(e, c);
@@ -874,7 +915,9 @@ static int load_backends(ld_t *x, const cfg_key_t *e, void *base, const yaml_nod
     if (!b->endpoint) return fail_at(x, item->start_mark, "%s: missing required key \"endpoint\"", idx);
     cfg_backend_t *all = *(cfg_backend_t **)field_at(base, e->off);
     for (cfg_backend_t *o = all; o < b; o++) {
-      if (o->port != b->port || strcasecmp(o->host, b->host) != 0) continue;
+      /* The same target: scheme, host, port and path prefix (a collector's two prefixes are two backends). */
+      if (o->port != b->port || o->tls != b->tls || strcasecmp(o->host, b->host) != 0 || strcmp(o->path, b->path) != 0)
+        continue;
       /* Point at the endpoint value of the duplicate; it is the first key named "endpoint" in the item. */
       yaml_mark_t m = item->start_mark;
       for (yaml_node_pair_t *p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top; p++) {
@@ -1115,10 +1158,11 @@ int cfg_add_backends_from_list(cfg_t *c, const char *list, char *err, size_t err
     if (s == end) continue;
     char *item = strndup(s, (size_t)(end - s));
     if (!item) return fail_plain(err, errlen, NULL, "out of memory");
-    char *h;
+    char *h, *path;
     uint16_t port = 0;
     size_t keep = 0;
-    const char *bad = parse_endpoint(item, &h, &port, &keep);
+    bool tls = false;
+    const char *bad = parse_endpoint(item, &h, &port, &tls, &path, &keep);
     if (bad) {
       fail_plain(err, errlen, NULL, "invalid endpoint \"%s\" in backend list: %s",
                  show(q, sizeof q, item, strlen(item)), bad);
@@ -1127,8 +1171,10 @@ int cfg_add_backends_from_list(cfg_t *c, const char *list, char *err, size_t err
     }
     item[keep] = '\0';
     int dup = 0;
-    for (size_t i = 0; i < c->backends.n_statics; i++)
-      dup |= c->backends.statics[i].port == port && strcasecmp(c->backends.statics[i].host, h) == 0;
+    for (size_t i = 0; i < c->backends.n_statics; i++) {
+      const cfg_backend_t *o = &c->backends.statics[i];
+      dup |= o->port == port && o->tls == tls && strcasecmp(o->host, h) == 0 && strcmp(o->path, path) == 0;
+    }
     cfg_backend_t *b = NULL;
     if (dup) fail_plain(err, errlen, NULL, "duplicate endpoint \"%s\" in backend list", show(q, sizeof q, item, keep));
     else if (c->backends.n_statics >= e->hi) fail_plain(err, errlen, NULL, "too many backends (at most %llu)",
@@ -1137,9 +1183,10 @@ int cfg_add_backends_from_list(cfg_t *c, const char *list, char *err, size_t err
     if (!b) {
       free(item);
       free(h);
+      free(path);
       return -1;
     }
-    *b = (cfg_backend_t){.endpoint = item, .host = h, .port = port, .weight = 1};
+    *b = (cfg_backend_t){.endpoint = item, .host = h, .port = port, .weight = 1, .tls = tls, .path = path};
   }
   return 0;
 }

@@ -18,12 +18,16 @@ typedef enum { CFG_LOG_DEBUG = 0, CFG_LOG_INFO, CFG_LOG_WARN, CFG_LOG_ERROR } cf
 typedef enum { CFG_LOG_LOGFMT = 0, CFG_LOG_JSON } cfg_log_format_t;
 typedef enum { CFG_ROUTE_TRACE_ID = 0, CFG_ROUTE_SERVICE, CFG_ROUTE_RESOURCE, CFG_ROUTE_METRIC } cfg_route_t;
 typedef enum { CFG_COMPRESSION_NONE = 0, CFG_COMPRESSION_GZIP } cfg_compression_t;
+typedef enum { CFG_TLS_1_2 = 12, CFG_TLS_1_3 = 13 } cfg_tls_version_t;
+typedef enum { CFG_SCHEME_HTTP = 0, CFG_SCHEME_HTTPS } cfg_scheme_t;
 
 typedef struct cfg_backend {
-  char *endpoint;   /* "http://host:port" as written (validated: scheme http, host non-empty, port 1..65535) */
+  char *endpoint;   /* "http[s]://host[:port][/prefix]" as written, without a trailing "/" (validated) */
   char *host;       /* parsed from endpoint */
-  uint16_t port;    /* parsed from endpoint; 80 when the endpoint has no port */
+  uint16_t port;    /* parsed from endpoint; 80 (http) or 443 (https) when the endpoint has no port */
   uint32_t weight;  /* >= 1, default 1 */
+  bool tls;         /* https:// */
+  char *path;       /* the path prefix: "" or "/otlp" (no trailing "/"); requests go to <path>/v1/<signal> */
 } cfg_backend_t;
 
 typedef struct cfg_header {
@@ -46,6 +50,12 @@ typedef struct cfg {
       char **bearer_tokens;
       size_t n_bearer_tokens;
     } auth;
+    struct {
+      char *cert_file;            /* "" = TLS off on both listeners */
+      char *key_file;
+      char *client_ca_file;       /* "" = no client certificates (else mTLS) */
+      cfg_tls_version_t min_version;
+    } tls;
   } server;
   struct {
     char *listen;
@@ -66,12 +76,20 @@ typedef struct cfg {
       uint64_t interval_ms;
       char **servers;             /* "host:port" */
       size_t n_servers;
+      cfg_scheme_t scheme;        /* http | https for the backends found */
     } dns;
     uint64_t request_timeout_ms;
     uint32_t max_connections_per_backend;
     cfg_compression_t compression;
     cfg_header_t *headers;
     size_t n_headers;
+    struct {
+      char *ca_file;              /* "" = the system's CA bundle */
+      char *cert_file;            /* client certificate (mTLS), with key_file */
+      char *key_file;
+      char *server_name;          /* SNI + verified name; "" = the endpoint's host */
+      bool insecure_skip_verify;
+    } tls;
     struct {
       bool enabled;
       char *path;
@@ -92,6 +110,12 @@ typedef struct cfg {
       uint64_t max_elapsed_ms;
     } retry;
   } backends;
+  /* What higher layers build from this config once, on the main thread, and share with every worker through the
+   * snapshot (gateway/tls_config's TLS contexts): set by the builder, freed with the config (free may be NULL). */
+  struct {
+    void *ptr;
+    void (*free)(void *ptr);
+  } ext;
 } cfg_t;
 
 /* Fills *c with DESIGN.md's defaults (strings heap-allocated). Returns 0, or -1 on out of memory. */

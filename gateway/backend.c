@@ -35,7 +35,7 @@ struct be_req {
 enum { CONN_RESOLVING, CONN_CONNECTING, CONN_IDLE, CONN_BUSY, CONN_CLOSED };
 
 struct be_conn {
-  uv_tcp_t tcp;
+  tp_t tp;                 /* the stream, plain or TLS (gateway/transport); tp.tcp.data is the connection */
   uv_connect_t connect_req;
   dns_wait_t wait;         /* for the name's first answer (CONN_RESOLVING) */
   uv_write_t write_req;
@@ -50,6 +50,7 @@ struct be_conn {
   int writing;             /* write_req is libuv's until on_write runs: never reuse it before */
   int pool_after_write;    /* response done and keep-alive, request written: idle once on_write runs */
   int tcp_inited;
+  int tls_seen;            /* its completed TLS handshake was counted */
   int open_err;            /* uv_tcp_connect failed at once: reported from the handle's close callback */
   uint32_t retry_after;    /* Retry-After of the current response, seconds */
   int in_retry_after;      /* parsing the Retry-After header's value */
@@ -64,6 +65,14 @@ struct be_pool {
   dns_name_t *name;        /* host's cached address (be_pool_config_t.name, or own_name) */
   dns_name_t *own_name;    /* made by the pool when the config gave none; destroyed with the pool */
   uint16_t port;
+  char *path_prefix;       /* "" or "/otlp": before every request's path */
+  tls_ctx_t *tls;          /* NULL = plaintext; referenced; new connections take the current one */
+  char *server_name;       /* TLS: SNI + verified name */
+  tls_session_cache_t *session;     /* be_pool_config_t.session_cache, or own_session */
+  tls_session_cache_t *own_session; /* made by the pool (on its first TLS connect) when the config gave none */
+  be_tls_error_cb on_tls_error;
+  void *tls_error_ud;
+  char tls_error[256];     /* the last failed handshake's reason, "" when none */
   char *extra_headers;     /* preformatted "Name: value\r\n"... */
   char host_header[300];
   uint32_t max_connections;
@@ -85,12 +94,23 @@ static void conn_close(be_conn_t *c);
 static void conn_close_finish(be_conn_t *c, int status, const uint8_t *body, size_t len, uint32_t retry_after);
 
 const be_stats_t *be_pool_stats(const be_pool_t *p) { return &p->stats; }
+const char *be_pool_last_tls_error(const be_pool_t *p) { return p->tls_error; }
 
-static void pool_unref(be_pool_t *p) {
-  if (--p->refs > 0) return;
+static void pool_free(be_pool_t *p) {
   free(p->host);
   free(p->extra_headers);
+  free(p->path_prefix);
+  free(p->server_name);
+  tls_ctx_unref(p->tls);
   free(p);
+}
+
+/* The last reference goes once every connection's handle has closed: only then is the own session cache, which
+ * their TLS state may use until it is freed, destroyed. */
+static void pool_unref(be_pool_t *p) {
+  if (--p->refs > 0) return;
+  tls_session_cache_destroy(p->own_session);
+  pool_free(p);
 }
 
 /* ---- requests ----------------------------------------------------------------------------------------- */
@@ -198,8 +218,8 @@ static void conn_free_unopened(be_conn_t *c) {
   pool_unref(p);
 }
 
-/* Closes c. A request still on it fails with UV_ECONNRESET, after the handle is closed: once uv_close has
- * run, libuv writes nothing more from the request's buffers, so its owner may free them in the callback. */
+/* Closes c. A request still on it fails with UV_ECONNRESET, after the handle is closed: once tp_close has
+ * run, nothing more is written from the request's buffers, so its owner may free them in the callback. */
 static void conn_close(be_conn_t *c) {
   be_pool_t *p = c->pool;
   if (c->state == CONN_CLOSED) return;
@@ -218,7 +238,7 @@ static void conn_close(be_conn_t *c) {
   if (r) r->conn = NULL;
   /* A connection without a TCP handle is still waiting for its address: on_resolved frees it when the name
    * answers (or is destroyed), on_connect_error_closed when its connect failed at once. */
-  if (c->tcp_inited) uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+  if (c->tcp_inited) tp_close(&c->tp, on_conn_closed);
   if (r) req_finish(r, UV_ECONNRESET, NULL, 0);
 }
 
@@ -240,6 +260,41 @@ static void conn_open_failed(be_conn_t *c, int err) {
   int unopened = !c->tcp_inited;
   conn_close(c);
   if (unopened) conn_free_unopened(c); /* no handle to close: resolving is over or never started */
+}
+
+/* c's TLS handshake failed (err: what the read or write reported): the reason is kept and the owner hears of it,
+ * then the request on c fails with UV_EPROTO. Never a stale keep-alive: a handshake runs on fresh connections
+ * only, so there is no retry here. */
+static void conn_tls_failed(be_conn_t *c, int err) {
+  be_pool_t *p = c->pool;
+  const char *why = tp_error(&c->tp);
+  tls_fail_t reason = TLS_FAIL_RESET;
+  if (why && *why) {
+    reason = tp_fail_reason(&c->tp);
+    snprintf(p->tls_error, sizeof p->tls_error, "%s", why);
+  } else {
+    snprintf(p->tls_error, sizeof p->tls_error, "connection closed during the TLS handshake: %s", uv_strerror(err));
+  }
+  p->stats.tls_failures++;
+  if (p->on_tls_error) p->on_tls_error(p->tls_error_ud, reason, p->tls_error);
+  conn_close_finish(c, UV_EPROTO, NULL, 0, 0);
+  pump(p);
+}
+
+/* Counts c's handshake once it is done (its first write completed, or its first bytes arrived). */
+static void conn_tls_seen(be_conn_t *c) {
+  if (c->tls_seen || !tp_is_tls(&c->tp) || !tp_handshake_done(&c->tp)) return;
+  c->tls_seen = 1;
+  c->pool->stats.tls_handshakes++;
+  if (tp_session_reused(&c->tp)) c->pool->stats.tls_resumed++;
+}
+
+/* A failure that is TLS's: during the handshake (a reset included), or a TLS alert right after it before any
+ * response byte (TLS 1.3 clients finish first: a server refusing our client certificate says so then). */
+static int conn_tls_failure(const be_conn_t *c, int err) {
+  if (!tp_is_tls(&c->tp)) return 0;
+  if (!tp_handshake_done(&c->tp)) return 1;
+  return err == UV_EPROTO && !c->reused && !c->got_bytes && *tp_error(&c->tp);
 }
 
 /* A request failed on c before any response byte: retry once on a fresh connection if c was a reused
@@ -307,7 +362,7 @@ static void conn_make_idle(be_conn_t *c) {
 static void conn_response_done(be_conn_t *c, int keep) {
   be_pool_t *p = c->pool;
   int status = llhttp_get_status_code(&c->parser);
-  if (c->writing && uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0) {
+  if (c->writing && tp_write_queue_size(&c->tp) > 0) {
     conn_close_finish(c, status, c->body, c->body_len, c->retry_after);
     c->body_len = 0;
     pump(p);
@@ -328,6 +383,11 @@ static void conn_response_done(be_conn_t *c, int keep) {
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   be_conn_t *c = s->data;
   if (nread == 0) return;
+  if (nread < 0 && conn_tls_failure(c, (int)nread)) {
+    conn_tls_failed(c, (int)nread);
+    return;
+  }
+  conn_tls_seen(c);
   if (nread == UV_EOF && c->req && c->got_bytes && llhttp_finish(&c->parser) == HPE_PAUSED &&
       llhttp_get_status_code(&c->parser) >= 200) {
     conn_response_done(c, 0); /* a response delimited by the end of the connection */
@@ -373,6 +433,11 @@ static void on_write(uv_write_t *w, int status) {
   be_conn_t *c = w->data;
   c->writing = 0;
   if (c->state != CONN_BUSY) return; /* closed meanwhile: the write was cancelled */
+  if (status < 0 && conn_tls_failure(c, status) && !c->pool_after_write) {
+    conn_tls_failed(c, status);
+    return;
+  }
+  if (status == 0) conn_tls_seen(c);
   if (c->pool_after_write) {          /* answered already: now the connection is free */
     c->pool_after_write = 0;
     if (status < 0) conn_close(c);
@@ -397,7 +462,7 @@ static void conn_assign(be_conn_t *c, be_req_t *r) {
   c->parser.data = c;
   c->write_req.data = c;
   p->stats.requests++;
-  int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, r->bufs, (unsigned)r->n_bufs, on_write);
+  int rc = tp_write(&c->write_req, &c->tp, r->bufs, (unsigned)r->n_bufs, on_write);
   if (rc < 0) conn_fail(c, rc);
   else c->writing = 1;
 }
@@ -406,6 +471,11 @@ static void on_connect(uv_connect_t *cr, int status) {
   be_conn_t *c = cr->data;
   be_pool_t *p = c->pool;
   if (c->state == CONN_CLOSED) return; /* closed meanwhile (destroy) */
+  /* TLS: the handshake starts now and completes within reads; requests written meanwhile are held by the
+   * transport until it is done. The session cache is made on the first TLS connect of a pool given none. */
+  if (status == 0 && p->tls && !p->session && !(p->session = p->own_session = tls_session_cache_create()))
+    status = UV_ENOMEM;
+  if (status == 0 && p->tls) status = tp_start_client(&c->tp, p->tls, p->server_name, p->session);
   if (status < 0) {
     conn_open_failed(c, status);
     pump(p);
@@ -414,8 +484,13 @@ static void on_connect(uv_connect_t *cr, int status) {
   p->n_opening--;
   p->stats.connections_open++;
   c->state = CONN_IDLE;
-  uv_tcp_nodelay(&c->tcp, 1);
-  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+  uv_tcp_nodelay(&c->tp.tcp, 1);
+  int rc = tp_read_start(&c->tp, alloc_cb, on_read);
+  if (rc < 0) {
+    conn_close(c);
+    pump(p);
+    return;
+  }
   c->idle_next = p->idle;
   p->idle = c;
   pump(p);
@@ -440,17 +515,17 @@ static void on_connect_error_closed(uv_handle_t *h) {
  * for DNS discovery. */
 static void conn_connect(be_conn_t *c, const struct sockaddr_storage *addr) {
   be_pool_t *p = c->pool;
-  uv_tcp_init(p->loop, &c->tcp); /* AF_UNSPEC: no socket yet, nothing that can fail */
-  c->tcp.data = c;
+  tp_init(p->loop, &c->tp); /* AF_UNSPEC: no socket yet, nothing that can fail */
+  c->tp.tcp.data = c;
   c->connect_req.data = c;
-  int rc = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)addr, on_connect);
+  int rc = uv_tcp_connect(&c->connect_req, &c->tp.tcp, (const struct sockaddr *)addr, on_connect);
   if (rc == 0) {
     c->tcp_inited = 1;
     c->state = CONN_CONNECTING;
     return;
   }
   c->open_err = rc;
-  uv_close((uv_handle_t *)&c->tcp, on_connect_error_closed);
+  tp_close(&c->tp, on_connect_error_closed);
 }
 
 /* The pool's name has its first answer, or failed to get one (UV_EAI_NONAME, UV_EAI_AGAIN), or was
@@ -522,11 +597,19 @@ static char *format_headers(const be_pool_config_t *cfg) {
   return h;
 }
 
+static char *dup_or(const char *s, const char *dflt) { return strdup(s && *s ? s : dflt); }
+
 int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out) {
   be_pool_t *p = calloc(1, sizeof *p);
   if (!p) return UV_ENOMEM;
   p->loop = loop;
   p->host = strdup(cfg->host);
+  p->path_prefix = dup_or(cfg->path_prefix, "");
+  p->server_name = dup_or(cfg->server_name, cfg->host);
+  p->tls = cfg->tls ? tls_ctx_ref(cfg->tls) : NULL;
+  p->session = cfg->session_cache;
+  p->on_tls_error = cfg->on_tls_error;
+  p->tls_error_ud = cfg->tls_error_ud;
   p->port = cfg->port;
   p->max_connections = cfg->max_connections ? cfg->max_connections : 1;
   p->request_timeout_ms = cfg->request_timeout_ms;
@@ -537,12 +620,10 @@ int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out
   char err[128];
   dns_name_config_t nc = {.host = cfg->host};
   p->name = cfg->name;
-  int rc = !p->host || !p->extra_headers ? UV_ENOMEM : 0;
+  int rc = !p->host || !p->extra_headers || !p->path_prefix || !p->server_name ? UV_ENOMEM : 0;
   if (rc == 0 && !p->name && dns_name_create(loop, &nc, &p->own_name, err, sizeof err) != 0) rc = UV_EINVAL;
   if (rc != 0) {
-    free(p->host);
-    free(p->extra_headers);
-    free(p);
+    pool_free(p);
     return rc;
   }
   if (!p->name) p->name = p->own_name;
@@ -557,9 +638,24 @@ int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out
 
 int be_pool_update(be_pool_t *p, const be_pool_config_t *cfg) {
   char *h = format_headers(cfg);
-  if (!h) return UV_ENOMEM;
+  char *prefix = dup_or(cfg->path_prefix, "");
+  char *sn = dup_or(cfg->server_name, p->host);
+  if (!h || !prefix || !sn) {
+    free(h);
+    free(prefix);
+    free(sn);
+    return UV_ENOMEM;
+  }
   free(p->extra_headers);
   p->extra_headers = h;
+  free(p->path_prefix);
+  p->path_prefix = prefix;
+  free(p->server_name);
+  p->server_name = sn;
+  if (cfg->tls != p->tls) { /* open connections hold their own reference */
+    tls_ctx_unref(p->tls);
+    p->tls = cfg->tls ? tls_ctx_ref(cfg->tls) : NULL;
+  }
   p->max_connections = cfg->max_connections ? cfg->max_connections : 1;
   p->request_timeout_ms = cfg->request_timeout_ms;
   pump(p); /* a higher limit may open connections for what waits */
@@ -571,17 +667,17 @@ int be_send(be_pool_t *p, const char *path, const char *content_type, const char
   if (p->destroying || p->cancelling) return UV_ECANCELED;
   size_t body_len = 0;
   for (size_t i = 0; i < n_iov; i++) body_len += iov[i].iov_len;
-  size_t cap = 256 + strlen(path) + strlen(p->host_header) + strlen(content_type) +
+  size_t cap = 256 + strlen(p->path_prefix) + strlen(path) + strlen(p->host_header) + strlen(content_type) +
                (content_encoding ? strlen(content_encoding) : 0) + strlen(p->extra_headers);
   be_req_t *r = malloc(sizeof *r + cap);
   if (!r) return UV_ENOMEM;
   memset(r, 0, sizeof *r);
   int hl = snprintf(r->head, cap,
-                    "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: otlp-gateway/%s\r\nContent-Type: %s\r\n"
+                    "POST %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: otlp-gateway/%s\r\nContent-Type: %s\r\n"
                     "%s%s%sContent-Length: %zu\r\n%s\r\n",
-                    path, p->host_header, OTLPGW_VERSION, content_type, content_encoding ? "Content-Encoding: " : "",
-                    content_encoding ? content_encoding : "", content_encoding ? "\r\n" : "", body_len,
-                    p->extra_headers);
+                    p->path_prefix, path, p->host_header, OTLPGW_VERSION, content_type,
+                    content_encoding ? "Content-Encoding: " : "", content_encoding ? content_encoding : "",
+                    content_encoding ? "\r\n" : "", body_len, p->extra_headers);
   if (hl < 0 || (size_t)hl >= cap) {
     free(r);
     return UV_EINVAL;

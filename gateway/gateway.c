@@ -23,6 +23,7 @@
 #include "gateway/metrics.h"
 #include "gateway/retry_queue.h"
 #include "gateway/telemetry.h"
+#include "gateway/tls_config.h"
 #include "gateway/upstream.h"
 
 #define TRIM_CHECK_MS 1000
@@ -69,6 +70,10 @@ int gw_app_scrape(gw_app_t *app, gw_scrape_t *out) {
     g->client_connections[GW_PROTO_GRPC] = h2s_server_stats(ig_server(app->grpc))->connections_open;
     g->client_connections_rejected += h2s_server_stats(ig_server(app->grpc))->connections_rejected;
   }
+  for (int r = 0; r < TLS_N_FAIL_REASONS; r++) {
+    if (app->http) g->tls_client_failures[r] += hs_server_stats(ih_server(app->http))->tls_handshake_failures[r];
+    if (app->grpc) g->tls_client_failures[r] += h2s_server_stats(ig_server(app->grpc))->tls_handshake_failures[r];
+  }
   if (!app->up) return 0;
   size_t nb = us_backend_count(app->up);
   gw_backend_view_t *views = calloc(nb ? nb : 1, sizeof *views);
@@ -106,6 +111,11 @@ static void on_trim_timer(uv_timer_t *t) {
   app->trim_work.data = app;
   app->trimming = uv_queue_work(app->loop, &app->trim_work, trim_work, trim_done) == 0;
 }
+
+/* server.tls for each new ingest connection: the running config's contexts (NULL: plaintext). After a SIGHUP that is
+ * the new config's certificate pair; connections already open hold a reference on the old contexts. */
+static tls_ctx_t *tls_for_http(void *ud) { return tc_get(((gw_app_t *)ud)->cfg)->http; }
+static tls_ctx_t *tls_for_grpc(void *ud) { return tc_get(((gw_app_t *)ud)->cfg)->grpc; }
 
 /* port_override: the port another worker already bound (its "host:0" resolved), else 0. One of hs / h2 is set. */
 static int listen_on(hs_server_t *hs, h2s_server_t *h2, const char *hostport, uint16_t port_override, int reuseport,
@@ -163,6 +173,8 @@ int gw_app_start(uv_loop_t *loop, cfg_snapshot_t *snap, const gw_app_opts_t *opt
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
+  hs_server_set_tls(ih_server(app->http), tls_for_http, app);
+  if (app->grpc) h2s_server_set_tls(ig_server(app->grpc), tls_for_grpc, app);
   if (listen_on(ih_server(app->http), NULL, app->cfg->server.listen, opts->ingest_port, opts->reuseport,
                 "server.listen", err, errlen) != 0)
     goto fail;

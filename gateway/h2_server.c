@@ -68,15 +68,11 @@ struct h2s_server {
   nghttp2_session_callbacks *cbs;
   nghttp2_option *opt;
   char *read_buf;    /* H2S_READ_BUF_SIZE; libuv calls alloc_cb and read_cb back to back, so one per server */
-  gw_log_limit_t log_proto, log_flood, log_http1;
+  gw_log_limit_t log_proto, log_flood, log_http1, log_tls;
 };
 
 struct h2s_conn {
-  union {
-    uv_tcp_t tcp;
-    uv_pipe_t pipe; /* h2s_server_adopt_fd */
-    uv_stream_t stream;
-  } h;
+  tp_t tp;                  /* the connection (plain or TLS); tp.tcp.data = the conn. An adopted fd is opened on it */
   uv_timer_t timer;
   uv_shutdown_t shutdown_req;
   h2s_server_t *srv;
@@ -90,6 +86,7 @@ struct h2s_conn {
   size_t out_pending;       /* their bytes */
   uint64_t timer_due;       /* hrtime the timer is armed for; 0 = not armed */
   uint64_t idle_since;      /* hrtime the last stream went away */
+  uint64_t handshake_due;   /* TLS: hrtime the handshake must be complete by; 0 = plain, or it completed */
   uint64_t win_start;       /* flood window */
   uint32_t n_rst, n_ping, n_settings, n_empty;
   uint8_t head[16];         /* the first bytes received, to recognise an HTTP/1.x client */
@@ -167,7 +164,7 @@ static const char *conn_peer(h2s_conn_t *c, char *out, size_t cap) {
   struct sockaddr_storage ss;
   int len = sizeof ss;
   char host[64];
-  if (c->h.stream.type != UV_TCP || uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) != 0) return "-";
+  if (uv_tcp_getpeername(&c->tp.tcp, (struct sockaddr *)&ss, &len) != 0) return "-";
   if (ss.ss_family == AF_INET6) {
     const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
     if (uv_ip6_name(a, host, sizeof host) != 0) return "-";
@@ -499,7 +496,7 @@ static void on_write(uv_write_t *w, int status) {
 static void conn_write(h2s_conn_t *c, h2s_write_t *hw) {
   hw->conn = c;
   uv_buf_t buf = uv_buf_init((char *)hw->data, (unsigned)hw->len);
-  if (uv_write(&hw->w, &c->h.stream, &buf, 1, on_write) < 0) {
+  if (tp_write(&hw->w, &c->tp, &buf, 1, on_write) < 0) {
     c->out_pending -= hw->len;
     free(hw);
     c->close_now = 1;
@@ -594,7 +591,7 @@ static void conn_close(h2s_conn_t *c) {
   if (c->next) c->next->prev = c->prev;
   s->stats.connections_open--;
   if (s->cfg.shared_connections) atomic_fetch_sub(s->cfg.shared_connections, 1);
-  uv_close((uv_handle_t *)&c->h.stream, on_handle_closed);
+  tp_close(&c->tp, on_handle_closed);
   uv_close((uv_handle_t *)&c->timer, on_handle_closed);
   maybe_shutdown_done(s);
 }
@@ -620,14 +617,14 @@ static void conn_linger(h2s_conn_t *c) {
   if (c->lingering || c->closed) return;
   conn_kill(c);
   c->lingering = 1;
-  uv_read_stop(&c->h.stream);
+  tp_read_stop(&c->tp);
   c->reading = 0;
   c->shutdown_req.data = c;
-  if (uv_shutdown(&c->shutdown_req, &c->h.stream, on_shutdown) != 0) {
+  if (tp_shutdown(&c->shutdown_req, &c->tp, on_shutdown) != 0) {
     conn_close(c);
     return;
   }
-  uv_read_start(&c->h.stream, linger_alloc_cb, on_linger_read);
+  tp_read_start(&c->tp, linger_alloc_cb, on_linger_read);
   c->timer_due = 0;
   uv_timer_start(&c->timer, on_timer, H2S_LINGER_MS, 0);
 }
@@ -651,16 +648,16 @@ static int conn_check(h2s_conn_t *c) {
   }
   if (!c->finish && !nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) c->finish = 1;
   if (c->finish) {
-    if (c->reading) uv_read_stop(&c->h.stream);
+    if (c->reading) tp_read_stop(&c->tp);
     c->reading = 0;
     if (c->writes == 0) conn_linger(c);
     return 0;
   }
   if (c->out_pending >= H2S_OUT_MAX) {
-    if (c->reading) uv_read_stop(&c->h.stream); /* backpressure: the client is not reading our output */
+    if (c->reading) tp_read_stop(&c->tp); /* backpressure: the client is not reading our output */
     c->reading = 0;
   } else if (!c->reading) {
-    c->reading = uv_read_start(&c->h.stream, alloc_cb, on_read) == 0;
+    c->reading = tp_read_start(&c->tp, alloc_cb, on_read) == 0;
   }
   return 0;
 }
@@ -704,6 +701,17 @@ static void on_timer(uv_timer_t *t) {
   }
   if (c->closed || !c->ng) return;
   uint64_t now = uv_hrtime(), next = 0;
+  if (c->handshake_due && !tp_handshake_done(&c->tp)) {
+    /* A TLS client that connected and sent nothing, or half a handshake: nothing can be said to it (no GOAWAY
+     * goes out before the handshake), so the connection goes. Output it holds never gets out: no linger. */
+    if (c->handshake_due <= now) {
+      conn_close(c);
+      return;
+    }
+    if (c->handshake_due != UINT64_MAX) conn_timer_at(c, c->handshake_due);
+    return;
+  }
+  c->handshake_due = 0;
   c->depth++;
   for (h2s_stream_t *st = c->st_head; st; st = st->next) {
     if (!st->deadline_ns || st->ended || st->answered || st->aborted || st->gone) continue;
@@ -771,11 +779,43 @@ static void conn_bad_magic(h2s_conn_t *c) {
   conn_write_raw(c, msg, (size_t)n);
 }
 
+/* A TLS handshake failed (or settled on an ALPN protocol other than h2): counted by reason, a rate-limited warn
+ * line; the caller closes the connection. */
+static void conn_tls_failed(h2s_conn_t *c, tls_fail_t why, const char *detail) {
+  h2s_server_t *s = c->srv;
+  if ((unsigned)why >= TLS_N_FAIL_REASONS) why = TLS_FAIL_PROTOCOL;
+  s->stats.tls_handshake_failures[why]++;
+  c->verdict = 1; /* no protocol error on top */
+  uint64_t held = 0;
+  if (gw_log_limit_take(&s->log_tls, uv_hrtime(), H2S_LOG_REPEAT_NS, &held)) {
+    char peer[80];
+    gw_log(GW_LOG_WARN, "TLS handshake failed", "server", s->cfg.name, "peer", conn_peer(c, peer, sizeof peer),
+           "reason", tls_fail_label(why), "detail", detail, "suppressed_since_last", gw_log_u64(held), NULL);
+  }
+}
+
 static void on_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
   h2s_conn_t *c = h->data;
+  if (c->handshake_due && nread >= 0 && tp_handshake_done(&c->tp)) {
+    c->handshake_due = 0;
+    /* The context selects h2 when the client offers ALPN; one that negotiated nothing is served (h2 by prior
+     * knowledge); anything else cannot be gRPC. */
+    const char *alpn = tp_alpn(&c->tp);
+    if (alpn[0] && strcmp(alpn, "h2") != 0) {
+      char detail[96];
+      snprintf(detail, sizeof detail, "negotiated ALPN \"%s\", this port speaks h2", alpn);
+      conn_tls_failed(c, TLS_FAIL_ALPN, detail);
+      conn_close(c);
+      return;
+    }
+  }
   if (nread == 0) return;
   if (nread < 0) {
-    conn_close(c); /* EOF or error: streams not answered yet are gone */
+    /* EOF or error: streams not answered yet are gone. A failed TLS handshake (not TLS at all, a certificate
+     * refused, ...) is counted and logged first. */
+    if (nread == UV_EPROTO && c->handshake_due && !tp_handshake_done(&c->tp))
+      conn_tls_failed(c, tp_fail_reason(&c->tp), tp_error(&c->tp));
+    conn_close(c);
     return;
   }
   if (c->finish || !c->ng) return;
@@ -820,15 +860,33 @@ static h2s_conn_t *conn_new(h2s_server_t *s) {
   return c;
 }
 
+/* How long a TLS handshake may take: the earlier of the two deadlines that are set (it is the start of a stream on
+ * a connection that has none yet). */
+static uint64_t handshake_timeout_ms(const h2s_config_t *cfg) {
+  uint64_t r = cfg->read_timeout_ms, i = cfg->idle_timeout_ms;
+  return r && i ? (r < i ? r : i) : r ? r : i;
+}
+
 static void conn_start(h2s_conn_t *c) {
   h2s_server_t *s = c->srv;
-  c->h.stream.data = c;
+  c->tp.tcp.data = c;
   s->stats.connections_accepted++;
   c->idle_since = c->win_start = uv_hrtime();
   if (nghttp2_session_server_new2(&c->ng, s->cbs, c, s->opt) != 0) {
     c->ng = NULL;
     conn_close(c);
     return;
+  }
+  tls_ctx_t *ctx = s->cfg.tls_ctx ? s->cfg.tls_ctx(s->cfg.tls_ud) : NULL;
+  if (ctx) {
+    if (tp_start_server(&c->tp, ctx) != 0) {
+      conn_close(c);
+      return;
+    }
+    uint64_t ms = handshake_timeout_ms(&s->cfg);
+    /* Without any deadline configured a handshake is still not waited for forever (UINT64_MAX: never due). */
+    c->handshake_due = ms ? c->idle_since + ms * H2S_NS_PER_MS : UINT64_MAX;
+    if (ms) conn_timer_at(c, c->handshake_due);
   }
   uint64_t open = s->cfg.shared_connections ? atomic_load(s->cfg.shared_connections) : s->stats.connections_open;
   c->depth++;
@@ -853,7 +911,7 @@ static void conn_start(h2s_conn_t *c) {
         nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)H2S_CONNECTION_WINDOW) != 0)
       c->close_now = 1;
     if (s->cfg.idle_timeout_ms) conn_timer_at(c, c->idle_since + s->cfg.idle_timeout_ms * H2S_NS_PER_MS);
-    c->reading = uv_read_start(&c->h.stream, alloc_cb, on_read) == 0;
+    c->reading = tp_read_start(&c->tp, alloc_cb, on_read) == 0;
     if (!c->reading) c->close_now = 1;
   }
   c->want_flush = 1;
@@ -865,23 +923,23 @@ static void on_connection(uv_stream_t *ls, int status) {
   if (status < 0) return;
   h2s_conn_t *c = conn_new(s);
   if (!c) return;
-  uv_tcp_init(s->loop, &c->h.tcp);
-  c->h.stream.data = c;
-  if (uv_accept(ls, &c->h.stream) != 0) {
+  tp_init(s->loop, &c->tp);
+  c->tp.tcp.data = c;
+  if (uv_accept(ls, (uv_stream_t *)&c->tp.tcp) != 0) {
     c->killed = 1;
     conn_close(c);
     return;
   }
-  uv_tcp_nodelay(&c->h.tcp, 1);
+  uv_tcp_nodelay(&c->tp.tcp, 1);
   conn_start(c);
 }
 
 int h2s_server_adopt_fd(h2s_server_t *s, int fd) {
   h2s_conn_t *c = conn_new(s);
   if (!c) return UV_ENOMEM;
-  uv_pipe_init(s->loop, &c->h.pipe, 0);
-  c->h.stream.data = c;
-  int rc = uv_pipe_open(&c->h.pipe, fd);
+  tp_init(s->loop, &c->tp);
+  c->tp.tcp.data = c;
+  int rc = uv_tcp_open(&c->tp.tcp, fd); /* any connected stream socket, AF_UNIX too (libuv does not check) */
   if (rc != 0) {
     c->killed = 1;
     conn_close(c);
@@ -889,6 +947,11 @@ int h2s_server_adopt_fd(h2s_server_t *s, int fd) {
   }
   conn_start(c);
   return 0;
+}
+
+void h2s_server_set_tls(h2s_server_t *s, tls_ctx_t *(*tls_ctx)(void *tls_ud), void *tls_ud) {
+  s->cfg.tls_ctx = tls_ctx;
+  s->cfg.tls_ud = tls_ud;
 }
 
 int h2s_server_create(uv_loop_t *loop, const h2s_config_t *cfg, h2s_server_t **out) {

@@ -1,6 +1,7 @@
 /*
- * gateway/h2_server — an HTTP/2 server (cleartext with prior knowledge, "h2c") on libuv + nghttp2, for the
- * gateway's OTLP/gRPC front-end (gateway/ingest_grpc) and bench/otlp-sink --grpc. It knows HTTP/2, not gRPC:
+ * gateway/h2_server — an HTTP/2 server (cleartext with prior knowledge, "h2c", or over TLS with ALPN h2: see
+ * h2s_config_t.tls_ctx) on libuv + nghttp2, for the gateway's OTLP/gRPC front-end (gateway/ingest_grpc) and
+ * bench/otlp-sink --grpc. It knows HTTP/2, not gRPC:
  * framing, HPACK and flow control are nghttp2's; connections, streams, limits, deadlines, floods and shutdown
  * are this module's.
  *
@@ -85,6 +86,14 @@ typedef struct h2s_config {
   void (*on_abort)(h2s_stream_t *st, h2s_request_t *req, int why, void *ud);
   void *ud;
   atomic_uint_least64_t *shared_connections; /* optional: a count shared by several servers (worker loops) */
+  /* Optional TLS, as gateway/http_server's hs_config_t.tls_ctx: the context for each accepted (or adopted)
+   * connection, borrowed (the connection takes its own reference), NULL = plaintext (h2c). The handshake is
+   * bounded by the earlier of read_timeout and idle_timeout that is set; a failed one closes only that
+   * connection, is counted in tls_handshake_failures and logged (one warn line per 10 s per server). The context
+   * selects ALPN "h2" (gRPC clients offer it); a client that negotiated another protocol is closed (counted as
+   * alpn), one that negotiated none is served. h2s_server_set_tls() sets it after creation. */
+  tls_ctx_t *(*tls_ctx)(void *tls_ud);
+  void *tls_ud;
 } h2s_config_t;
 
 typedef struct h2s_stats {
@@ -96,10 +105,15 @@ typedef struct h2s_stats {
   uint64_t protocol_errors;      /* connections closed for a malformed frame / HPACK block, or no HTTP/2 preface
                                   * (an HTTP/1.x request line gets a 400 "this port speaks HTTP/2 (gRPC)") */
   uint64_t floods;               /* connections closed for a flood */
+  uint64_t tls_handshake_failures[TLS_N_FAIL_REASONS]; /* by tls_fail_t (h2s_config_t.tls_ctx) */
 } h2s_stats_t;
 
 /* Creates a server on loop; nothing listens yet. Returns 0 or a negative errno. */
 int h2s_server_create(uv_loop_t *loop, const h2s_config_t *cfg, h2s_server_t **out);
+
+/* Sets h2s_config_t.tls_ctx / tls_ud after creation (gateway/gateway on the gRPC front-end's server); applies to
+ * the connections accepted from then on. */
+void h2s_server_set_tls(h2s_server_t *s, tls_ctx_t *(*tls_ctx)(void *tls_ud), void *tls_ud);
 
 /* Binds and listens on host:port, with reuseport as gateway/http_server's HS_LISTEN_*. 0 or a libuv error. */
 int h2s_server_listen(h2s_server_t *s, const char *host, uint16_t port, int reuseport);

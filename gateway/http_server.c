@@ -35,6 +35,7 @@
  * gets on a server whose config names no answer of its own (hs_config_t.h2_answer). */
 #define HS_H2_PREFACE_ANSWER "this port speaks HTTP/1.1; HTTP/2 is not served here"
 #define HS_H2_LOG_REPEAT_NS (10ull * 1000 * 1000 * 1000) /* at most one such warn line per server per 10 s */
+#define HS_TLS_LOG_REPEAT_NS (10ull * 1000 * 1000 * 1000) /* failed TLS handshakes: one warn line per server per 10 s */
 
 typedef struct hs_req hs_req_t;
 
@@ -56,16 +57,14 @@ struct hs_server {
   char *read_buf;       /* HS_READ_BUF_SIZE bytes; handed to a request whose body it holds whole */
   gw_log_limit_t log_memory; /* bodies the memory budget refused */
   gw_log_limit_t log_h2; /* HTTP/2 prefaces seen (the server runs on one loop: no lock needed) */
+  gw_log_limit_t log_tls; /* failed TLS handshakes */
 };
 
-enum { TIMER_NONE, TIMER_IDLE, TIMER_READ, TIMER_LINGER };
+/* TIMER_HANDSHAKE: a TLS connection whose handshake has not completed (closed when it fires). */
+enum { TIMER_NONE, TIMER_IDLE, TIMER_READ, TIMER_LINGER, TIMER_HANDSHAKE };
 
 struct hs_conn {
-  union {
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;   /* hs_server_adopt_fd: tests and fuzzers */
-    uv_stream_t stream;
-  } h;
+  tp_t tp;              /* the connection (plain or TLS); tp.tcp.data = the conn. An adopted fd is opened on it too */
   uv_timer_t timer;
   uv_shutdown_t shutdown_req;
   hs_server_t *srv;
@@ -84,6 +83,7 @@ struct hs_conn {
   unsigned lingering : 1;   /* shutdown sent, draining input until EOF or timer */
   unsigned paused : 1;      /* parser paused on a complete request */
   unsigned stop_quiet : 1;  /* a callback stopped the parser after an answer that ends the connection */
+  unsigned handshaking : 1; /* TLS, handshake not seen complete yet */
 };
 
 struct hs_req {
@@ -215,12 +215,27 @@ static void req_release(hs_req_t *r) {
 
 /* ---- timers ------------------------------------------------------------------------------------------- */
 
+/* How long a TLS handshake may take: it is the start of a request on a connection that has none yet, so the
+ * earlier of the two deadlines that are set (a client that connects and sends nothing, or half a handshake). */
+static uint64_t handshake_timeout_ms(const hs_config_t *cfg) {
+  uint64_t r = cfg->read_timeout_ms, i = cfg->idle_timeout_ms;
+  return r && i ? (r < i ? r : i) : r ? r : i;
+}
+
+static void timer_arm(hs_conn_t *c, int mode, uint64_t ms);
+
 static void on_timer(uv_timer_t *t) {
   hs_conn_t *c = t->data;
   int mode = c->timer_mode;
   c->timer_mode = TIMER_NONE;
   if (mode == TIMER_READ && c->req && !c->req->answered) {
     conn_answer_error(c, 408, "request not received within read_timeout");
+  } else if (mode == TIMER_HANDSHAKE && !c->closed && !c->close_after && !c->req && tp_handshake_done(&c->tp)) {
+    /* The handshake completed but no byte followed (the transport reports no completion of its own): idle since
+     * accept, for what is left of idle_timeout. */
+    uint64_t hs = handshake_timeout_ms(&c->srv->cfg), idle = c->srv->cfg.idle_timeout_ms;
+    if (idle > hs) timer_arm(c, TIMER_IDLE, idle - hs);
+    else conn_close(c);
   } else {
     conn_close(c);
   }
@@ -272,7 +287,7 @@ static void conn_close(hs_conn_t *c) {
     c->req = NULL;
     req_release(r);
   }
-  uv_close((uv_handle_t *)&c->h.stream, on_handle_closed);
+  tp_close(&c->tp, on_handle_closed);
   uv_close((uv_handle_t *)&c->timer, on_handle_closed);
   maybe_shutdown_done(s);
 }
@@ -297,12 +312,12 @@ static void conn_linger(hs_conn_t *c) {
   if (c->closed || c->lingering) return;
   c->lingering = 1;
   c->shutdown_req.data = c;
-  if (uv_shutdown(&c->shutdown_req, &c->h.stream, on_shutdown) != 0) {
+  if (tp_shutdown(&c->shutdown_req, &c->tp, on_shutdown) != 0) {
     conn_close(c);
     return;
   }
-  uv_read_stop(&c->h.stream);
-  uv_read_start(&c->h.stream, linger_alloc_cb, on_linger_read);
+  tp_read_stop(&c->tp);
+  tp_read_start(&c->tp, linger_alloc_cb, on_linger_read);
   timer_arm(c, TIMER_LINGER, HS_LINGER_MS);
 }
 
@@ -332,7 +347,7 @@ static int conn_write(hs_conn_t *c, const char *head, size_t head_len, const voi
   hw->len = head_len + body_len;
   hw->conn = c;
   uv_buf_t buf = uv_buf_init(hw->data, (unsigned)hw->len);
-  int rc = uv_write(&hw->w, &c->h.stream, &buf, 1, on_write);
+  int rc = tp_write(&hw->w, &c->tp, &buf, 1, on_write);
   if (rc < 0) {
     free(hw);
     return rc;
@@ -406,7 +421,7 @@ static void conn_answer_error(hs_conn_t *c, int status, const char *msg) {
     hs_req_t *r = c->req;
     c->req = NULL;
     req_release(r);
-    uv_read_stop(&c->h.stream);
+    tp_read_stop(&c->tp);
     if (c->writes == 0) conn_linger(c);
     return;
   }
@@ -428,7 +443,7 @@ static void conn_answer_error(hs_conn_t *c, int status, const char *msg) {
   char head[512];
   int hl = format_head(s, head, sizeof head, status, ctype, NULL, 0, bl, 1);
   if (hl < 0 || conn_write(c, head, (size_t)hl, body, bl) < 0) conn_close(c);
-  else uv_read_stop(&c->h.stream);
+  else tp_read_stop(&c->tp);
 }
 
 /* ---- llhttp callbacks ----------------------------------------------------------------------------------- */
@@ -704,11 +719,47 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(c->srv->read_buf, HS_READ_BUF_SIZE);
 }
 
+static const char *conn_peer(hs_conn_t *c, char *out, size_t cap);
+
+/* A TLS handshake failed (or settled on an ALPN protocol other than ours): counted by reason, a rate-limited warn
+ * line; the caller closes the connection. */
+static void conn_tls_failed(hs_conn_t *c, tls_fail_t why, const char *detail) {
+  hs_server_t *s = c->srv;
+  if ((unsigned)why >= TLS_N_FAIL_REASONS) why = TLS_FAIL_PROTOCOL;
+  s->stats.tls_handshake_failures[why]++;
+  uint64_t held = 0;
+  if (gw_log_limit_take(&s->log_tls, uv_hrtime(), HS_TLS_LOG_REPEAT_NS, &held)) {
+    char peer[80];
+    gw_log(GW_LOG_WARN, "TLS handshake failed", "server", s->cfg.name, "peer", conn_peer(c, peer, sizeof peer),
+           "reason", tls_fail_label(why), "detail", detail, "suppressed_since_last", gw_log_u64(held), NULL);
+  }
+}
+
+/* The handshake completed: the client must speak HTTP/1.1 if it negotiated anything. Returns 0 to go on. */
+static int conn_handshake_done(hs_conn_t *c) {
+  c->handshaking = 0;
+  const char *alpn = tp_alpn(&c->tp);
+  if (alpn[0] && strcmp(alpn, "http/1.1") != 0) {
+    char detail[96];
+    snprintf(detail, sizeof detail, "negotiated ALPN \"%s\", this port speaks http/1.1", alpn);
+    conn_tls_failed(c, TLS_FAIL_ALPN, detail);
+    conn_close(c);
+    return -1;
+  }
+  /* Still no request: from here the connection is idle, as a plaintext one after accept. */
+  if (!c->req && c->timer_mode == TIMER_HANDSHAKE) timer_arm(c, TIMER_IDLE, c->srv->cfg.idle_timeout_ms);
+  return 0;
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   hs_conn_t *c = st->data;
+  if (c->handshaking && nread >= 0 && tp_handshake_done(&c->tp) && conn_handshake_done(c) != 0) return;
   if (nread == 0) return;
   if (nread < 0) {
-    /* EOF or error. A request cut short gets no answer: the client is gone. */
+    /* EOF or error. A request cut short gets no answer: the client is gone. A TLS handshake that failed (not
+     * TLS at all, a certificate refused, ...) is counted and logged first. */
+    if (nread == UV_EPROTO && c->handshaking && !tp_handshake_done(&c->tp))
+      conn_tls_failed(c, tp_fail_reason(&c->tp), tp_error(&c->tp));
     conn_close(c);
     return;
   }
@@ -740,7 +791,7 @@ static void resume_reading(hs_conn_t *c) {
     conn_close(c);
     return;
   }
-  uv_read_start(&c->h.stream, alloc_cb, on_read);
+  tp_read_start(&c->tp, alloc_cb, on_read);
   if (!c->req) timer_arm(c, TIMER_IDLE, s->cfg.idle_timeout_ms);
 }
 
@@ -749,7 +800,7 @@ static const char *conn_peer(hs_conn_t *c, char *out, size_t cap) {
   struct sockaddr_storage ss;
   int len = sizeof ss;
   char host[64];
-  if (c->h.stream.type != UV_TCP || uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) != 0) return "-";
+  if (uv_tcp_getpeername(&c->tp.tcp, (struct sockaddr *)&ss, &len) != 0) return "-";
   if (ss.ss_family == AF_INET6) {
     const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
     if (uv_ip6_name(a, host, sizeof host) != 0) return "-";
@@ -810,7 +861,7 @@ static void conn_execute(hs_conn_t *c, const char *data, size_t len) {
       c->leftover_len = len - used;
     }
     c->paused = 1;
-    uv_read_stop(&c->h.stream);
+    tp_read_stop(&c->tp);
     hs_req_t *r = c->pending;
     s->cfg.on_request(&r->pub, s->cfg.ud);
     return;
@@ -819,7 +870,7 @@ static void conn_execute(hs_conn_t *c, const char *data, size_t len) {
    * on_headers_complete, as HPE_CB_HEADERS_COMPLETE; the flags say what happened. */
   if (c->stop_quiet) {
     /* An early answer that ends the connection: its write is queued; drain until it is out. */
-    uv_read_stop(&c->h.stream);
+    tp_read_stop(&c->tp);
     if (c->writes == 0) conn_linger(c);
     return;
   }
@@ -857,13 +908,22 @@ static hs_conn_t *conn_new(hs_server_t *s) {
   return c;
 }
 
-/* Starts serving an accepted connection, or turns it away when over max_connections. */
+/* Starts serving an accepted connection (TLS when the config's hook gives a context), or turns it away when over
+ * max_connections (a TLS client gets that 503 once its handshake completed). */
 static void conn_start(hs_conn_t *c) {
   hs_server_t *s = c->srv;
-  c->h.stream.data = c;
+  c->tp.tcp.data = c;
   s->stats.connections_accepted++;
   llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
   c->parser.data = c;
+  tls_ctx_t *ctx = s->cfg.tls_ctx ? s->cfg.tls_ctx(s->cfg.tls_ud) : NULL;
+  if (ctx) {
+    if (tp_start_server(&c->tp, ctx) != 0) {
+      conn_close(c);
+      return;
+    }
+    c->handshaking = 1;
+  }
   uint64_t open = s->cfg.shared_connections ? atomic_load(s->cfg.shared_connections) : s->stats.connections_open;
   if (s->cfg.max_connections && open > s->cfg.max_connections) {
     s->stats.connections_rejected++;
@@ -871,12 +931,14 @@ static void conn_start(hs_conn_t *c) {
     static const char busy[] = "too many connections\n";
     char head[256];
     int hl = format_head(s, head, sizeof head, 503, "text/plain", NULL, 0, sizeof busy - 1, 1);
-    uv_read_start(&c->h.stream, linger_alloc_cb, on_read);
+    tp_read_start(&c->tp, linger_alloc_cb, on_read);
+    if (c->handshaking) timer_arm(c, TIMER_HANDSHAKE, handshake_timeout_ms(&s->cfg));
     if (conn_write(c, head, (size_t)hl, busy, sizeof busy - 1) < 0) conn_close(c);
     return;
   }
-  uv_read_start(&c->h.stream, alloc_cb, on_read);
-  timer_arm(c, TIMER_IDLE, s->cfg.idle_timeout_ms);
+  tp_read_start(&c->tp, alloc_cb, on_read);
+  if (c->handshaking) timer_arm(c, TIMER_HANDSHAKE, handshake_timeout_ms(&s->cfg));
+  else timer_arm(c, TIMER_IDLE, s->cfg.idle_timeout_ms);
 }
 
 static void on_connection(uv_stream_t *ls, int status) {
@@ -884,28 +946,33 @@ static void on_connection(uv_stream_t *ls, int status) {
   if (status < 0) return;
   hs_conn_t *c = conn_new(s);
   if (!c) return;
-  uv_tcp_init(s->loop, &c->h.tcp);
-  c->h.stream.data = c;
-  if (uv_accept(ls, &c->h.stream) != 0) {
+  tp_init(s->loop, &c->tp);
+  c->tp.tcp.data = c;
+  if (uv_accept(ls, (uv_stream_t *)&c->tp.tcp) != 0) {
     conn_close(c);
     return;
   }
-  uv_tcp_nodelay(&c->h.tcp, 1);
+  uv_tcp_nodelay(&c->tp.tcp, 1);
   conn_start(c);
 }
 
 int hs_server_adopt_fd(hs_server_t *s, int fd) {
   hs_conn_t *c = conn_new(s);
   if (!c) return UV_ENOMEM;
-  uv_pipe_init(s->loop, &c->h.pipe, 0);
-  c->h.stream.data = c;
-  int rc = uv_pipe_open(&c->h.pipe, fd);
+  tp_init(s->loop, &c->tp);
+  c->tp.tcp.data = c;
+  int rc = uv_tcp_open(&c->tp.tcp, fd); /* any connected stream socket, AF_UNIX too (libuv does not check) */
   if (rc != 0) {
     conn_close(c);
     return rc;
   }
   conn_start(c);
   return 0;
+}
+
+void hs_server_set_tls(hs_server_t *s, tls_ctx_t *(*tls_ctx)(void *tls_ud), void *tls_ud) {
+  s->cfg.tls_ctx = tls_ctx;
+  s->cfg.tls_ud = tls_ud;
 }
 
 int hs_server_create(uv_loop_t *loop, const hs_config_t *cfg, hs_server_t **out) {

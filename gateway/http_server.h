@@ -6,7 +6,8 @@
  * and answered in order), Content-Length and chunked bodies assembled into one buffer, Expect: 100-continue,
  * limits (header bytes -> 431, body bytes -> 413, connections, an optional memory budget -> 503 before the
  * body is read), a whole-request deadline (read_timeout: a client that trickles bytes gets 408 and is cut
- * off) and an idle deadline between requests.
+ * off) and an idle deadline between requests. Connections are plain TCP or TLS (gateway/transport, per connection
+ * from hs_config_t.tls_ctx), with the same behaviour either way.
  *
  * Ownership: the server owns every hs_request_t. The handler must answer each request it is given exactly
  * once with hs_respond(), now or later from the same loop; the request (and the slices in it) stays valid
@@ -20,6 +21,8 @@
 #include <stdint.h>
 #include <llhttp.h> /* llhttp_method_t: HTTP_GET, HTTP_POST, ... */
 #include <uv.h>
+
+#include "gateway/transport.h" /* tls_ctx_t, TLS_N_FAIL_REASONS */
 
 #define HS_MAX_HEADER_BYTES (16 * 1024) /* request line + headers; above -> 431 */
 #define HS_MAX_HEADERS 64               /* above -> 431 */
@@ -89,6 +92,15 @@ typedef struct hs_config {
   /* The one line an HTTP/2 connection preface gets (a 400 and a rate-limited warn line): what this port speaks
    * and where HTTP/2 is served. NULL: a generic "this port speaks HTTP/1.1". */
   const char *h2_answer;
+  /* Optional TLS (gateway/transport): called for each accepted (or adopted) connection, returns the context it
+   * runs with, borrowed (the connection takes its own reference, so a context replaced meanwhile, e.g. on
+   * SIGHUP, lives as long as a connection uses it), or NULL = plaintext. tls_ud is its argument. With TLS the
+   * handshake is bounded like a request (the earlier of read_timeout and idle_timeout that is set); a failed
+   * handshake closes only that connection, is counted in tls_handshake_failures and logged (one warn line per
+   * 10 s per server); a client that negotiated an ALPN protocol other than "http/1.1" is closed (counted as
+   * alpn). NULL hook = plaintext. hs_server_set_tls() sets it after creation. */
+  tls_ctx_t *(*tls_ctx)(void *tls_ud);
+  void *tls_ud;
 } hs_config_t;
 
 typedef struct hs_stats {
@@ -98,10 +110,15 @@ typedef struct hs_stats {
   uint64_t requests;             /* complete requests handed to the handler */
   uint64_t framing_errors;       /* 400/408/411/413/431 answered by the server itself */
   uint64_t memory_refused;       /* 503: the memory budget refused the body */
+  uint64_t tls_handshake_failures[TLS_N_FAIL_REASONS]; /* by tls_fail_t (hs_config_t.tls_ctx) */
 } hs_stats_t;
 
 /* Creates a server on loop; nothing listens yet. Returns 0 or a negative errno (UV_ENOMEM). */
 int hs_server_create(uv_loop_t *loop, const hs_config_t *cfg, hs_server_t **out);
+
+/* Sets hs_config_t.tls_ctx / tls_ud of a server created by someone else (gateway/gateway on the ingest front-end's
+ * server); applies to the connections accepted from then on. */
+void hs_server_set_tls(hs_server_t *s, tls_ctx_t *(*tls_ctx)(void *tls_ud), void *tls_ud);
 
 /* Binds and listens on host:port (port 0 = ephemeral). Returns 0 or a negative libuv error. */
 int hs_server_listen(hs_server_t *s, const char *host, uint16_t port);

@@ -13,6 +13,7 @@
 #include "gateway/gateway.h"
 #include "gateway/log.h"
 #include "gateway/otlp_http.h"
+#include "gateway/tls_config.h"
 #include "gateway/version.h"
 #include "gateway/workers.h"
 
@@ -42,8 +43,10 @@ typedef struct {
 } main_t;
 
 /* Parses and validates the config the CLI names: the file, else the embedded defaults with backends from
- * $OTLP_GATEWAY_BACKENDS. The one place a config is loaded, at start and on SIGHUP, by the main thread only.
- * Returns 0, or -1 with the reason in err (*cfg must be disposed either way). */
+ * $OTLP_GATEWAY_BACKENDS, and builds its TLS contexts (gateway/tls_config: certificate and key files are read
+ * here, so a missing or mismatched one is a config error like any other, at start, on SIGHUP and for
+ * --check-config). The one place a config is loaded, by the main thread only. Returns 0, or -1 with the reason in
+ * err (*cfg must be disposed either way). */
 static int load_config(const char *path, cfg_t *cfg, char *err, size_t errlen) {
   if (path) {
     if (cfg_load_file(cfg, path, err, errlen) != 0) return -1;
@@ -66,6 +69,11 @@ static int load_config(const char *path, cfg_t *cfg, char *err, size_t errlen) {
       snprintf(err, errlen, "no backends: pass --config FILE, or set OTLP_GATEWAY_BACKENDS=http://collector:4318,...");
     return -1;
   }
+  /* The reason names the key and the file; with a config file, say which one it is in ("PATH: server.tls..."). */
+  int at = path ? snprintf(err, errlen, "%s: ", path) : 0;
+  if (at < 0 || (size_t)at >= errlen) at = 0;
+  if (tc_attach(cfg, err + at, errlen - (size_t)at) != 0) return -1;
+  err[0] = '\0';
   return 0;
 }
 
@@ -173,6 +181,8 @@ int main(int argc, char **argv) {
     return 0;
   }
   gw_log_setup((gw_log_level_t)cfg.telemetry.log_level, (gw_log_format_t)cfg.telemetry.log_format);
+  if (tc_get(&cfg)->insecure)
+    gw_log(GW_LOG_WARN, "backends.tls.insecure_skip_verify is true: backend certificates are not verified", NULL);
 
   main_t m = {0};
   m.loop = uv_default_loop();

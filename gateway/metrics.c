@@ -299,6 +299,19 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
             g ? g->backend_connections : 0);
   header(&b, "connections_rejected_total", "counter", "Client connections turned away over server.max_connections.");
   sb_printf(&b, "otlp_gateway_connections_rejected_total %" PRIu64 "\n", g ? g->client_connections_rejected : 0);
+  /* Every reason of both sides exists from the start, TLS configured or not, so rate() and alerts see the first. */
+  header(&b, "tls_handshake_failures_total", "counter",
+         "Failed TLS handshakes, by side (client: ingest connections from applications; backend: the gateway's "
+         "connections to https backends, health checks included) and reason (protocol, certificate, "
+         "no_certificate, alpn, reset).");
+  for (int r = 0; r < TLS_N_FAIL_REASONS; r++) {
+    uint64_t be = 0;
+    for (size_t i = 0; g && i < g->n_backends; i++) be += g->backends[i].m->tls_backend_failures[r];
+    sb_printf(&b, "otlp_gateway_tls_handshake_failures_total{side=\"client\",reason=\"%s\"} %" PRIu64 "\n",
+              tls_fail_label((tls_fail_t)r), g ? g->tls_client_failures[r] : 0);
+    sb_printf(&b, "otlp_gateway_tls_handshake_failures_total{side=\"backend\",reason=\"%s\"} %" PRIu64 "\n",
+              tls_fail_label((tls_fail_t)r), be);
+  }
 
   /* Process-wide, not per worker: read from the one budget every worker charges (gateway/memory). */
   header(&b, "memory_bytes", "gauge", "Bytes held for telemetry now, all workers: request bodies being read, decompressed, transcoded or forwarded, parts compressed for backends, and every retry queue (server.memory_limit counts these).");

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "gateway/otlp_http.h"
+#include "gateway/transport.h" /* TLS_N_FAIL_REASONS */
 
 #define GW_SIGNAL_NONE OTLP_N_SIGNALS /* requests to no OTLP path */
 
@@ -59,6 +60,9 @@ typedef struct gw_backend_metrics {
   uint64_t items[OTLP_N_SIGNALS];  /* items delivered (2xx) */
   uint64_t requests[GW_N_OUTCOMES];
   gw_histogram_t duration;
+  /* Failed TLS handshakes of the gateway's connections to this backend (requests and health checks), by
+   * tls_fail_t: tls_handshake_failures_total{side="backend"} sums them over backends and workers. */
+  uint64_t tls_backend_failures[TLS_N_FAIL_REASONS];
 } gw_backend_metrics_t;
 
 /* What a scrape shows of one backend: its endpoint, counters (summed over workers by the caller), state. */
@@ -84,6 +88,7 @@ typedef struct gw_metrics {
 typedef struct gw_metrics_gauges {
   uint64_t client_connections[GW_N_PROTOCOLS];
   uint64_t client_connections_rejected;
+  uint64_t tls_client_failures[TLS_N_FAIL_REASONS]; /* failed TLS handshakes on the ingest listeners, by tls_fail_t */
   uint64_t backend_connections;
   uint64_t ring_backends;
   uint64_t ring_rebuilds;

@@ -47,6 +47,7 @@ static void histogram_add(gw_histogram_t *to, const gw_histogram_t *h) {
 static void backend_metrics_add(gw_backend_metrics_t *to, const gw_backend_metrics_t *m) {
   for (int i = 0; i < OTLP_N_SIGNALS; i++) to->items[i] += m->items[i];
   for (int i = 0; i < GW_N_OUTCOMES; i++) to->requests[i] += m->requests[i];
+  for (int i = 0; i < TLS_N_FAIL_REASONS; i++) to->tls_backend_failures[i] += m->tls_backend_failures[i];
   histogram_add(&to->duration, &m->duration);
 }
 
@@ -59,6 +60,7 @@ static void merge(const gw_scrape_t *sc, size_t n, gw_metrics_gauges_t *g, gw_ba
     const gw_metrics_gauges_t *x = &sc[k].gauges;
     for (int p = 0; p < GW_N_PROTOCOLS; p++) g->client_connections[p] += x->client_connections[p];
     g->client_connections_rejected += x->client_connections_rejected;
+    for (int r = 0; r < TLS_N_FAIL_REASONS; r++) g->tls_client_failures[r] += x->tls_client_failures[r];
     g->backend_connections += x->backend_connections;
     if (x->ring_backends > g->ring_backends) g->ring_backends = x->ring_backends;
     if (x->ring_rebuilds > g->ring_rebuilds) g->ring_rebuilds = x->ring_rebuilds;

@@ -13,6 +13,7 @@
 
 #include "gateway/log.h"
 #include "gateway/otlp_http.h"
+#include "gateway/tls_config.h"
 #include "gateway/upstream_internal.h"
 #include "health/check.h"
 #include "health/dns.h"
@@ -40,8 +41,13 @@ static void backend_handle_closed(uv_handle_t *h) {
   us_backend_t *b = h->data;
   if (--b->handles_open > 0) return;
   us_set_t *s = b->set;
+  /* The pool's and the checker's streams were all closed before these timers (tp_close lets go of the cache at
+   * once), so the session cache can go. */
+  tls_session_cache_destroy(b->tls_session);
   free(b->endpoint);
   free(b->host);
+  free(b->path);
+  free(b->sni);
   free(b);
   if (--s->handles_open == 0 && s->destroyed) free(s);
 }
@@ -79,10 +85,23 @@ void us__release(us_backend_t *b) {
 
 static void on_check(void *ud, int ok, int detail);
 
+/* The name b's TLS verifies (and sends as SNI): backends.tls.server_name, else b's own. */
+static const char *server_name(const cfg_t *c, const us_backend_t *b) {
+  return c->backends.tls.server_name && c->backends.tls.server_name[0] ? c->backends.tls.server_name : b->sni;
+}
+
+/* c's client context for b: NULL for a plaintext backend, and for an https one whose config has no context
+ * (the caller refuses that rather than talk plaintext to it). */
+static tls_ctx_t *tls_context(const cfg_t *c, const us_backend_t *b) { return b->tls ? tc_get(c)->backends : NULL; }
+
 static void start_checker(us_backend_t *b) {
   const cfg_t *c = b->set->cfg;
   if (!c->backends.health_check.enabled) return;
+  /* Over the same TLS settings as the data (a context, the name, the session cache), on its own absolute path. */
   hc_config_t hc = {
+      .tls = tls_context(c, b),
+      .server_name = server_name(c, b),
+      .session_cache = b->tls_session,
       .host = b->host,
       .name = b->name,
       .port = c->backends.health_check.port ? (uint16_t)c->backends.health_check.port : b->port,
@@ -129,8 +148,10 @@ static size_t test_resolvers(char *buf, size_t len, const char **out, size_t cap
   return n;
 }
 
+static void on_pool_tls_error(void *ud, tls_fail_t reason, const char *error);
+
 /* The connection settings of c for b's pool. */
-static be_pool_config_t pool_config(const cfg_t *c, const us_backend_t *b) {
+static be_pool_config_t pool_config(const cfg_t *c, us_backend_t *b) {
   return (be_pool_config_t){
       .host = b->host,
       .name = b->name,
@@ -139,19 +160,51 @@ static be_pool_config_t pool_config(const cfg_t *c, const us_backend_t *b) {
       .request_timeout_ms = c->backends.request_timeout_ms,
       .headers = c->backends.headers,
       .n_headers = c->backends.n_headers,
+      .path_prefix = b->path,
+      .tls = tls_context(c, b),
+      .server_name = server_name(c, b),
+      .session_cache = b->tls_session,
+      .on_tls_error = on_pool_tls_error,
+      .tls_error_ud = b,
   };
 }
 
+static void backend_free_unstarted(us_backend_t *b) {
+  tls_session_cache_destroy(b->tls_session);
+  free(b->endpoint);
+  free(b->host);
+  free(b->path);
+  free(b->sni);
+  free(b);
+}
+
 /* A backend: its host's name (resolved in the background, every backends.dns.interval), its pool and its
- * checker, both of which take the name's cached address. */
+ * checker, both of which take the name's cached address, and for TLS share one session cache. tls: https;
+ * path: the endpoint's path prefix; sni: the name verified unless backends.tls.server_name. */
 static us_backend_t *backend_create(us_set_t *s, const char *endpoint, const char *host, uint16_t port,
-                                    uint32_t weight, unsigned origin) {
+                                    uint32_t weight, unsigned origin, int tls, const char *path, const char *sni) {
   const cfg_t *c = s->cfg;
+  if (tls && !tc_get(c)->backends) { /* never plaintext to an https endpoint */
+    gw_log(GW_LOG_ERROR, "cannot add backend: no TLS client context for an https endpoint", "backend", endpoint,
+           NULL);
+    return NULL;
+  }
   us_backend_t *b = calloc(1, sizeof *b);
   if (!b) return NULL;
   b->set = s;
   b->endpoint = strdup(endpoint);
   b->host = strdup(host);
+  b->tls = tls;
+  b->path = strdup(path ? path : "");
+  b->sni = strdup(sni && *sni ? sni : host);
+  if (tls && !(b->tls_session = tls_session_cache_create())) {
+    backend_free_unstarted(b);
+    return NULL;
+  }
+  if (!b->path || !b->sni) {
+    backend_free_unstarted(b);
+    return NULL;
+  }
   b->port = port;
   b->weight = weight ? weight : 1;
   b->origin = origin;
@@ -170,9 +223,7 @@ static us_backend_t *backend_create(us_set_t *s, const char *endpoint, const cha
   be_pool_config_t pc = pool_config(c, b);
   if (!b->endpoint || !b->host || !b->name || be_pool_create(s->loop, &pc, &b->pool) != 0) {
     dns_name_destroy(b->name); /* no callback after this: b may go now */
-    free(b->endpoint);
-    free(b->host);
-    free(b);
+    backend_free_unstarted(b);
     return NULL;
   }
   /* Up from the start: a dead backend is found by its first failed sends or checks, and what they held is
@@ -203,9 +254,7 @@ static void backend_remove(us_backend_t *b) {
 
 /* Without active checks nothing would bring b back: it is tried again after one check interval, or at the
  * end of its hold-down. */
-static void set_down(us_backend_t *b, const char *reason, const char *detail) {
-  gw_log(GW_LOG_WARN, "backend down", "backend", b->endpoint, "reason", reason, "error", detail, "queued_bytes",
-         gw_log_u64(b->q_bytes), NULL);
+static void mark_down(us_backend_t *b) {
   if (!b->set->cfg->backends.health_check.enabled) {
     uint64_t ms = b->set->cfg->backends.health_check.interval_ms, now = uv_hrtime();
     if (!ms) ms = 1000;
@@ -214,6 +263,33 @@ static void set_down(us_backend_t *b, const char *reason, const char *detail) {
   }
   schedule_rebuild(b->set);
 }
+
+static void set_down(us_backend_t *b, const char *reason, const char *detail) {
+  gw_log(GW_LOG_WARN, "backend down", "backend", b->endpoint, "reason", reason, "error", detail, "queued_bytes",
+         gw_log_u64(b->q_bytes), NULL);
+  mark_down(b);
+}
+
+/* A TLS handshake with b failed, its pool's or its checker's: counted by reason. A close or reset during the
+ * handshake is a transport failure like any other (passive health and the checks decide). Anything else (the
+ * certificate did not verify: unknown CA, expired, name mismatch; no common protocol) is a setting no retry
+ * mends: b goes down at once, so nothing is sent to it and what it held is re-routed, with one line per
+ * backend per 10 s naming the reason while it keeps failing. The checks (over the same TLS settings) bring it
+ * back once a handshake verifies, e.g. after a reload with the right CA. */
+static void backend_tls_failed(us_backend_t *b, tls_fail_t reason, const char *error) {
+  if ((unsigned)reason < TLS_N_FAIL_REASONS) b->m.tls_backend_failures[reason]++;
+  if (reason == TLS_FAIL_RESET || !b->origin) return;
+  b->tls_failing = 1;
+  uint64_t held;
+  if (gw_log_limit_take(&b->log_tls, uv_hrtime(), LOG_REPEAT_NS, &held))
+    gw_log(GW_LOG_WARN, "backend TLS handshake failed", "backend", b->endpoint, "reason", tls_fail_label(reason),
+           "error", error, "action", b->health.up ? "backend down, data re-routed" : "backend stays down",
+           "suppressed_since_last", gw_log_u64(held), NULL);
+  if (hc_state_force_down(&b->health) < 0) mark_down(b);
+}
+
+/* From b's pool, before the request on that connection fails with UV_EPROTO. */
+static void on_pool_tls_error(void *ud, tls_fail_t reason, const char *error) { backend_tls_failed(ud, reason, error); }
 
 static void readmit(us_backend_t *b) {
   if (!b->origin || b->health.up) return;
@@ -232,6 +308,15 @@ static void on_check(void *ud, int ok, int detail) {
    * and answers 404 or 405: any answer below 500 there means the collector is serving. A dedicated health
    * port or path must answer 2xx. */
   const __typeof__(b->set->cfg->backends.health_check) *hc = &b->set->cfg->backends.health_check;
+  if (!ok && detail == UV_EPROTO && b->checker) {
+    tls_fail_t reason;
+    const char *why = hc_checker_tls_error(b->checker, &reason);
+    if (*why) {
+      backend_tls_failed(b, reason, why);
+      if (reason != TLS_FAIL_RESET) return; /* down already, with its line */
+    }
+  }
+  if (ok) b->tls_failing = 0;
   if (!ok && hc->port == 0 && strcmp(hc->path, "/") == 0 && detail >= 300 && detail < 500) ok = 1;
   /* A backend ejected for refusing the gateway (401, 404, ...) still passes a check that cannot see why:
    * it stays out for its hold-down, so a wrong token or path costs a retry now and then, not a flap. */
@@ -256,6 +341,7 @@ void us__passive_observe(us_backend_t *b, int status) {
   if (status == UV_ECANCELED) return; /* we cancelled it */
   int outcome = gw_outcome(status);
   if (outcome == GW_OUTCOME_SUCCESS || outcome == GW_OUTCOME_REJECTED) {
+    b->tls_failing = 0;
     b->consecutive_failures = 0;
     b->refusals = 0;
     if (outcome == GW_OUTCOME_SUCCESS) b->refusal_ejections = 0;
@@ -377,6 +463,8 @@ void us_part_end(us_backend_t *b, int sig, size_t len, uint64_t items, int statu
   us__passive_observe(b, status);
   if (outcome == GW_OUTCOME_REFUSED) {
     us__log_refusal(b, status);
+  } else if (status == UV_EPROTO && b->tls_failing) {
+    /* its handshake failed: backend_tls_failed logged why */
   } else if (outcome == GW_OUTCOME_RETRYABLE || outcome == GW_OUTCOME_ERROR) {
     uint64_t held;
     if (gw_log_limit_take(&b->log_failed, uv_hrtime(), LOG_REPEAT_NS, &held))
@@ -407,7 +495,7 @@ static void reconcile(us_set_t *s) {
   for (size_t i = 0; i < c->backends.n_statics; i++) {
     const cfg_backend_t *cb = &c->backends.statics[i];
     us_backend_t *b = find_live(s, cb->endpoint);
-    if (!b) b = backend_create(s, cb->endpoint, cb->host, cb->port, cb->weight, ORIGIN_STATIC);
+    if (!b) b = backend_create(s, cb->endpoint, cb->host, cb->port, cb->weight, ORIGIN_STATIC, cb->tls, cb->path, NULL);
     if (!b) {
       gw_log(GW_LOG_ERROR, "cannot add backend: out of memory", "backend", cb->endpoint, NULL);
       continue;
@@ -421,9 +509,13 @@ static void reconcile(us_set_t *s) {
   for (size_t i = 0; i < s->n_dns_addrs; i++) {
     char ep[128];
     const char *a = s->dns_addrs[i];
-    snprintf(ep, sizeof ep, strchr(a, ':') ? "http://[%s]:%u" : "http://%s:%u", a, (unsigned)c->backends.dns.port);
+    int tls = c->backends.dns.scheme == CFG_SCHEME_HTTPS;
+    snprintf(ep, sizeof ep, strchr(a, ':') ? "%s://[%s]:%u" : "%s://%s:%u", tls ? "https" : "http", a,
+             (unsigned)c->backends.dns.port);
     us_backend_t *b = find_live(s, ep);
-    if (!b) b = backend_create(s, ep, a, (uint16_t)c->backends.dns.port, 1, ORIGIN_DNS);
+    /* TLS to a discovered address verifies the name it was discovered by (or backends.tls.server_name). */
+    if (!b)
+      b = backend_create(s, ep, a, (uint16_t)c->backends.dns.port, 1, ORIGIN_DNS, tls, "", c->backends.dns.hostname);
     if (!b) {
       gw_log(GW_LOG_ERROR, "cannot add backend: out of memory", "backend", ep, NULL);
       continue;
@@ -555,10 +647,19 @@ void us_apply_config(us_set_t *s, const cfg_t *cfg) {
     }
   }
   /* Headers (a renewed credential), request_timeout and max_connections_per_backend reach the backends that
-   * stay too, for the requests they send from now on. */
+   * stay too, for the requests they send from now on; the new config's TLS context and server name, for the
+   * connections and checks they open from now on (open ones keep theirs). */
   for (us_backend_t *b = s->backends; b; b = b->next) {
+    if (!b->origin) continue;
     be_pool_config_t pc = pool_config(cfg, b);
-    if (b->origin && be_pool_update(b->pool, &pc) != 0)
+    if (b->tls && !pc.tls) { /* cannot happen once the config's contexts are attached: keep the old ones */
+      gw_log(GW_LOG_ERROR, "no TLS client context in the new config, keeping the previous settings", "backend",
+             b->endpoint, NULL);
+      continue;
+    }
+    tls_session_cache_clear(b->tls_session); /* new verification settings: no resuming the old sessions */
+    if (be_pool_update(b->pool, &pc) != 0 ||
+        (b->checker && hc_checker_set_tls(b->checker, pc.tls, pc.server_name) != 0))
       gw_log(GW_LOG_ERROR, "cannot apply the new connection settings: out of memory", "backend", b->endpoint, NULL);
   }
   reconcile(s);

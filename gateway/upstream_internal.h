@@ -17,6 +17,7 @@
 
 #include "gateway/log.h"
 #include "gateway/retry_queue.h"
+#include "gateway/transport.h"
 #include "gateway/upstream.h"
 #include "health/check.h"
 #include "health/dns.h"
@@ -50,6 +51,12 @@ struct us_backend {
   char *endpoint;
   char *host;
   uint16_t port;
+  int tls;                  /* https:// (static) or backends.dns.scheme https (DNS) */
+  char *path;               /* the endpoint's path prefix, "" or "/otlp" */
+  char *sni;                /* the name TLS verifies unless backends.tls.server_name: the host, or for DNS backends
+                             * backends.dns.hostname */
+  tls_session_cache_t *tls_session; /* TLS resumption, shared by the pool and the checker; freed with b */
+  int tls_failing;          /* its handshakes fail (not by a reset): requests failing with it log nothing more */
   uint32_t weight;
   unsigned origin;          /* ORIGIN_* that want it; 0 = removed */
   unsigned want;            /* reconcile's scratch */
@@ -77,6 +84,7 @@ struct us_backend {
   gw_backend_metrics_t m;
   gw_log_limit_t log_failed, log_rejected, log_refused, log_full, log_dropped;
   gw_log_limit_t log_dns;   /* the host's lookups failing */
+  gw_log_limit_t log_tls;   /* its TLS handshakes failing */
 };
 
 struct us_set {

@@ -9,6 +9,10 @@
  * hc_checker_stop) and the TCP handle has closed. Only then is the next check scheduled, so checks never
  * overlap and the embedded requests are never reused while libuv still holds them.
  *
+ * TLS: the stream is a gateway/transport tp_t; after connect, tp_start_client with the checker's context, then
+ * the request is written at once (the transport holds it until the handshake is done) and reading starts, which
+ * drives the handshake. A read or write error while the handshake is unfinished is a TLS failure (UV_EPROTO).
+ *
  * Lifetime: refs counts the timer (until stop closes it) and an inited TCP handle; the checker is freed
  * when the last of them is released, always from a libuv callback, never inside the user's callback. A
  * name the checker made for itself (no hc_config_t.name) is destroyed by hc_checker_stop.
@@ -36,7 +40,12 @@ struct hc_checker {
   dns_name_t *name;        /* host's address */
   dns_name_t *own_name;    /* the same, when the checker made it itself */
   dns_wait_t wait;         /* for the name's first answer */
-  uv_tcp_t tcp;
+  tp_t tp;                 /* the stream, plain or TLS (gateway/transport); tp.tcp.data is the checker */
+  tls_ctx_t *tls;          /* NULL = plaintext; referenced */
+  char *server_name;       /* TLS: SNI + verified name */
+  tls_session_cache_t *session;
+  char tls_error[256];     /* the current check's handshake failure, "" when none */
+  tls_fail_t tls_reason;
   uv_connect_t connect_req;
   uv_write_t write_req;
   llhttp_t parser;
@@ -67,10 +76,16 @@ static uint64_t next_delay(hc_checker_t *c) {
   return i - i / 10 + rng_next(c) % (i / 5 + 1);
 }
 
+static void checker_free(hc_checker_t *c) {
+  free(c->host);
+  free(c->server_name);
+  tls_ctx_unref(c->tls);
+  free(c);
+}
+
 static void unref(hc_checker_t *c) {
   if (--c->refs > 0) return;
-  free(c->host);
-  free(c);
+  checker_free(c);
 }
 
 /* Ends the current check once its result is out and its resources are back; schedules the next. */
@@ -100,7 +115,7 @@ static void check_finish(hc_checker_t *c, int ok, int detail) {
   }
   if (c->tcp_state == HC_TCP_OPEN) {
     c->tcp_state = HC_TCP_CLOSING;
-    uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
+    tp_close(&c->tp, on_tcp_closed);
   }
   check_maybe_over(c);
 }
@@ -118,9 +133,28 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(c->read_buf, sizeof c->read_buf);
 }
 
+/* The handshake failed (err: what the read or write reported): a failed check, with the reason kept. */
+static void check_tls_failed(hc_checker_t *c, int err) {
+  const char *why = tp_error(&c->tp);
+  if (why && *why) {
+    c->tls_reason = tp_fail_reason(&c->tp);
+    snprintf(c->tls_error, sizeof c->tls_error, "%s", why);
+  } else {
+    c->tls_reason = TLS_FAIL_RESET;
+    snprintf(c->tls_error, sizeof c->tls_error, "connection closed during the TLS handshake: %s", uv_strerror(err));
+  }
+  check_finish(c, 0, UV_EPROTO);
+}
+
+static int in_handshake(const hc_checker_t *c) { return tp_is_tls(&c->tp) && !tp_handshake_done(&c->tp); }
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   hc_checker_t *c = s->data;
   if (c->reported || nread == 0) return;
+  if (nread < 0 && in_handshake(c)) {
+    check_tls_failed(c, (int)nread);
+    return;
+  }
   if (nread < 0) {
     check_finish(c, 0, (int)nread); /* UV_EOF, UV_ECONNRESET... before a status */
     return;
@@ -131,7 +165,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 
 static void on_write(uv_write_t *w, int status) {
   hc_checker_t *c = w->data;
-  if (status < 0 && !c->reported) check_finish(c, 0, status);
+  if (status < 0 && !c->reported && in_handshake(c)) check_tls_failed(c, status);
+  else if (status < 0 && !c->reported) check_finish(c, 0, status);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
@@ -143,20 +178,22 @@ static void on_connect(uv_connect_t *req, int status) {
   }
   llhttp_init(&c->parser, HTTP_RESPONSE, &c->settings);
   c->parser.data = c;
-  int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  int rc = c->tls ? tp_start_client(&c->tp, c->tls, c->server_name, c->session) : 0;
+  if (rc == 0) rc = tp_read_start(&c->tp, on_alloc, on_read);
   uv_buf_t b = uv_buf_init(c->request, (unsigned)c->request_len);
-  if (rc == 0) rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+  if (rc == 0) rc = tp_write(&c->write_req, &c->tp, &b, 1, on_write);
   if (rc < 0) check_finish(c, 0, rc);
 }
 
 /* Connects to addr (the name's choice: IPv4 first, as gateway/backend, so "localhost" reaches a backend
  * bound to 127.0.0.1). */
 static void check_connect(hc_checker_t *c, const struct sockaddr_storage *addr) {
-  int rc = uv_tcp_init(c->loop, &c->tcp);
+  int rc = tp_init(c->loop, &c->tp);
   if (rc == 0) {
+    c->tp.tcp.data = c;
     c->tcp_state = HC_TCP_OPEN;
     c->refs++;
-    rc = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)addr, on_connect);
+    rc = uv_tcp_connect(&c->connect_req, &c->tp.tcp, (const struct sockaddr *)addr, on_connect);
   }
   if (rc < 0) check_finish(c, 0, rc);
 }
@@ -174,6 +211,7 @@ static void on_name(dns_wait_t *w, int status) {
 static void check_begin(hc_checker_t *c) {
   c->in_check = 1;
   c->reported = 0;
+  c->tls_error[0] = 0;
   uv_timer_start(&c->timer, on_timer, c->timeout_ms, 0);
   struct sockaddr_storage addr;
   int rc = dns_name_addr(c->name, c->port, &addr);
@@ -218,8 +256,11 @@ int hc_checker_start(uv_loop_t *loop, const hc_config_t *cfg, hc_result_cb cb, v
   hc_checker_t *c = calloc(1, sizeof *c + (size_t)n + 1);
   if (!c) return UV_ENOMEM;
   c->host = strdup(cfg->host);
-  if (!c->host) {
-    free(c);
+  c->server_name = strdup(cfg->server_name && *cfg->server_name ? cfg->server_name : cfg->host);
+  c->tls = cfg->tls ? tls_ctx_ref(cfg->tls) : NULL;
+  c->session = cfg->session_cache;
+  if (!c->host || !c->server_name) {
+    checker_free(c);
     return UV_ENOMEM;
   }
   c->name = cfg->name;
@@ -227,8 +268,7 @@ int hc_checker_start(uv_loop_t *loop, const hc_config_t *cfg, hc_result_cb cb, v
     char err[128];
     dns_name_config_t nc = {.host = cfg->host};
     if (dns_name_create(loop, &nc, &c->own_name, err, sizeof err) != 0) {
-      free(c->host);
-      free(c);
+      checker_free(c);
       return UV_EINVAL;
     }
     c->name = c->own_name;
@@ -243,7 +283,7 @@ int hc_checker_start(uv_loop_t *loop, const hc_config_t *cfg, hc_result_cb cb, v
   c->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)c;
   llhttp_settings_init(&c->settings);
   c->settings.on_headers_complete = on_headers_complete;
-  c->tcp.data = c;
+  c->tp.tcp.data = c;
   c->connect_req.data = c;
   c->write_req.data = c;
   c->timer.data = c;
@@ -261,6 +301,23 @@ void hc_checker_stop(hc_checker_t *c) {
   dns_name_destroy(c->own_name);
   c->own_name = NULL;
   uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+}
+
+const char *hc_checker_tls_error(const hc_checker_t *c, tls_fail_t *reason) {
+  if (reason) *reason = c->tls_error[0] ? c->tls_reason : TLS_FAIL_PROTOCOL;
+  return c->tls_error;
+}
+
+int hc_checker_set_tls(hc_checker_t *c, tls_ctx_t *tls, const char *server_name) {
+  char *sn = strdup(server_name && *server_name ? server_name : c->host);
+  if (!sn) return UV_ENOMEM;
+  free(c->server_name);
+  c->server_name = sn;
+  if (tls != c->tls) { /* a check under way keeps the reference its stream took */
+    tls_ctx_unref(c->tls);
+    c->tls = tls ? tls_ctx_ref(tls) : NULL;
+  }
+  return 0;
 }
 
 /* ---- hysteresis ---------------------------------------------------------------------------------------- */

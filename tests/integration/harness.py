@@ -364,28 +364,42 @@ def wait_drained(g, timeout=WAIT):
 class Sink(Proc):
     exit_checked = True
 
-    def __init__(self, *extra, listen="127.0.0.1:0", shared=False):
-        self.extra = list(extra)
+    def __init__(self, *extra, listen="127.0.0.1:0", shared=False, tls=None):
+        """tls=(cert, key): the sink's listeners speak TLS (--tls CERT,KEY, endpoint https://...); stats() and
+        control() then go to its plaintext --control-listen port (control_port)."""
+        self.extra = list(extra) + (["--tls", "%s,%s" % (tls[0], tls[1])] if tls else [])
+        self.tls = tls
         self.host = listen.rsplit(":", 1)[0]
-        super().__init__([args().sink, "--listen", listen] + self.extra, shared=shared)
+        self.control_port = 0
+        super().__init__([args().sink, "--listen", listen] + self.extra + self._control_flag(), shared=shared)
         self.port = int(self.wait_line(r"listening on %s:(\d+)" % re.escape(self.host), stream="out").group(1))
+        self._wait_control()
+
+    def _control_flag(self):
+        return ["--control-listen", "%s:%d" % (self.host, self.control_port)] if self.tls else []
+
+    def _wait_control(self):
+        if self.tls:
+            self.control_port = int(self.wait_line(r"control listening on %s:(\d+)" % re.escape(self.host),
+                                                   stream="out").group(1))
 
     def describe(self):
         return self.endpoint
 
     @property
     def endpoint(self):
-        return "http://%s:%d" % (self.host, self.port)
+        return "%s://%s:%d" % ("https" if self.tls else "http", self.host, self.port)
 
     def stats(self):
-        st, _, body = http_request(self.port, "GET", "/stats", host=self.host)
+        st, _, body = http_request(self.control_port or self.port, "GET", "/stats", host=self.host)
         assert st == 200
         return json.loads(body)
 
     def control(self, **params):
         """GET /control?k=v...: changes status, retry_after or hang while running; returns the new state."""
         q = "&".join("%s=%s" % kv for kv in params.items())
-        st, _, body = http_request(self.port, "GET", "/control" + ("?" + q if q else ""), host=self.host)
+        st, _, body = http_request(self.control_port or self.port, "GET", "/control" + ("?" + q if q else ""),
+                                   host=self.host)
         assert st == 200, (st, body)
         return json.loads(body)
 
@@ -400,8 +414,10 @@ class Sink(Proc):
         """Starts the (killed or stopped) sink again on the same address with the same flags, so a
         --trace-file is appended to."""
         assert self.p.poll() is not None, "restart() of a running sink"
-        Proc.__init__(self, [args().sink, "--listen", "%s:%d" % (self.host, self.port)] + self.extra)
+        Proc.__init__(self, [args().sink, "--listen", "%s:%d" % (self.host, self.port)] + self.extra +
+                      self._control_flag())
         self.wait_line(r"listening on %s:%d" % (re.escape(self.host), self.port), stream="out")
+        self._wait_control()
 
 
 class Pool:

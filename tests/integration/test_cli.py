@@ -61,7 +61,9 @@ def test_env_config_and_env_backends():
     assert r.returncode == 0 and path in r.stdout, (r.stdout, r.stderr)
     r = gw("--check-config", env={"OTLP_GATEWAY_BACKENDS": "http://c1:4318, http://c2:4318"})
     assert r.returncode == 0 and "2 static backends" in r.stdout, (r.stdout, r.stderr)
-    r = gw("--check-config", env={"OTLP_GATEWAY_BACKENDS": "http://c1:4318,https://c2"})
+    r = gw("--check-config", env={"OTLP_GATEWAY_BACKENDS": "http://c1:4318,https://c2/otlp"})  # https + prefix
+    assert r.returncode == 0 and "2 static backends" in r.stdout, (r.stdout, r.stderr)
+    r = gw("--check-config", env={"OTLP_GATEWAY_BACKENDS": "http://c1:4318,ftp://c2"})
     assert r.returncode == 1 and "OTLP_GATEWAY_BACKENDS" in r.stderr, r.stderr
     r = gw()  # no config, no env: one line and exit 1
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "no backends" in r.stderr, r.stderr
@@ -74,6 +76,26 @@ def test_env_expansion_in_config():
     assert r.returncode == 0, r.stderr
     r = gw("--check-config", "--config", path)
     assert r.returncode == 1 and "GW_TEST_BACKEND" in r.stderr, r.stderr
+
+
+def test_check_config_accepts_every_example():
+    """Every file in config/examples passes --check-config, given a value for each ${env:NAME} it uses without a
+    default (a port for *_PORT); grafana-cloud.yaml without its token names the variable."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.normpath(os.path.join(here, "..", "..", "config", "examples"))
+    files = sorted(f for f in os.listdir(root) if f.endswith((".yaml", ".yml")))
+    assert "grafana-cloud.yaml" in files and "gateway.yaml" in files, files
+    for f in files:
+        path = os.path.join(root, f)
+        with open(path) as fh:
+            needed = set(re.findall(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}", fh.read()))
+        env = {n: str(4901 + i) if n.endswith("_PORT") else "dGVzdDp0ZXN0" for i, n in enumerate(sorted(needed))}
+        r = gw("--check-config", "--config", path, env=env)
+        print("    %s (env %s): exit %d %s" % (f, ",".join(sorted(needed)) or "-", r.returncode,
+                                                (r.stdout + r.stderr).strip()[:200]), flush=True)
+        assert r.returncode == 0 and "ok" in r.stdout, (f, r.stdout, r.stderr)
+    r = gw("--check-config", "--config", os.path.join(root, "grafana-cloud.yaml"))
+    assert r.returncode == 1 and "GRAFANA_CLOUD_OTLP_TOKEN" in r.stderr, r.stderr
 
 
 def test_listen_failure_is_reported():

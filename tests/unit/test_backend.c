@@ -8,6 +8,10 @@
  * intact (a connection reused too early would corrupt the next request). The done callback scribbles over
  * and frees the request's body, so under AddressSanitizer any later read of it by libuv is caught. Each
  * run ends with the pool destroyed and uv_loop_close() == 0: no handle left behind.
+ *
+ * TLS: the same fake over gateway/transport (tp_start_server) with certificates the setup makes with the openssl
+ * CLI (a test CA, a server certificate for localhost and 127.0.0.1, and an unrelated CA), so every script runs
+ * the same over TLS: the pool's rules do not change with the transport.
  */
 #define _GNU_SOURCE /* memmem */
 #include <arpa/inet.h>
@@ -18,6 +22,7 @@
 #include <unistd.h>
 
 #include "gateway/backend.h"
+#include "gateway/transport.h"
 #include "test.h"
 
 #define BIG (8u * 1024 * 1024) /* more than the socket buffers take at once */
@@ -37,11 +42,12 @@ typedef struct script {
   int requests;          /* answer this many requests on the connection (keep-alive), 0 = 1 */
   const char *unsolicited; /* written once the last answer is out, on an otherwise idle connection */
   int reset_extra;       /* a request head after the answered ones: reset without a byte of answer */
+  int reset_on_bytes;    /* reset as soon as any byte arrives (a TLS client's hello, for a plain fake) */
 } script_t;
 
 typedef struct fake fake_t;
 typedef struct fconn {
-  uv_tcp_t tcp;
+  tp_t tp;
   fake_t *f;
   int idx;
   script_t sc;
@@ -62,6 +68,9 @@ struct fake {
   int bad_requests;      /* requests read whole that were not well framed or intact */
   int good_requests;
   fconn_t *conns[MAX_CONNS];
+  tls_ctx_t *tls;        /* NULL: plaintext */
+  const char *path;      /* the path every request must have; NULL: "/v1/traces" */
+  int resumed;           /* TLS connections that resumed a session */
 };
 
 static script_t sc(int read, const char *answer, size_t answer_len, int end, int requests) {
@@ -86,9 +95,10 @@ static void fconn_end(fconn_t *c, int how) {
   if (how == END_RESET) {
     struct linger l = {1, 0};
     uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    if (uv_fileno((uv_handle_t *)&c->tp.tcp, &fd) == 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
   }
-  uv_close((uv_handle_t *)&c->tcp, fconn_closed);
+  if (tp_session_reused(&c->tp)) c->f->resumed++;
+  tp_close(&c->tp, fconn_closed);
 }
 
 static void on_fwrite(uv_write_t *w, int status) {
@@ -104,7 +114,7 @@ static void on_fwrite(uv_write_t *w, int status) {
       uv_write_t *w2 = malloc(sizeof *w2);
       uv_buf_t b = uv_buf_init((char *)u, (unsigned)strlen(u));
       w2->data = c;
-      uv_write(w2, (uv_stream_t *)&c->tcp, &b, 1, on_fwrite);
+      tp_write(w2, &c->tp, &b, 1, on_fwrite);
     }
   }
 }
@@ -119,7 +129,7 @@ static void fconn_answer(fconn_t *c) {
   size_t n = c->sc.answer_len ? c->sc.answer_len : strlen(c->sc.answer);
   uv_buf_t b = uv_buf_init((char *)c->sc.answer, (unsigned)n);
   w->data = c;
-  if (uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, on_fwrite) != 0) free(w);
+  if (tp_write(w, &c->tp, &b, 1, on_fwrite) != 0) free(w);
 }
 
 /* Consumes what arrived: request heads, bodies (checked against the pattern), answers per the script. */
@@ -131,7 +141,9 @@ static void fconn_feed(fconn_t *c) {
       if (!end) return;
       size_t head = (size_t)(end - c->buf) + 4;
       char *cl = memmem(c->buf, head, "Content-Length: ", 16);
-      int framed = strncmp(c->buf, "POST /v1/traces HTTP/1.1\r\n", 26) == 0 && cl;
+      char line[128];
+      int ll = snprintf(line, sizeof line, "POST %s HTTP/1.1\r\n", c->f->path ? c->f->path : "/v1/traces");
+      int framed = strncmp(c->buf, line, (size_t)ll) == 0 && cl;
       c->need = cl ? strtoul(cl + 16, NULL, 10) : 0;
       if (!framed) c->f->bad_requests++;
       memmove(c->buf, c->buf + head, c->len - head);
@@ -142,7 +154,7 @@ static void fconn_feed(fconn_t *c) {
         return;
       }
       if (c->sc.read != READ_WHOLE) { /* answer early: the body is left unread from here on */
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        tp_read_stop(&c->tp);
         fconn_answer(c);
         return;
       }
@@ -176,6 +188,10 @@ static void fread_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
     fconn_end(c, END_CLOSE);
     return;
   }
+  if (c->sc.reset_on_bytes && n > 0) {
+    fconn_end(c, END_RESET);
+    return;
+  }
   c->len += (size_t)n;
   fconn_feed(c);
 }
@@ -188,15 +204,18 @@ static void on_fconn(uv_stream_t *server, int status) {
   c->idx = f->accepted < MAX_CONNS ? f->accepted : MAX_CONNS - 1;
   c->sc = f->accepted < f->n_scripts ? f->scripts[f->accepted] : sc(READ_WHOLE, ok200, 0, END_STAY, 100);
   f->accepted++;
-  uv_tcp_init(server->loop, &c->tcp);
-  c->tcp.data = c;
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
-    uv_close((uv_handle_t *)&c->tcp, fconn_closed);
+  tp_init(server->loop, &c->tp);
+  c->tp.tcp.data = c;
+  if (uv_accept(server, (uv_stream_t *)&c->tp.tcp) != 0 || (f->tls && tp_start_server(&c->tp, f->tls) != 0)) {
+    tp_close(&c->tp, fconn_closed);
     return;
   }
+  /* as servers do: an answer goes out at once, not held by Nagle behind unacknowledged bytes (the TLS session
+   * ticket) until a close with unread request bytes resets the connection and drops it */
+  uv_tcp_nodelay(&c->tp.tcp, 1);
   f->conns[c->idx] = c;
   if (c->sc.read == READ_NOTHING) return;
-  uv_read_start((uv_stream_t *)&c->tcp, falloc, fread_cb);
+  tp_read_start(&c->tp, falloc, fread_cb);
 }
 
 static void fake_start(uv_loop_t *loop, fake_t *f) {
@@ -218,7 +237,7 @@ static int fake_mid_write(fake_t *f, int idx) {
   uv_os_fd_t fd;
   int unread = 0;
   fconn_t *c = f->conns[idx];
-  return c && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, FIONREAD, &unread) == 0 && unread > 0;
+  return c && uv_fileno((uv_handle_t *)&c->tp.tcp, &fd) == 0 && ioctl(fd, FIONREAD, &unread) == 0 && unread > 0;
 }
 
 static void fake_stop(fake_t *f) {
@@ -248,7 +267,20 @@ typedef struct run {
   int sequential;        /* send request i+1 from request i's callback */
   uv_timer_t watchdog;
   int timed_out;
+  be_stats_t stats;      /* the pool's, when the last request was done */
+  char tls_error[256];   /* be_pool_last_tls_error then */
+  int tls_cb_calls;      /* be_tls_error_cb calls */
+  tls_fail_t tls_reason; /* ... the last one's reason */
+  char tls_cb_error[256];
 } run_t;
+
+/* The TLS settings run() uses (all NULL: plaintext, as the tests before TLS). */
+static struct {
+  tls_ctx_t *server;     /* the fake's context */
+  tls_ctx_t *client;     /* the pool's */
+  const char *server_name;
+  const char *prefix;    /* the pool's path prefix; the fake then expects prefix + "/v1/traces" */
+} g_tls;
 
 static void send_req(run_t *r, int i);
 
@@ -267,6 +299,10 @@ static void on_done(void *ud, int status, const uint8_t *body, size_t len, uint3
   r->n_done++;
   int i = (int)(q - r->reqs);
   if (r->sequential && i + 1 < r->n_reqs) send_req(r, i + 1);
+  if (r->n_done == r->n_reqs && r->pool) {
+    r->stats = *be_pool_stats(r->pool);
+    snprintf(r->tls_error, sizeof r->tls_error, "%s", be_pool_last_tls_error(r->pool));
+  }
   if (r->n_done == r->n_reqs) {
     uv_timer_stop(&r->watchdog);
     be_pool_destroy(r->pool);
@@ -299,16 +335,30 @@ static void on_watchdog(uv_timer_t *t) {
   r->pool = NULL;
 }
 
-/* Runs n requests (sizes[i] bytes, or 100) against scripts; sequential: one after the other. */
+static void on_tls_error(void *ud, tls_fail_t reason, const char *error) {
+  run_t *r = ud;
+  r->tls_cb_calls++;
+  r->tls_reason = reason;
+  snprintf(r->tls_cb_error, sizeof r->tls_cb_error, "%s", error);
+}
+
+/* Runs n requests (sizes[i] bytes, or 100) against scripts; sequential: one after the other. With g_tls set,
+ * over TLS and/or under a path prefix. */
 static void run(run_t *r, const script_t *scripts, int n_scripts, int n, const size_t *sizes, int sequential,
                 uint64_t request_timeout_ms) {
+  static char path[128];
   memset(r, 0, sizeof *r);
   uv_loop_init(&r->loop);
   memcpy(r->fake.scripts, scripts, (size_t)n_scripts * sizeof *scripts);
   r->fake.n_scripts = n_scripts;
+  r->fake.tls = g_tls.server;
+  snprintf(path, sizeof path, "%s/v1/traces", g_tls.prefix ? g_tls.prefix : "");
+  r->fake.path = path;
   fake_start(&r->loop, &r->fake);
   be_pool_config_t pc = {.host = "127.0.0.1", .port = r->fake.port, .max_connections = 1,
-                         .request_timeout_ms = request_timeout_ms};
+                         .request_timeout_ms = request_timeout_ms, .tls = g_tls.client,
+                         .server_name = g_tls.server_name, .path_prefix = g_tls.prefix,
+                         .on_tls_error = on_tls_error, .tls_error_ud = r};
   CHECK_EQ_INT(be_pool_create(&r->loop, &pc, &r->pool), 0);
   uv_timer_init(&r->loop, &r->watchdog);
   r->watchdog.data = r;
@@ -622,6 +672,182 @@ TEST(connection_refused) {
   CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 
-static void setup(void) { signal(SIGPIPE, SIG_IGN); /* as the gateway does (main.c) */ }
+/* ---- TLS ---------------------------------------------------------------------------------------------- */
 
-TEST_MAIN_WITH(setup, test__noop)
+static char g_certs[64];                      /* the setup's directory of test certificates */
+static tls_ctx_t *g_srv_ctx;                  /* the fake's: localhost + 127.0.0.1, signed by the test CA */
+static tls_ctx_t *g_ca_ctx, *g_other_ctx;     /* clients trusting the test CA, or an unrelated one */
+
+static void tls_on(tls_ctx_t *client, const char *server_name, const char *prefix) {
+  g_tls.server = g_srv_ctx;
+  g_tls.client = client;
+  g_tls.server_name = server_name;
+  g_tls.prefix = prefix;
+}
+
+static void tls_off(void) { memset(&g_tls, 0, sizeof g_tls); }
+
+static int have_tls(void) {
+  CHECK(g_srv_ctx && g_ca_ctx && g_other_ctx); /* the setup could make its certificates */
+  return g_srv_ctx && g_ca_ctx && g_other_ctx;
+}
+
+/* Over TLS (the name verified, or the IP literal) and under a path prefix: every request delivered on one
+ * keep-alive connection, to prefix + path; the same prefix over plaintext. */
+TEST(tls_requests_under_a_prefix) {
+  if (!have_tls()) return;
+  run_t r;
+  script_t s[] = {sc(READ_WHOLE, ok200, 0, END_STAY, 5)};
+  tls_on(g_ca_ctx, "localhost", "/otlp");
+  run(&r, s, 1, 5, NULL, 1, 5000);
+  for (int i = 0; i < 5; i++) CHECK_EQ_INT(r.reqs[i].status, 200);
+  CHECK_EQ_INT(r.fake.accepted, 1);
+  CHECK_EQ_INT(r.fake.good_requests, 5);
+  CHECK_EQ_INT(r.fake.bad_requests, 0);
+  CHECK_EQ_INT((int)r.stats.tls_handshakes, 1);
+  CHECK_EQ_INT((int)r.stats.tls_failures, 0);
+  CHECK_EQ_INT(r.tls_cb_calls, 0);
+  CHECK_EQ_STR(r.tls_error, "");
+
+  tls_on(g_ca_ctx, NULL, "/a/b"); /* no server_name: the host, an IP literal, is verified as an IP */
+  run(&r, s, 1, 2, NULL, 1, 5000);
+  for (int i = 0; i < 2; i++) CHECK_EQ_INT(r.reqs[i].status, 200);
+  CHECK_EQ_INT(r.fake.good_requests, 2);
+  CHECK_EQ_INT(r.fake.bad_requests, 0);
+
+  tls_off();
+  g_tls.prefix = "/otlp";
+  run(&r, s, 1, 2, NULL, 1, 5000);
+  for (int i = 0; i < 2; i++) CHECK_EQ_INT(r.reqs[i].status, 200);
+  CHECK_EQ_INT(r.fake.good_requests, 2);
+  CHECK_EQ_INT(r.fake.bad_requests, 0);
+  CHECK_EQ_INT((int)r.stats.tls_handshakes, 0);
+  tls_off();
+}
+
+/* A certificate that does not verify (another CA; the wrong name): each request fails with UV_EPROTO, the owner
+ * hears why before, and no request reaches the backend. */
+TEST(tls_verify_failures_fail_with_the_reason) {
+  if (!have_tls()) return;
+  static const struct {
+    tls_ctx_t **client;
+    const char *name, *want;
+  } cases[] = {
+      {&g_other_ctx, "localhost", "certificate verify failed: unable to get local issuer certificate"},
+      {&g_ca_ctx, "collector.example", "certificate verify failed: hostname mismatch"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    run_t r;
+    script_t s[] = {sc(READ_WHOLE, ok200, 0, END_STAY, 1)};
+    tls_on(*cases[i].client, cases[i].name, NULL);
+    run(&r, s, 1, 2, NULL, 1, 5000);
+    CHECK_EQ_INT(r.reqs[0].status, UV_EPROTO);
+    CHECK_EQ_INT(r.reqs[1].status, UV_EPROTO);
+    CHECK_EQ_INT(r.fake.good_requests + r.fake.bad_requests, 0);
+    CHECK_EQ_INT(r.tls_cb_calls, 2);
+    CHECK_EQ_INT(r.tls_reason, TLS_FAIL_CERTIFICATE);
+    CHECK_EQ_STR(r.tls_cb_error, cases[i].want);
+    CHECK_EQ_STR(r.tls_error, cases[i].want);
+    CHECK_EQ_INT((int)r.stats.tls_failures, 2);
+    CHECK_EQ_INT((int)r.stats.tls_handshakes, 0);
+  }
+  tls_off();
+}
+
+/* A backend that resets the connection on the client's hello: UV_EPROTO, classified as a reset. */
+TEST(tls_reset_mid_handshake) {
+  if (!have_tls()) return;
+  run_t r;
+  script_t s[] = {sc(READ_WHOLE, ok200, 0, END_STAY, 1)};
+  s[0].reset_on_bytes = 1;
+  tls_on(g_ca_ctx, "localhost", NULL);
+  g_tls.server = NULL; /* a plain fake: it sees the ClientHello as bytes, and resets */
+  run(&r, s, 1, 1, NULL, 1, 5000);
+  tls_off();
+  CHECK_EQ_INT(r.reqs[0].status, UV_EPROTO);
+  CHECK_EQ_INT(r.tls_cb_calls, 1);
+  CHECK_EQ_INT(r.tls_reason, TLS_FAIL_RESET);
+  CHECK_CONTAINS(r.tls_error, "during handshake");
+}
+
+/* Keep-alive over TLS, and a reconnect (the backend closed after two answers) resumes the session. */
+TEST(tls_keepalive_then_resumption) {
+  if (!have_tls()) return;
+  run_t r;
+  script_t s[] = {sc(READ_WHOLE, ok200, 0, END_CLOSE, 2), sc(READ_WHOLE, ok200, 0, END_STAY, 10)};
+  tls_on(g_ca_ctx, "localhost", "/otlp");
+  run(&r, s, 2, 5, NULL, 1, 5000);
+  tls_off();
+  for (int i = 0; i < 5; i++) CHECK_EQ_INT(r.reqs[i].status, 200);
+  CHECK_EQ_INT(r.fake.accepted, 2);
+  CHECK_EQ_INT(r.fake.good_requests, 5);
+  CHECK_EQ_INT(r.fake.bad_requests, 0);
+  CHECK_EQ_INT((int)r.stats.tls_handshakes, 2);
+  CHECK_EQ_INT((int)r.stats.tls_resumed, 1);
+  CHECK_EQ_INT(r.fake.resumed, 1);
+}
+
+/* Early answers over TLS with 8 MiB bodies: the same reuse rules (PATTERNS.md 1) as over plaintext. */
+TEST(tls_early_answers) {
+  if (!have_tls()) return;
+  tls_on(g_ca_ctx, "localhost", "/otlp");
+  early_answer("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n", 413,
+               END_STAY);
+  early_answer("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 401, END_CLOSE);
+  tls_off();
+}
+
+static tls_ctx_t *client_ctx(const char *ca) {
+  char path[128], err[256];
+  tls_ctx_t *c = NULL;
+  snprintf(path, sizeof path, "%s/%s", g_certs, ca);
+  tls_client_opts_t o = {.ca_file = path, .alpn = "http/1.1"};
+  if (tls_client_ctx_create(&o, "test", &c, err, sizeof err) != 0) fprintf(stderr, "client context: %s\n", err);
+  return c;
+}
+
+/* Certificates made with the openssl CLI, EC P-256 (fast): a CA, a server certificate it signs for localhost
+ * and 127.0.0.1, and an unrelated CA. */
+static void make_certs(void) {
+  snprintf(g_certs, sizeof g_certs, "/tmp/test_backend_tls_XXXXXX");
+  if (!mkdtemp(g_certs)) return;
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd,
+           "cd %s && K='genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256' && "
+           "X='-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign' && "
+           "openssl $K -out ca.key && openssl req -x509 -new -key ca.key -out ca.crt -days 30 -subj /CN=tb-ca $X && "
+           "openssl $K -out other.key && "
+           "openssl req -x509 -new -key other.key -out other.crt -days 30 -subj /CN=tb-other $X && "
+           "openssl $K -out srv.key && openssl req -new -key srv.key -out srv.csr -subj /CN=localhost && "
+           "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > srv.ext && "
+           "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -set_serial 2 -days 30 -extfile srv.ext "
+           "-out srv.crt 2>/dev/null",
+           g_certs);
+  if (system(cmd) != 0) {
+    fprintf(stderr, "cannot make the test certificates in %s\n", g_certs);
+    return;
+  }
+  char cert[128], key[128], err[256];
+  snprintf(cert, sizeof cert, "%s/srv.crt", g_certs);
+  snprintf(key, sizeof key, "%s/srv.key", g_certs);
+  tls_server_opts_t so = {.cert_file = cert, .key_file = key, .min_version = 12, .alpn = "http/1.1"};
+  if (tls_server_ctx_create(&so, "test", &g_srv_ctx, err, sizeof err) != 0) fprintf(stderr, "server: %s\n", err);
+  g_ca_ctx = client_ctx("ca.crt");
+  g_other_ctx = client_ctx("other.crt");
+}
+
+static void setup(void) {
+  signal(SIGPIPE, SIG_IGN); /* as the gateway does (main.c) */
+  make_certs();
+}
+
+static void teardown(void) {
+  tls_ctx_unref(g_srv_ctx);
+  tls_ctx_unref(g_ca_ctx);
+  tls_ctx_unref(g_other_ctx);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", g_certs);
+  if (g_certs[0] && system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", g_certs);
+}
+
+TEST_MAIN_WITH(setup, teardown)

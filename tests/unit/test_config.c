@@ -591,20 +591,48 @@ TEST(duplicate_keys) {
 }
 
 TEST(static_endpoints) {
-  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: https://a:4318\n",
-                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"https://a:4318\": "
-                 "only http:// is supported");
+  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: ftp://a:4318\n",
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"ftp://a:4318\": "
+                 "only http:// and https:// are supported");
   CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: a:4318\n",
-                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"a:4318\": missing http://");
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"a:4318\": "
+                 "missing http:// or https://");
   CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: http://a:0\n",
                  "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"http://a:0\": invalid port");
   CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: http://a:65536\n",
                  "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"http://a:65536\": invalid port");
   CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: \"http://:4318\"\n",
                  "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"http://:4318\": missing host");
-  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: http://a:4318/v1/traces\n",
-                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"http://a:4318/v1/traces\": "
-                 "a path is not allowed (the gateway sends to /v1/{traces,logs,metrics})");
+  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: https://a:0/otlp\n",
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"https://a:0/otlp\": invalid port");
+  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: \"https:///otlp\"\n",
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"https:///otlp\": missing host");
+  /* a path prefix is kept; what would make the request line ambiguous is not (a query or fragment after the
+   * authority, or inside the prefix) */
+  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: \"http://a:4318/otlp?x=1\"\n",
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"http://a:4318/otlp?x=1\": "
+                 "the path prefix must be visible ASCII without spaces, '?', '#' or \"//\"");
+  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: \"https://a?x\"\n",
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"https://a?x\": "
+                 "a query or fragment is not allowed");
+  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: \"https://a:1#top\"\n",
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"https://a:1#top\": "
+                 "a query or fragment is not allowed");
+  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: \"https://a/otlp#top\"\n",
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"https://a/otlp#top\": "
+                 "the path prefix must be visible ASCII without spaces, '?', '#' or \"//\"");
+  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: \"https://a//otlp\"\n",
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"https://a//otlp\": "
+                 "the path prefix must be visible ASCII without spaces, '?', '#' or \"//\"");
+  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: \"http://a/otlp//v1\"\n",
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"http://a/otlp//v1\": "
+                 "the path prefix must be visible ASCII without spaces, '?', '#' or \"//\"");
+  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: \"http://a/ot lp\"\n",
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"http://a/ot lp\": "
+                 "the path prefix must be visible ASCII without spaces, '?', '#' or \"//\"");
+  CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: https://u:p@a/otlp\n",
+                 "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"https://u:p@a/otlp\": "
+                 "credentials in the URL are not supported (use backends.headers)");
   CHECK_LOAD_ERR("backends:\n  static:\n    - endpoint: http://u:p@a:4318\n",
                  "gw.yaml:3:17: backends.static[0].endpoint: invalid endpoint \"http://u:p@a:4318\": "
                  "credentials in the URL are not supported (use backends.headers)");
@@ -614,6 +642,60 @@ TEST(static_endpoints) {
                  "gw.yaml:3:40: backends.static[0].weight: 0 is out of range (1..1000000)");
   CHECK_LOAD_ERR("backends:\n  static:\n    - {endpoint: \"http://a:1\", weight: 1000001}\n",
                  "gw.yaml:3:40: backends.static[0].weight: 1000001 is out of range (1..1000000)");
+}
+
+/* https:// and path prefixes: scheme, host, port (443 by default for https), the prefix without its trailing "/",
+ * and the endpoint as written without it. */
+TEST(https_and_path_prefix_endpoints) {
+  static const struct {
+    const char *in, *endpoint, *host;
+    int port, tls;
+    const char *path;
+  } cases[] = {
+      {"https://a:4318", "https://a:4318", "a", 4318, 1, ""},
+      {"https://otlp-gateway-prod-eu-west-2.grafana.net/otlp", "https://otlp-gateway-prod-eu-west-2.grafana.net/otlp",
+       "otlp-gateway-prod-eu-west-2.grafana.net", 443, 1, "/otlp"},
+      {"https://h/otlp/", "https://h/otlp", "h", 443, 1, "/otlp"},
+      {"HTTPS://h:8443/a/b//", "HTTPS://h:8443/a/b", "h", 8443, 1, "/a/b"},
+      {"https://[fd00::1]/otlp", "https://[fd00::1]/otlp", "fd00::1", 443, 1, "/otlp"},
+      {"https://h/", "https://h", "h", 443, 1, ""},
+      {"http://h/otlp", "http://h/otlp", "h", 80, 0, "/otlp"},
+      {"http://a:4318/v1/traces", "http://a:4318/v1/traces", "a", 4318, 0, "/v1/traces"},
+      {"http://h:4318", "http://h:4318", "h", 4318, 0, ""},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char yaml[256];
+    snprintf(yaml, sizeof yaml, "backends:\n  static:\n    - endpoint: \"%s\"\n", cases[i].in);
+    cfg_t c;
+    LOAD_OK(c, yaml);
+    CHECK_EQ_INT(c.backends.n_statics, 1);
+    if (c.backends.n_statics == 1) {
+      const cfg_backend_t *b = &c.backends.statics[0];
+      if (strcmp(b->endpoint, cases[i].endpoint) || strcmp(b->path, cases[i].path))
+        fprintf(stderr, "case \"%s\"\n", cases[i].in);
+      CHECK_EQ_STR(b->endpoint, cases[i].endpoint);
+      CHECK_EQ_STR(b->host, cases[i].host);
+      CHECK_EQ_INT(b->port, cases[i].port);
+      CHECK_EQ_INT(b->tls, cases[i].tls);
+      CHECK_EQ_STR(b->path, cases[i].path);
+    }
+    cfg_dispose(&c);
+  }
+  /* the same from OTLP_GATEWAY_BACKENDS */
+  cfg_t c;
+  char err[256];
+  CHECK_EQ_INT(cfg_init_defaults(&c), 0);
+  CHECK_EQ_INT(cfg_add_backends_from_list(&c, "https://g/otlp/,http://h:1", err, sizeof err), 0);
+  CHECK_EQ_INT(c.backends.n_statics, 2);
+  if (c.backends.n_statics == 2) {
+    CHECK_EQ_STR(c.backends.statics[0].endpoint, "https://g/otlp");
+    CHECK_EQ_INT(c.backends.statics[0].port, 443);
+    CHECK_EQ_INT(c.backends.statics[0].tls, 1);
+    CHECK_EQ_STR(c.backends.statics[0].path, "/otlp");
+    CHECK_EQ_INT(c.backends.statics[1].tls, 0);
+    CHECK_EQ_STR(c.backends.statics[1].path, "");
+  }
+  cfg_dispose(&c);
 }
 
 TEST(duplicate_endpoints) {
@@ -689,11 +771,12 @@ TEST(add_backends_from_list) {
   CHECK_EQ_INT(cfg_add_backends_from_list(&c, " , ", err, sizeof err), 0);
   CHECK_EQ_INT(c.backends.n_statics, 3);
   CHECK_EQ_INT(cfg_add_backends_from_list(&c, "http://d:1,ftp://e:1", err, sizeof err), -1);
-  CHECK_EQ_STR(err, "invalid endpoint \"ftp://e:1\" in backend list: only http:// is supported");
+  CHECK_EQ_STR(err,
+               "invalid endpoint \"ftp://e:1\" in backend list: only http:// and https:// are supported");
   CHECK_EQ_INT(cfg_add_backends_from_list(&c, "http://b:4318", err, sizeof err), -1);
   CHECK_EQ_STR(err, "duplicate endpoint \"http://b:4318\" in backend list");
-  CHECK_EQ_INT(cfg_add_backends_from_list(&c, "http://x:1/path", err, sizeof err), -1);
-  CHECK_CONTAINS(err, "a path is not allowed");
+  CHECK_EQ_INT(cfg_add_backends_from_list(&c, "http://x:1?q", err, sizeof err), -1);
+  CHECK_CONTAINS(err, "a query or fragment is not allowed");
   cfg_dispose(&c);
 
   /* Adds to backends loaded from a file, and catches duplicates across both. */
@@ -751,9 +834,12 @@ TEST(print_reference_lists_every_key) {
   static const char *const keys[] = {
       "server.listen", "server.grpc_listen", "server.workers", "server.max_request_bytes", "server.memory_limit", "server.max_connections",
       "server.read_timeout", "server.idle_timeout", "server.shutdown_timeout", "server.auth.bearer_tokens",
+      "server.tls.cert_file", "server.tls.key_file", "server.tls.client_ca_file", "server.tls.min_version",
       "telemetry.listen", "telemetry.log_level", "telemetry.log_format", "routing.traces", "routing.logs",
       "routing.metrics", "backends.static", "backends.static[].endpoint", "backends.static[].weight",
       "backends.dns.hostname", "backends.dns.port", "backends.dns.interval", "backends.dns.servers",
+      "backends.dns.scheme", "backends.tls.ca_file", "backends.tls.cert_file", "backends.tls.key_file",
+      "backends.tls.server_name", "backends.tls.insecure_skip_verify",
       "backends.request_timeout", "backends.max_connections_per_backend", "backends.compression",
       "backends.headers", "backends.health_check.enabled", "backends.health_check.path",
       "backends.health_check.port", "backends.health_check.interval", "backends.health_check.timeout",

@@ -124,6 +124,8 @@ typedef struct probe {
   int early[MAX_RESULTS]; /* 1: came before the marker (probe_mark) started at the previous result had fired */
   uv_timer_t mark;
   uint64_t mark_ms;       /* 0: no marker */
+  char tls_error[MAX_RESULTS][128]; /* hc_checker_tls_error during each result */
+  tls_fail_t tls_reason[MAX_RESULTS];
 } probe_t;
 
 typedef struct sconn {
@@ -337,17 +339,26 @@ static void on_result(void *ud, int ok, int detail) {
     p->blockers[p->n] = L.blockers;
     p->seq[p->n] = ++L.results;
     p->early[p->n] = p->mark_ms && uv_is_active((uv_handle_t *)&p->mark);
+    snprintf(p->tls_error[p->n], sizeof p->tls_error[p->n], "%s", hc_checker_tls_error(p->hc, &p->tls_reason[p->n]));
   }
   if (p->mark_ms) uv_timer_start(&p->mark, mark_fire, p->mark_ms, 0);
   if (++p->n == p->stop_after || (ok && p->stop_on_ok)) probe_stop(p);
 }
+
+/* The TLS settings probe_start gives its checkers (NULL: plaintext). */
+static struct {
+  tls_ctx_t *ctx;
+  const char *server_name;
+  tls_session_cache_t *session;
+} g_tls;
 
 static void probe_start(probe_t *p, const char *host, uint16_t port, const char *path, uint64_t interval_ms,
                         uint64_t timeout_ms, int stop_after) {
   memset(p, 0, sizeof *p);
   p->stop_after = stop_after;
   hc_config_t cfg = {.host = host, .name = L.name, .port = port, .path = path, .interval_ms = interval_ms,
-                     .timeout_ms = timeout_ms};
+                     .timeout_ms = timeout_ms, .tls = g_tls.ctx, .server_name = g_tls.server_name,
+                     .session_cache = g_tls.session};
   CHECK_EQ_INT(hc_checker_start(&L.loop, &cfg, on_result, p, &p->hc), 0);
   L.probes[L.n_probes++] = p;
   L.active++;
@@ -745,6 +756,111 @@ TEST(checker_name_that_does_not_resolve_fails_with_its_error) {
   CHECK_EQ_INT(L.srv_requests, 0);
 }
 
-static void setup(void) { setenv("UV_THREADPOOL_SIZE", "4", 1); }
+/* ---- TLS ---------------------------------------------------------------------------------------------- */
 
-TEST_MAIN_WITH(setup, test__noop)
+static char g_certs[64];                  /* the setup's directory of test certificates */
+static tls_ctx_t *g_srv_ctx;              /* localhost + 127.0.0.1, signed by the test CA */
+static tls_ctx_t *g_ca_ctx, *g_other_ctx; /* clients trusting the test CA, or an unrelated one */
+
+static tls_ctx_t *srv_tls(void *ud) { return g_srv_ctx; }
+
+static uint16_t srv_start_tls(int status) {
+  hs_config_t cfg = {.name = "health-test", .max_body_bytes = 1024, .on_request = srv_on_request,
+                     .tls_ctx = srv_tls};
+  L.srv_status = status;
+  CHECK_EQ_INT(hs_server_create(&L.loop, &cfg, &L.srv), 0);
+  CHECK_EQ_INT(hs_server_listen(L.srv, "127.0.0.1", 0), 0);
+  return hs_server_port(L.srv);
+}
+
+/* Checks of an https backend: over TLS with the name verified (or the IP literal), with a shared session cache
+ * or none, on the check's own absolute path; a certificate that does not verify (an unknown CA, the wrong name)
+ * is a failed check with UV_EPROTO and the reason. */
+TEST(checker_over_tls) {
+  CHECK(g_srv_ctx && g_ca_ctx && g_other_ctx);
+  if (!g_srv_ctx || !g_ca_ctx || !g_other_ctx) return;
+  tls_session_cache_t *cache = tls_session_cache_create();
+  probe_t ok, by_ip, bad_ca, bad_name;
+  run_begin(50);
+  uint16_t port = srv_start_tls(204);
+  g_tls.ctx = g_ca_ctx, g_tls.server_name = "localhost", g_tls.session = cache;
+  probe_start(&ok, "127.0.0.1", port, "/healthz", 20, 1000, 3);
+  g_tls.server_name = NULL, g_tls.session = NULL;
+  probe_start(&by_ip, "127.0.0.1", port, "/healthz", 20, 1000, 1);
+  g_tls.ctx = g_other_ctx, g_tls.server_name = "localhost";
+  probe_start(&bad_ca, "127.0.0.1", port, "/healthz", 20, 1000, 1);
+  g_tls.ctx = g_ca_ctx, g_tls.server_name = "collector.example";
+  probe_start(&bad_name, "127.0.0.1", port, "/healthz", 20, 1000, 1);
+  memset(&g_tls, 0, sizeof g_tls);
+  run_end();
+  for (int i = 0; i < 3; i++) {
+    CHECK_EQ_INT(ok.ok[i], 1);
+    CHECK_EQ_INT(ok.detail[i], 204);
+    CHECK_EQ_STR(ok.tls_error[i], "");
+  }
+  CHECK_EQ_INT(by_ip.ok[0], 1);
+  CHECK_EQ_STR(L.srv_path, "/healthz");
+  CHECK_EQ_INT(L.srv_requests, 4);
+  CHECK_EQ_INT(bad_ca.ok[0], 0);
+  CHECK_EQ_INT(bad_ca.detail[0], UV_EPROTO);
+  CHECK_EQ_STR(bad_ca.tls_error[0], "certificate verify failed: unable to get local issuer certificate");
+  CHECK_EQ_INT(bad_ca.tls_reason[0], TLS_FAIL_CERTIFICATE);
+  CHECK_EQ_INT(bad_name.detail[0], UV_EPROTO);
+  CHECK_EQ_STR(bad_name.tls_error[0], "certificate verify failed: hostname mismatch");
+  tls_session_cache_destroy(cache);
+}
+
+static tls_ctx_t *client_ctx(const char *ca) {
+  char path[128], err[256];
+  tls_ctx_t *c = NULL;
+  snprintf(path, sizeof path, "%s/%s", g_certs, ca);
+  tls_client_opts_t o = {.ca_file = path, .alpn = "http/1.1"};
+  if (tls_client_ctx_create(&o, "test", &c, err, sizeof err) != 0) fprintf(stderr, "client context: %s\n", err);
+  return c;
+}
+
+/* Certificates made with the openssl CLI, EC P-256: a CA, a server certificate it signs for localhost and
+ * 127.0.0.1, and an unrelated CA. */
+static void make_certs(void) {
+  snprintf(g_certs, sizeof g_certs, "/tmp/test_health_tls_XXXXXX");
+  if (!mkdtemp(g_certs)) return;
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd,
+           "cd %s && K='genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256' && "
+           "X='-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign' && "
+           "openssl $K -out ca.key && openssl req -x509 -new -key ca.key -out ca.crt -days 30 -subj /CN=th-ca $X && "
+           "openssl $K -out other.key && "
+           "openssl req -x509 -new -key other.key -out other.crt -days 30 -subj /CN=th-other $X && "
+           "openssl $K -out srv.key && openssl req -new -key srv.key -out srv.csr -subj /CN=localhost && "
+           "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > srv.ext && "
+           "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -set_serial 2 -days 30 -extfile srv.ext "
+           "-out srv.crt 2>/dev/null",
+           g_certs);
+  if (system(cmd) != 0) {
+    fprintf(stderr, "cannot make the test certificates in %s\n", g_certs);
+    return;
+  }
+  char cert[128], key[128], err[256];
+  snprintf(cert, sizeof cert, "%s/srv.crt", g_certs);
+  snprintf(key, sizeof key, "%s/srv.key", g_certs);
+  tls_server_opts_t so = {.cert_file = cert, .key_file = key, .min_version = 12, .alpn = "http/1.1"};
+  if (tls_server_ctx_create(&so, "test", &g_srv_ctx, err, sizeof err) != 0) fprintf(stderr, "server: %s\n", err);
+  g_ca_ctx = client_ctx("ca.crt");
+  g_other_ctx = client_ctx("other.crt");
+}
+
+static void setup(void) {
+  setenv("UV_THREADPOOL_SIZE", "4", 1);
+  make_certs();
+}
+
+static void teardown(void) {
+  tls_ctx_unref(g_srv_ctx);
+  tls_ctx_unref(g_ca_ctx);
+  tls_ctx_unref(g_other_ctx);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", g_certs);
+  if (g_certs[0] && system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", g_certs);
+}
+
+TEST_MAIN_WITH(setup, teardown)
