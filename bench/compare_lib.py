@@ -1,5 +1,7 @@
 """Helpers for bench/compare: starting and stopping the sinks and the three proxies (otlp-gateway, HAProxy,
-nginx; for the OTLP/gRPC rows the gateway's gRPC listener and HAProxy with `proto h2`) on 127.0.0.1, reading
+nginx; for the OTLP/gRPC rows the gateway's gRPC listener and HAProxy with `proto h2`; for the TLS rows the
+gateway with server.tls and HAProxy with `bind ... ssl crt`, from an ECDSA P-256 certificate made by make_cert) on
+127.0.0.1, reading
 their CPU time and peak RSS from /proc, and the idle-connection client of scenario S5 (run as
 `python3 bench/compare_lib.py idle PORT N`).
 
@@ -156,15 +158,56 @@ class Proxy:
         return sum(vm_hwm_kib(p) for p in self.rss_pids) / 1024.0
 
 
-def start_sinks(procs, build, tmp, n, grpc=False):
+def make_cert(tmp):
+    """A self-signed ECDSA P-256 certificate for CN/SAN IP 127.0.0.1, made with the openssl CLI into tmp (the
+    same one for every TLS server of the run). Returns dict(cert=, key=, pem=cert+key concatenated (HAProxy's
+    `crt`), desc=)."""
+    cert, key, pem = (os.path.join(tmp, n) for n in ("tls-cert.pem", "tls-key.pem", "tls-combined.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    with open(pem, "w") as out:
+        for src in (cert, key):
+            with open(src) as f:
+                out.write(f.read())
+    return {"cert": cert, "key": key, "pem": pem, "desc": "self-signed ECDSA P-256 (prime256v1), CN and SAN IP "
+            "127.0.0.1, made with `openssl req -x509 -newkey ec` at start"}
+
+
+def tls_probe(port):
+    """What `openssl s_client` negotiates with the server on port (protocol, cipher suite, key exchange group,
+    session tickets sent): a line for the report, or why not."""
+    p = None
+    try:
+        p = subprocess.Popen(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-servername", "127.0.0.1",
+                              "-alpn", "http/1.1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.3)  # the TLS 1.3 tickets come after the handshake; closing stdin at once would miss them
+        out = p.communicate(input="", timeout=10)[0]
+    except (OSError, subprocess.SubprocessError) as e:
+        return "probe failed: %s" % e
+    finally:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+    proto = re.search(r"(TLSv[\d.]+), Cipher is (\S+)", out)
+    group = re.search(r"^(?:Server Temp Key|Negotiated TLS1.3 group): (.+)$", out, re.M)
+    alpn = re.search(r"^(ALPN protocol: .+|No ALPN negotiated)$", out, re.M)
+    return "%s %s, key exchange %s, %s, %d session ticket(s) sent" % (
+        proto.group(1) if proto else "?", proto.group(2) if proto else "?", group.group(1).strip() if group else "?",
+        alpn.group(1) if alpn else "ALPN ?", out.count("Post-Handshake New Session Ticket arrived"))
+
+
+def start_sinks(procs, build, tmp, n, grpc=False, tls=None):
     """n `otlp-sink --no-decode`: [(proc, http_port)], or with grpc=True (each also serves OTLP/gRPC, --grpc)
-    [(proc, http_port, grpc_port)]."""
+    [(proc, http_port, grpc_port)]. tls: make_cert's dict, the sinks then speak TLS (otlp-sink --tls)."""
     ps = []
     for i in range(n):
-        log = os.path.join(tmp, "sink%d.out" % i)
+        log = os.path.join(tmp, "sink%d%s.out" % (i, "-tls" if tls else ""))
         out = open(log, "w")
         p = procs.spawn([os.path.join(build, "otlp-sink"), "--no-decode", "--listen", "127.0.0.1:0"] +
-                        (["--grpc"] if grpc else []),
+                        (["--grpc"] if grpc else []) + (["--tls", "%s,%s" % (tls["cert"], tls["key"])] if tls else []),
                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         out.close()
         ps.append((p, log))
@@ -174,15 +217,17 @@ def start_sinks(procs, build, tmp, n, grpc=False):
     return [(p, wait_log(log, "listening on", p, what="otlp-sink")) for p, log in ps]
 
 
-def start_gateway(procs, build, tmp, sink_ports, workers, tag, grpc=False):
+def start_gateway(procs, build, tmp, sink_ports, workers, tag, grpc=False, tls=None):
     """The gateway with trace-ID routing to the sinks (over HTTP/1.1); grpc=True also opens its OTLP/gRPC listener
-    (server.grpc_listen, else off), whose port is the Proxy's gport."""
+    (server.grpc_listen, else off), whose port is the Proxy's gport. tls: make_cert's dict, the ingest listener then
+    speaks TLS (server.tls.cert_file / key_file); the sinks stay plain."""
     cfg = os.path.join(tmp, "gw-%s.yaml" % tag)
+    tls_cfg = ', tls: {cert_file: "%s", key_file: "%s"}' % (tls["cert"], tls["key"]) if tls else ""
     with open(cfg, "w") as f:
         f.write('server: {listen: "127.0.0.1:0", grpc_listen: "%s", workers: %d, max_connections: 20000, '
-                'idle_timeout: 600s, read_timeout: 600s}\n'
+                'idle_timeout: 600s, read_timeout: 600s%s}\n'
                 'telemetry: {listen: "127.0.0.1:0"}\n'
-                'backends:\n  static:\n' % ("127.0.0.1:0" if grpc else "", workers) +
+                'backends:\n  static:\n' % ("127.0.0.1:0" if grpc else "", workers, tls_cfg) +
                 "".join('    - {endpoint: "http://127.0.0.1:%d"}\n' % p for p in sink_ports))
     log = os.path.join(tmp, "gw-%s.err" % tag)
     err = open(log, "w")
@@ -196,11 +241,13 @@ def start_gateway(procs, build, tmp, sink_ports, workers, tag, grpc=False):
     return px
 
 
-def start_haproxy(procs, tmp, sink_ports, workers, tag, maxconn=10100, bufsize=0, h2=False):
+def start_haproxy(procs, tmp, sink_ports, workers, tag, maxconn=10100, bufsize=0, h2=False, tls=None):
     """HAProxy, mode http, round robin to the sinks; h2=True: HTTP/2 cleartext on the bind and to the servers
-    (`proto h2` on both), for OTLP/gRPC, whose trailers HAProxy passes through end to end."""
+    (`proto h2` on both), for OTLP/gRPC, whose trailers HAProxy passes through end to end. tls: make_cert's dict,
+    the bind gets `ssl crt <cert+key pem>` (HAProxy's defaults otherwise); the servers stay plain."""
     port = free_port()
     proto = " proto h2" if h2 else ""
+    ssl = " ssl crt %s" % tls["pem"] if tls else ""
     cfg = os.path.join(tmp, "haproxy-%s.cfg" % tag)
     # maxconn: 10,000 idle clients + load; with http-reuse always an idle client holds no server connection,
     # so ~maxconn fds suffice. HAProxy wants 2*maxconn fds and by default refuses to start below that
@@ -220,13 +267,13 @@ def start_haproxy(procs, tmp, sink_ports, workers, tag, maxconn=10100, bufsize=0
   timeout http-keep-alive 600s
   timeout queue 30s
 frontend fe
-  bind 127.0.0.1:%d backlog 1024%s
+  bind 127.0.0.1:%d backlog 1024%s%s
   maxconn %d
   default_backend sinks
 backend sinks
   balance roundrobin
   http-reuse always
-%s""" % (workers, maxconn, "  tune.bufsize %d\n" % bufsize if bufsize else "", port, proto, maxconn,
+%s""" % (workers, maxconn, "  tune.bufsize %d\n" % bufsize if bufsize else "", port, ssl, proto, maxconn,
          "".join("  server s%d 127.0.0.1:%d%s\n" % (i, p, proto) for i, p in enumerate(sink_ports))))
     log = os.path.join(tmp, "haproxy-%s.err" % tag)
     err = open(log, "w")
@@ -283,11 +330,16 @@ http {
 
 
 def run_load(procs, build, url, duration, connections, spans, traces, resources=None, gzip=False, rate=0,
-             timeout=None, grpc_streams=0):
+             timeout=None, grpc_streams=0, ca=None, headers=()):
     """Runs otlp-load to completion; returns the RESULT line as a dict of floats (plus 'raw'). grpc_streams > 0:
-    OTLP/gRPC (otlp-load --grpc) with that many calls in flight per connection."""
+    OTLP/gRPC (otlp-load --grpc) with that many calls in flight per connection. An https:// url is TLS, verified
+    against ca (a PEM file); headers: extra 'Name: value' request headers (e.g. 'Connection: close')."""
     args = [os.path.join(build, "otlp-load"), "--url", url, "--quiet", "--duration", duration,
             "--connections", str(connections), "--spans", str(spans), "--traces", str(traces)]
+    if ca:
+        args += ["--ca", ca]
+    for h in headers:
+        args += ["--header", h]
     if grpc_streams:
         args += ["--grpc", "--streams", str(grpc_streams)]
     if resources:
