@@ -24,6 +24,7 @@
 #include "gateway/backend.h"
 #include "gateway/transport.h"
 #include "test.h"
+#include "test_certs.h"
 
 #define BIG (8u * 1024 * 1024) /* more than the socket buffers take at once */
 #define MAX_REQS 64
@@ -674,12 +675,10 @@ TEST(connection_refused) {
 
 /* ---- TLS ---------------------------------------------------------------------------------------------- */
 
-static char g_certs[64];                      /* the setup's directory of test certificates */
-static tls_ctx_t *g_srv_ctx;                  /* the fake's: localhost + 127.0.0.1, signed by the test CA */
-static tls_ctx_t *g_ca_ctx, *g_other_ctx;     /* clients trusting the test CA, or an unrelated one */
+static test_certs_t g_tc; /* the setup's test certificates and contexts (tests/unit/test_certs.h) */
 
 static void tls_on(tls_ctx_t *client, const char *server_name, const char *prefix) {
-  g_tls.server = g_srv_ctx;
+  g_tls.server = g_tc.server;
   g_tls.client = client;
   g_tls.server_name = server_name;
   g_tls.prefix = prefix;
@@ -688,8 +687,8 @@ static void tls_on(tls_ctx_t *client, const char *server_name, const char *prefi
 static void tls_off(void) { memset(&g_tls, 0, sizeof g_tls); }
 
 static int have_tls(void) {
-  CHECK(g_srv_ctx && g_ca_ctx && g_other_ctx); /* the setup could make its certificates */
-  return g_srv_ctx && g_ca_ctx && g_other_ctx;
+  CHECK(g_tc.server && g_tc.ca && g_tc.other); /* the setup could make its certificates */
+  return g_tc.server && g_tc.ca && g_tc.other;
 }
 
 /* Over TLS (the name verified, or the IP literal) and under a path prefix: every request delivered on one
@@ -698,7 +697,7 @@ TEST(tls_requests_under_a_prefix) {
   if (!have_tls()) return;
   run_t r;
   script_t s[] = {sc(READ_WHOLE, ok200, 0, END_STAY, 5)};
-  tls_on(g_ca_ctx, "localhost", "/otlp");
+  tls_on(g_tc.ca, "localhost", "/otlp");
   run(&r, s, 1, 5, NULL, 1, 5000);
   for (int i = 0; i < 5; i++) CHECK_EQ_INT(r.reqs[i].status, 200);
   CHECK_EQ_INT(r.fake.accepted, 1);
@@ -709,7 +708,7 @@ TEST(tls_requests_under_a_prefix) {
   CHECK_EQ_INT(r.tls_cb_calls, 0);
   CHECK_EQ_STR(r.tls_error, "");
 
-  tls_on(g_ca_ctx, NULL, "/a/b"); /* no server_name: the host, an IP literal, is verified as an IP */
+  tls_on(g_tc.ca, NULL, "/a/b"); /* no server_name: the host, an IP literal, is verified as an IP */
   run(&r, s, 1, 2, NULL, 1, 5000);
   for (int i = 0; i < 2; i++) CHECK_EQ_INT(r.reqs[i].status, 200);
   CHECK_EQ_INT(r.fake.good_requests, 2);
@@ -733,8 +732,8 @@ TEST(tls_verify_failures_fail_with_the_reason) {
     tls_ctx_t **client;
     const char *name, *want;
   } cases[] = {
-      {&g_other_ctx, "localhost", "certificate verify failed: unable to get local issuer certificate"},
-      {&g_ca_ctx, "collector.example", "certificate verify failed: hostname mismatch"},
+      {&g_tc.other, "localhost", "certificate verify failed: unable to get local issuer certificate"},
+      {&g_tc.ca, "collector.example", "certificate verify failed: hostname mismatch"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     run_t r;
@@ -760,7 +759,7 @@ TEST(tls_reset_mid_handshake) {
   run_t r;
   script_t s[] = {sc(READ_WHOLE, ok200, 0, END_STAY, 1)};
   s[0].reset_on_bytes = 1;
-  tls_on(g_ca_ctx, "localhost", NULL);
+  tls_on(g_tc.ca, "localhost", NULL);
   g_tls.server = NULL; /* a plain fake: it sees the ClientHello as bytes, and resets */
   run(&r, s, 1, 1, NULL, 1, 5000);
   tls_off();
@@ -775,7 +774,7 @@ TEST(tls_keepalive_then_resumption) {
   if (!have_tls()) return;
   run_t r;
   script_t s[] = {sc(READ_WHOLE, ok200, 0, END_CLOSE, 2), sc(READ_WHOLE, ok200, 0, END_STAY, 10)};
-  tls_on(g_ca_ctx, "localhost", "/otlp");
+  tls_on(g_tc.ca, "localhost", "/otlp");
   run(&r, s, 2, 5, NULL, 1, 5000);
   tls_off();
   for (int i = 0; i < 5; i++) CHECK_EQ_INT(r.reqs[i].status, 200);
@@ -790,64 +789,18 @@ TEST(tls_keepalive_then_resumption) {
 /* Early answers over TLS with 8 MiB bodies: the same reuse rules (PATTERNS.md 1) as over plaintext. */
 TEST(tls_early_answers) {
   if (!have_tls()) return;
-  tls_on(g_ca_ctx, "localhost", "/otlp");
+  tls_on(g_tc.ca, "localhost", "/otlp");
   early_answer("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n", 413,
                END_STAY);
   early_answer("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 401, END_CLOSE);
   tls_off();
 }
 
-static tls_ctx_t *client_ctx(const char *ca) {
-  char path[128], err[256];
-  tls_ctx_t *c = NULL;
-  snprintf(path, sizeof path, "%s/%s", g_certs, ca);
-  tls_client_opts_t o = {.ca_file = path, .alpn = "http/1.1"};
-  if (tls_client_ctx_create(&o, "test", &c, err, sizeof err) != 0) fprintf(stderr, "client context: %s\n", err);
-  return c;
-}
-
-/* Certificates made with the openssl CLI, EC P-256 (fast): a CA, a server certificate it signs for localhost
- * and 127.0.0.1, and an unrelated CA. */
-static void make_certs(void) {
-  snprintf(g_certs, sizeof g_certs, "/tmp/test_backend_tls_XXXXXX");
-  if (!mkdtemp(g_certs)) return;
-  char cmd[2048];
-  snprintf(cmd, sizeof cmd,
-           "cd %s && K='genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256' && "
-           "X='-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign' && "
-           "openssl $K -out ca.key && openssl req -x509 -new -key ca.key -out ca.crt -days 30 -subj /CN=tb-ca $X && "
-           "openssl $K -out other.key && "
-           "openssl req -x509 -new -key other.key -out other.crt -days 30 -subj /CN=tb-other $X && "
-           "openssl $K -out srv.key && openssl req -new -key srv.key -out srv.csr -subj /CN=localhost && "
-           "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > srv.ext && "
-           "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -set_serial 2 -days 30 -extfile srv.ext "
-           "-out srv.crt 2>/dev/null",
-           g_certs);
-  if (system(cmd) != 0) {
-    fprintf(stderr, "cannot make the test certificates in %s\n", g_certs);
-    return;
-  }
-  char cert[128], key[128], err[256];
-  snprintf(cert, sizeof cert, "%s/srv.crt", g_certs);
-  snprintf(key, sizeof key, "%s/srv.key", g_certs);
-  tls_server_opts_t so = {.cert_file = cert, .key_file = key, .min_version = 12, .alpn = "http/1.1"};
-  if (tls_server_ctx_create(&so, "test", &g_srv_ctx, err, sizeof err) != 0) fprintf(stderr, "server: %s\n", err);
-  g_ca_ctx = client_ctx("ca.crt");
-  g_other_ctx = client_ctx("other.crt");
-}
-
 static void setup(void) {
   signal(SIGPIPE, SIG_IGN); /* as the gateway does (main.c) */
-  make_certs();
+  test_certs_make(&g_tc, "backend");
 }
 
-static void teardown(void) {
-  tls_ctx_unref(g_srv_ctx);
-  tls_ctx_unref(g_ca_ctx);
-  tls_ctx_unref(g_other_ctx);
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", g_certs);
-  if (g_certs[0] && system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", g_certs);
-}
+static void teardown(void) { test_certs_dispose(&g_tc); }
 
 TEST_MAIN_WITH(setup, teardown)

@@ -21,6 +21,7 @@
 #include "health/check.h"
 #include "health/dns.h"
 #include "test.h"
+#include "test_certs.h"
 
 /* ---- state machine ------------------------------------------------------------------------------------ */
 
@@ -758,11 +759,9 @@ TEST(checker_name_that_does_not_resolve_fails_with_its_error) {
 
 /* ---- TLS ---------------------------------------------------------------------------------------------- */
 
-static char g_certs[64];                  /* the setup's directory of test certificates */
-static tls_ctx_t *g_srv_ctx;              /* localhost + 127.0.0.1, signed by the test CA */
-static tls_ctx_t *g_ca_ctx, *g_other_ctx; /* clients trusting the test CA, or an unrelated one */
+static test_certs_t g_tc; /* the setup's test certificates and contexts (tests/unit/test_certs.h) */
 
-static tls_ctx_t *srv_tls(void *ud) { return g_srv_ctx; }
+static tls_ctx_t *srv_tls(void *ud) { return g_tc.server; }
 
 static uint16_t srv_start_tls(int status) {
   hs_config_t cfg = {.name = "health-test", .max_body_bytes = 1024, .on_request = srv_on_request,
@@ -777,19 +776,19 @@ static uint16_t srv_start_tls(int status) {
  * or none, on the check's own absolute path; a certificate that does not verify (an unknown CA, the wrong name)
  * is a failed check with UV_EPROTO and the reason. */
 TEST(checker_over_tls) {
-  CHECK(g_srv_ctx && g_ca_ctx && g_other_ctx);
-  if (!g_srv_ctx || !g_ca_ctx || !g_other_ctx) return;
+  CHECK(g_tc.server && g_tc.ca && g_tc.other);
+  if (!g_tc.server || !g_tc.ca || !g_tc.other) return;
   tls_session_cache_t *cache = tls_session_cache_create();
   probe_t ok, by_ip, bad_ca, bad_name;
   run_begin(50);
   uint16_t port = srv_start_tls(204);
-  g_tls.ctx = g_ca_ctx, g_tls.server_name = "localhost", g_tls.session = cache;
+  g_tls.ctx = g_tc.ca, g_tls.server_name = "localhost", g_tls.session = cache;
   probe_start(&ok, "127.0.0.1", port, "/healthz", 20, 1000, 3);
   g_tls.server_name = NULL, g_tls.session = NULL;
   probe_start(&by_ip, "127.0.0.1", port, "/healthz", 20, 1000, 1);
-  g_tls.ctx = g_other_ctx, g_tls.server_name = "localhost";
+  g_tls.ctx = g_tc.other, g_tls.server_name = "localhost";
   probe_start(&bad_ca, "127.0.0.1", port, "/healthz", 20, 1000, 1);
-  g_tls.ctx = g_ca_ctx, g_tls.server_name = "collector.example";
+  g_tls.ctx = g_tc.ca, g_tls.server_name = "collector.example";
   probe_start(&bad_name, "127.0.0.1", port, "/healthz", 20, 1000, 1);
   memset(&g_tls, 0, sizeof g_tls);
   run_end();
@@ -810,57 +809,11 @@ TEST(checker_over_tls) {
   tls_session_cache_destroy(cache);
 }
 
-static tls_ctx_t *client_ctx(const char *ca) {
-  char path[128], err[256];
-  tls_ctx_t *c = NULL;
-  snprintf(path, sizeof path, "%s/%s", g_certs, ca);
-  tls_client_opts_t o = {.ca_file = path, .alpn = "http/1.1"};
-  if (tls_client_ctx_create(&o, "test", &c, err, sizeof err) != 0) fprintf(stderr, "client context: %s\n", err);
-  return c;
-}
-
-/* Certificates made with the openssl CLI, EC P-256: a CA, a server certificate it signs for localhost and
- * 127.0.0.1, and an unrelated CA. */
-static void make_certs(void) {
-  snprintf(g_certs, sizeof g_certs, "/tmp/test_health_tls_XXXXXX");
-  if (!mkdtemp(g_certs)) return;
-  char cmd[2048];
-  snprintf(cmd, sizeof cmd,
-           "cd %s && K='genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256' && "
-           "X='-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign' && "
-           "openssl $K -out ca.key && openssl req -x509 -new -key ca.key -out ca.crt -days 30 -subj /CN=th-ca $X && "
-           "openssl $K -out other.key && "
-           "openssl req -x509 -new -key other.key -out other.crt -days 30 -subj /CN=th-other $X && "
-           "openssl $K -out srv.key && openssl req -new -key srv.key -out srv.csr -subj /CN=localhost && "
-           "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > srv.ext && "
-           "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -set_serial 2 -days 30 -extfile srv.ext "
-           "-out srv.crt 2>/dev/null",
-           g_certs);
-  if (system(cmd) != 0) {
-    fprintf(stderr, "cannot make the test certificates in %s\n", g_certs);
-    return;
-  }
-  char cert[128], key[128], err[256];
-  snprintf(cert, sizeof cert, "%s/srv.crt", g_certs);
-  snprintf(key, sizeof key, "%s/srv.key", g_certs);
-  tls_server_opts_t so = {.cert_file = cert, .key_file = key, .min_version = 12, .alpn = "http/1.1"};
-  if (tls_server_ctx_create(&so, "test", &g_srv_ctx, err, sizeof err) != 0) fprintf(stderr, "server: %s\n", err);
-  g_ca_ctx = client_ctx("ca.crt");
-  g_other_ctx = client_ctx("other.crt");
-}
-
 static void setup(void) {
   setenv("UV_THREADPOOL_SIZE", "4", 1);
-  make_certs();
+  test_certs_make(&g_tc, "health");
 }
 
-static void teardown(void) {
-  tls_ctx_unref(g_srv_ctx);
-  tls_ctx_unref(g_ca_ctx);
-  tls_ctx_unref(g_other_ctx);
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", g_certs);
-  if (g_certs[0] && system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", g_certs);
-}
+static void teardown(void) { test_certs_dispose(&g_tc); }
 
 TEST_MAIN_WITH(setup, teardown)
