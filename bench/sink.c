@@ -130,7 +130,7 @@ static const char usage[] =
     "usage: otlp-sink [--listen HOST:PORT] [--status CODE] [--retry-after SECONDS] [--delay MS]\n"
     "                 [--trace-file PATH] [--log-file PATH] [--max-body SIZE] [--no-decode]\n"
     "                 [--require-header 'NAME: VALUE'] [--partial N] [--times-file PATH]\n"
-    "                 [--health-status CODE] [--grpc | --grpc-listen HOST:PORT] [--tls CERT,KEY]\n"
+    "                 [--health-status CODE] [--grpc | --grpc-listen HOST:PORT] [--tls CERT,KEY[,CLIENT_CA]]\n"
     "                 [--control-listen HOST:PORT] [--prefix /PATH]\n"
     "  --listen       address to listen on (default 127.0.0.1:0 = ephemeral; the bound address is printed)\n"
     "  --status       answer every OTLP request with this status instead of 200 (e.g. 503); initial value of\n"
@@ -152,7 +152,8 @@ static const char usage[] =
     "                 on HOST:PORT\" after the HTTP line (the HTTP listener keeps /stats and /control)\n"
     "  --grpc         the same on the --listen host, ephemeral port\n"
     "  --tls CERT,KEY both listeners speak TLS with this certificate chain and key (PEM files): ALPN http/1.1 on\n"
-    "                 the HTTP listener, h2 on the gRPC one; /stats and /control are then https (or see below)\n"
+    "                 the HTTP listener, h2 on the gRPC one; /stats and /control are then https (or see below);\n"
+    "                 with CLIENT_CA, clients must present a certificate that CA signed (mTLS)\n"
     "  --control-listen HOST:PORT  a plaintext HTTP listener for GET /stats and GET /control only (anything else\n"
     "                 404), printed as \"otlp-sink control listening on HOST:PORT\" after the other lines\n"
     "  --prefix /PATH the OTLP paths are /PATH/v1/{traces,logs,metrics} (an endpoint with a path prefix)\n"
@@ -925,7 +926,7 @@ int main(int argc, char **argv) {
   s.max_body = 64u << 20;
   const char *listen = "127.0.0.1:0", *trace_path = NULL, *log_path = NULL, *times_path = NULL;
   const char *grpc_listen = NULL, *control_listen = NULL;
-  char *tls_cert = NULL, *tls_key = NULL;
+  char *tls_cert = NULL, *tls_key = NULL, *tls_client_ca = NULL;
   int grpc_same_host = 0;
   s.prefix = "";
   for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
@@ -952,12 +953,17 @@ int main(int argc, char **argv) {
       case 'S': {
         char *comma = strchr(optarg, ',');
         if (!comma || comma == optarg || !comma[1]) {
-          fprintf(stderr, "otlp-sink: --tls wants CERT,KEY\n");
+          fprintf(stderr, "otlp-sink: --tls wants CERT,KEY[,CLIENT_CA]\n");
           return 2;
         }
         *comma = 0;
         tls_cert = optarg;
         tls_key = comma + 1;
+        char *ca = strchr(tls_key, ',');
+        if (ca) {
+          *ca = 0;
+          tls_client_ca = ca + 1;
+        }
         break;
       }
       case 'P': {
@@ -1029,7 +1035,8 @@ int main(int argc, char **argv) {
   tls_ctx_t *tls_http = NULL, *tls_grpc = NULL;
   if (tls_cert) {
     char err[512];
-    tls_server_opts_t to = {.cert_file = tls_cert, .key_file = tls_key, .min_version = 12, .alpn = "http/1.1"};
+    tls_server_opts_t to = {.cert_file = tls_cert, .key_file = tls_key, .client_ca_file = tls_client_ca,
+                            .min_version = 12, .alpn = "http/1.1"};
     int trc = tls_server_ctx_create(&to, "otlp-sink --tls", &tls_http, err, sizeof err);
     to.alpn = "h2";
     if (trc == 0 && (grpc_listen || grpc_same_host))

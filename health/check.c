@@ -151,7 +151,9 @@ static int in_handshake(const hc_checker_t *c) { return tp_is_tls(&c->tp) && !tp
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   hc_checker_t *c = s->data;
   if (c->reported || nread == 0) return;
-  if (nread < 0 && in_handshake(c)) {
+  /* A TLS failure: during the handshake, or a TLS alert before any answer (a TLS 1.3 client finishes its handshake
+   * first: a backend refusing our client certificate says so right after). */
+  if (nread < 0 && (in_handshake(c) || (nread == UV_EPROTO && tp_is_tls(&c->tp) && *tp_error(&c->tp)))) {
     check_tls_failed(c, (int)nread);
     return;
   }

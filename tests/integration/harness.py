@@ -364,10 +364,12 @@ def wait_drained(g, timeout=WAIT):
 class Sink(Proc):
     exit_checked = True
 
-    def __init__(self, *extra, listen="127.0.0.1:0", shared=False, tls=None):
+    def __init__(self, *extra, listen="127.0.0.1:0", shared=False, tls=None, client_ca=None):
         """tls=(cert, key): the sink's listeners speak TLS (--tls CERT,KEY, endpoint https://...); stats() and
-        control() then go to its plaintext --control-listen port (control_port)."""
-        self.extra = list(extra) + (["--tls", "%s,%s" % (tls[0], tls[1])] if tls else [])
+        control() then go to its plaintext --control-listen port (control_port). client_ca: with tls, clients
+        must present a certificate that CA signed (--tls CERT,KEY,CLIENT_CA)."""
+        self.extra = list(extra) + (["--tls", ",".join([tls[0], tls[1]] + ([client_ca] if client_ca else []))]
+                                    if tls else [])
         self.tls = tls
         self.host = listen.rsplit(":", 1)[0]
         self.control_port = 0

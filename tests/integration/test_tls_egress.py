@@ -44,10 +44,11 @@ def pki():
 class TlsSink(Sink):
     """An otlp-sink over TLS with pair, OTLP under --prefix (None: none), demanding AUTH, recording its traces."""
 
-    def __init__(self, name, pair, prefix="/otlp", listen="127.0.0.1:0"):
+    def __init__(self, name, pair, prefix="/otlp", listen="127.0.0.1:0", client_ca=None):
         self.trace_path = fresh(os.path.join(TMP, name + ".traces.txt"))
         super().__init__("--trace-file", self.trace_path, *(["--prefix", prefix] if prefix else []),
-                         "--require-header", "Authorization: " + AUTH, listen=listen, tls=(pair.cert, pair.key))
+                         "--require-header", "Authorization: " + AUTH, listen=listen, tls=(pair.cert, pair.key),
+                         client_ca=client_ca)
 
     def traces(self):
         return read_traces(self.trace_path)
@@ -132,6 +133,58 @@ def test_https_backends_under_a_prefix_with_the_injected_header():
         stop_ok(g)
         for s in sinks:
             s.stop()
+
+
+# ---- client certificates and insecure_skip_verify ------------------------------------------------------------
+
+def test_backend_that_requires_a_client_certificate():
+    """A backend that demands a client certificate (mTLS): without backends.tls.cert_file the handshake fails and
+    the backend is marked down (nothing delivered there, the other backend takes its traces); with the gateway's
+    client certificate (signed by the CA the backend trusts) every span arrives."""
+    p = pki()
+    client = certs.make_cert(CERTS, p["ca"], "gw-client", ["gateway.test"], client=True)
+    mtls = TlsSink("egress.mtls", p["good"], client_ca=p["ca"].cert)
+    plain = TlsSink("egress.mtls.other", p["good"])
+    ep_m, ep_o = "%s/otlp" % mtls.endpoint, "%s/otlp" % plain.endpoint
+    g = Gateway(config([ep_m, ep_o]), name="egress-mtls-none.yaml")
+    try:
+        g.wait_metric(backend_series("backend_up", ep_m), lambda v: v == 0)
+        ids = send_traces(g, 1500, 40)
+        wait_once([plain], ids)
+        assert mtls.stats()["traces"]["requests"] == 0
+        assert mtls.stats()["tls_handshake_failures"] > 0
+        assert tls_lines(g, ep_m), "no 'backend TLS handshake failed' line for %s: %s" % (
+            ep_m, [ln for ln in g.err if ep_m in ln][-6:])
+    finally:
+        stop_ok(g)
+    extra = 'cert_file: "%s"\nkey_file: "%s"' % (client.cert, client.key)
+    g = Gateway(config([ep_m], extra_tls=extra), name="egress-mtls.yaml")
+    try:
+        g.wait_metric(backend_series("backend_up", ep_m), lambda v: v == 1)
+        ids = send_traces(g, 1600, 40)
+        wait_once([mtls], ids)
+    finally:
+        stop_ok(g)
+        mtls.stop()
+        plain.stop()
+
+
+def test_insecure_skip_verify_sends_to_an_unverified_backend_with_a_warning():
+    """backends.tls.insecure_skip_verify: a backend whose certificate the gateway cannot verify (another CA) is
+    used all the same, and the start logs one warning saying verification is off."""
+    p = pki()
+    rogue = TlsSink("egress.insecure", p["rogue"])
+    ep = "%s/otlp" % rogue.endpoint
+    g = Gateway(config([ep], extra_tls="insecure_skip_verify: true"), name="egress-insecure.yaml")
+    try:
+        g.wait_line(r"level=warn .*insecure_skip_verify")
+        g.wait_metric(backend_series("backend_up", ep), lambda v: v == 1)
+        ids = send_traces(g, 1700, 40)
+        wait_once([rogue], ids)
+        assert backend_failures(g, "certificate") == 0
+    finally:
+        stop_ok(g)
+        rogue.stop()
 
 
 # ---- certificates that do not verify --------------------------------------------------------------------
