@@ -20,7 +20,7 @@ fi
 secs=${1:-$([ "$merge" -eq 1 ] && echo 600 || echo 30)}
 build=${FUZZ_BUILD_DIR:-build-fuzz}
 max_corpus_kib=1024 # per target, the SHA-1 named inputs --merge keeps
-targets=(config http splice json backend grpc tls)
+targets=(config http splice json backend grpc tls spool)
 scripts/deps.sh --fuzz
 CC=clang cmake -S . -B "$build" -DOTLPGW_FUZZ=ON -DOTLPGW_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}"
