@@ -85,6 +85,8 @@ static const cfg_enum_t metric_routes[] = {
 static const cfg_enum_t compressions[] = {{"none", CFG_COMPRESSION_NONE}, {"gzip", CFG_COMPRESSION_GZIP}, {NULL, 0}};
 static const cfg_enum_t tls_versions[] = {{"1.2", CFG_TLS_1_2}, {"1.3", CFG_TLS_1_3}, {NULL, 0}};
 static const cfg_enum_t schemes[] = {{"http", CFG_SCHEME_HTTP}, {"https", CFG_SCHEME_HTTPS}, {NULL, 0}};
+static const cfg_enum_t fsync_modes[] = {
+    {"batch", CFG_FSYNC_BATCH}, {"always", CFG_FSYNC_ALWAYS}, {"never", CFG_FSYNC_NEVER}, {NULL, 0}};
 
 static const char *check_token(const char *s);
 static const char *check_http_path(const char *s);
@@ -186,7 +188,10 @@ static const cfg_key_t cfg_keys[] = {
     KEY("backends.queue.max_bytes", CT_SIZE, "256MiB", backends.queue.max_bytes, 64 * KIB, TIB, NULL, NULL,
         "retry queue per backend"),
     KEY("backends.queue.directory", CT_STRING, "", backends.queue.directory, 0, 0, NULL, check_spool_directory,
-        "reserved for the crash-safe on-disk spool, not implemented yet: a non-empty value is rejected"),
+        "non-empty: crash-safe on-disk spool of acknowledged, undelivered parts (absolute path; one gateway each)"),
+    KEY("backends.queue.fsync", CT_ENUM, "batch", backends.queue.fsync, 0, 0, fsync_modes, NULL,
+        "batch: one fdatasync per loop turn before the acks it covers | always: one per part | never: page cache "
+        "only (survives a process crash, not a power cut)"),
     KEY("backends.retry.initial_interval", CT_DURATION, "100ms", backends.retry.initial_interval_ms, 1, DUR_MAX,
         NULL, NULL, "first retry backoff; at most max_interval"),
     KEY("backends.retry.max_interval", CT_DURATION, "5s", backends.retry.max_interval_ms, 1, DUR_MAX, NULL, NULL,
@@ -474,8 +479,8 @@ static const char *hostport_optional(const char *s) { return NULL; }
 
 static const char *check_spool_directory(const char *s) {
   if (!*s) return NULL;
-  return "the on-disk spool is not implemented yet (issue: crash-safe spool); remove the key to keep retry queues "
-         "in memory";
+  if (s[0] != '/') return "must be an absolute path";
+  return NULL; /* writable, and held by no other gateway: gateway/spool's sp_lock_dir at start and --check-config */
 }
 
 /* RFC 9110 token characters, for header names. */

@@ -20,6 +20,7 @@ typedef enum { CFG_ROUTE_TRACE_ID = 0, CFG_ROUTE_SERVICE, CFG_ROUTE_RESOURCE, CF
 typedef enum { CFG_COMPRESSION_NONE = 0, CFG_COMPRESSION_GZIP } cfg_compression_t;
 typedef enum { CFG_TLS_1_2 = 12, CFG_TLS_1_3 = 13 } cfg_tls_version_t;
 typedef enum { CFG_SCHEME_HTTP = 0, CFG_SCHEME_HTTPS } cfg_scheme_t;
+typedef enum { CFG_FSYNC_BATCH = 0, CFG_FSYNC_ALWAYS, CFG_FSYNC_NEVER } cfg_fsync_t; /* = sp_fsync_t */
 
 typedef struct cfg_backend {
   char *endpoint;   /* "http[s]://host[:port][/prefix]" as written, without a trailing "/" (validated) */
@@ -102,7 +103,8 @@ typedef struct cfg {
     } health_check;
     struct {
       uint64_t max_bytes;
-      char *directory;
+      char *directory;            /* "" = retry queues in memory only */
+      cfg_fsync_t fsync;
     } queue;
     struct {
       uint64_t initial_interval_ms;

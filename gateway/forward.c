@@ -7,7 +7,9 @@
  * malformed protobuf (with the byte offset), then an empty request is a success, then no backend up, then a
  * target backend's queue full. Every other request is split by balancer/ over the ring and its parts are sent to
  * their backends; the request is done once every part is delivered (2xx), refused as bad (400/413: dropped,
- * reported as rejected) or, after any other answer or a transport failure, handed to the retry queues.
+ * reported as rejected) or, after any other answer or a transport failure, handed to the retry queues (with
+ * backends.queue.directory: once the retry queues report the part's spool record durable; a part that cannot be
+ * stored turns the whole answer into 503 / UNAVAILABLE: nothing is acknowledged that was not stored).
  */
 #include "gateway/forward.h"
 
@@ -28,6 +30,7 @@
 #define BACKEND_RETRY_AFTER_S 1
 #define QUEUE_FULL_RETRY_AFTER_S 1
 #define MEMORY_RETRY_AFTER_S 1 /* server.memory_limit reached */
+#define SPOOL_RETRY_AFTER_S 1  /* the spool cannot store a part */
 
 struct fw {
   us_set_t *up;
@@ -58,6 +61,7 @@ struct fwd {
   struct iovec whole;  /* pass-through: the body exactly as received */
   uint32_t pending;
   int retryable_failure;
+  unsigned retry_after_s; /* of the failure's answer */
   char failure[200];
   int64_t rejected;
   char message[256];
@@ -131,8 +135,9 @@ static void fwd_finish(fwd_t *f) {
   if (f->retryable_failure) {
     char msg[sizeof f->failure];
     memcpy(msg, f->failure, sizeof msg);
+    unsigned ra = f->retry_after_s ? f->retry_after_s : BACKEND_RETRY_AFTER_S;
     fwd_free(f); /* before done: the front-end may free the body in it */
-    done(fw, &req, FW_UNAVAILABLE, msg, BACKEND_RETRY_AFTER_S);
+    done(fw, &req, FW_UNAVAILABLE, msg, ra);
     return;
   }
   char partial[sizeof f->message];
@@ -141,6 +146,18 @@ static void fwd_finish(fwd_t *f) {
   fwd_free(f);
   fw->in_flight--;
   req.done(req.ud, &r);
+}
+
+/* rq_part_failed's answer for part p: queued (its record durable, with a spool), or not stored. */
+static void on_part_queued(void *ud, int status) {
+  fwd_part_t *p = ud;
+  fwd_t *f = p->f;
+  if (status < 0 && !f->retryable_failure) {
+    f->retryable_failure = 1;
+    f->retry_after_s = SPOOL_RETRY_AFTER_S;
+    snprintf(f->failure, sizeof f->failure, "cannot store the part durably: %s", uv_strerror(status));
+  }
+  if (--f->pending == 0) fwd_finish(f);
 }
 
 static void on_part_done(void *ud, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
@@ -166,16 +183,23 @@ static void on_part_done(void *ud, int status, const uint8_t *body, size_t len, 
     if (!f->message[0])
       snprintf(f->message, sizeof f->message, "backend %s rejected %llu %s with HTTP %d", us_backend_endpoint(be),
                (unsigned long long)p->items, otlp_signal(sig)->items, status);
-  } else if (rq_part_failed(fw->up, be, sig, part->iov, part->n_iov, p->items, retry_after) != 0) {
-    /* Retryable, but it could not be queued (out of memory, or shutting down past the deadline): the
-     * client must send it again. */
-    if (!f->retryable_failure) {
-      f->retryable_failure = 1;
-      if (status < 0)
-        snprintf(f->failure, sizeof f->failure, "backend %s unavailable: %s", us_backend_endpoint(be),
-                 uv_strerror(status));
-      else
-        snprintf(f->failure, sizeof f->failure, "backend %s answered HTTP %d", us_backend_endpoint(be), status);
+  } else {
+    f->pending++; /* taken, the part holds f until on_part_queued reports it queued (or not stored) */
+    if (rq_part_failed(fw->up, be, sig, part->iov, part->n_iov, p->items, retry_after, on_part_queued, p) != 0) {
+      /* Retryable, but it could not be queued (out of memory, the spool refusing, or shutting down past the
+       * deadline): the client must send it again. */
+      f->pending--;
+      const char *why = NULL;
+      if (!f->retryable_failure) {
+        f->retryable_failure = 1;
+        if (rq_spool_failing(fw->up, &why))
+          snprintf(f->failure, sizeof f->failure, "cannot store the part durably: %s", why);
+        else if (status < 0)
+          snprintf(f->failure, sizeof f->failure, "backend %s unavailable: %s", us_backend_endpoint(be),
+                   uv_strerror(status));
+        else
+          snprintf(f->failure, sizeof f->failure, "backend %s answered HTTP %d", us_backend_endpoint(be), status);
+      }
     }
   }
   if (--f->pending == 0) fwd_finish(f);
@@ -290,10 +314,16 @@ void fw_submit(fw_t *fw, const fw_request_t *reqp) {
     return;
   }
   const us_backend_t *full;
-  if (ad_admit(fw->up, f->ring, &f->split, &full) != 0) {
+  int adm = ad_admit(fw->up, f->ring, &f->split, &full);
+  if (adm != 0) {
     /* Refused whole before anything is forwarded, so the client's retry duplicates nothing. */
     char msg[300];
-    snprintf(msg, sizeof msg, "queue full for backend %s: retry later", us_backend_endpoint(full));
+    const char *why = "write failed";
+    if (adm == -2 && rq_spool_failing(fw->up, &why))
+      snprintf(msg, sizeof msg, "spool unavailable: %s (backend %s needs it): retry later", why,
+               us_backend_endpoint(full));
+    else
+      snprintf(msg, sizeof msg, "queue full for backend %s: retry later", us_backend_endpoint(full));
     fw_request_t r = *req;
     fwd_free(f);
     done(fw, &r, FW_UNAVAILABLE, msg, QUEUE_FULL_RETRY_AFTER_S);

@@ -3,8 +3,10 @@
  * the forwarder over it, the two front-ends that feed it (OTLP/HTTP on server.listen, OTLP/gRPC on
  * server.grpc_listen) and, on one loop, the telemetry listener (/metrics, /healthz, /readyz).
  *   front-ends (ingest_http, ingest_grpc) -> forward -> upstream (pools, retry queues, admission)
+ * With backends.queue.directory, the app opens its loop's spool (gateway/spool) right after the upstream and hands
+ * it to the retry queues, which replay the previous run's records onto the first ring.
  * Shutdown: stop accepting on both front-ends (gRPC connections get a GOAWAY), answer what is in flight, drain the
- * retry queues, then close telemetry.
+ * retry queues (or, at the deadline, leave what is spooled on disk), close the spool, then close telemetry.
  */
 #include "gateway/gateway.h"
 
@@ -22,6 +24,7 @@
 #include "gateway/memory.h"
 #include "gateway/metrics.h"
 #include "gateway/retry_queue.h"
+#include "gateway/spool.h"
 #include "gateway/telemetry.h"
 #include "gateway/tls_config.h"
 #include "gateway/upstream.h"
@@ -35,6 +38,7 @@ struct gw_app {
   const cfg_t *cfg;      /* snap's: read-only, the same snapshot as every other worker loop's */
   cfg_snapshot_t *snap;  /* one reference, dropped when a reload replaces it or at destroy */
   us_set_t *up;          /* backends, health, ring, retry queues */
+  sp_t *spool;           /* backends.queue.directory: this loop's on-disk log, used by up's retry queues */
   fw_t *fw;              /* the ingest path both front-ends call */
   ih_t *http;            /* OTLP/HTTP front-end */
   ig_t *grpc;            /* OTLP/gRPC front-end; NULL when server.grpc_listen is "" */
@@ -85,6 +89,13 @@ int gw_app_scrape(gw_app_t *app, gw_scrape_t *out) {
   g->backend_connections = backend_connections;
   g->ring_backends = bl_ring_size(us_ring(app->up));
   g->ring_rebuilds = us_ring_rebuilds(app->up);
+  if (app->spool) {
+    const sp_stats_t *st = sp_stats(app->spool);
+    g->spool_segments = st->segments;
+    g->spool_replayed_items = st->replayed_items;
+    g->spool_corrupt_records = st->corrupt_records;
+    g->spool_write_errors = st->write_errors;
+  }
   return rc;
 }
 
@@ -166,6 +177,21 @@ int gw_app_start(uv_loop_t *loop, cfg_snapshot_t *snap, const gw_app_opts_t *opt
            "this port speaks OTLP/HTTP/1.1 (POST /v1/traces, /v1/logs, /v1/metrics); OTLP/gRPC is off "
            "(server.grpc_listen is \"\")");
   if (us_create(loop, app->cfg, &app->metrics, &app->up, err, errlen) != 0) goto fail;
+  const char *spool_dir = app->cfg->backends.queue.directory;
+  if (spool_dir && *spool_dir) {
+    /* The bytes on disk follow the retry queues', which queue.max_bytes bounds per backend: no bound of its own. */
+    sp_config_t spc = {.directory = spool_dir,
+                       .worker = opts->worker,
+                       .n_workers = opts->n_workers ? opts->n_workers : 1,
+                       .fsync = (sp_fsync_t)app->cfg->backends.queue.fsync};
+    char why[512];
+    if (sp_open(loop, &spc, &app->spool, why, sizeof why) != 0) {
+      app->spool = NULL;
+      snprintf(err, errlen, "backends.queue.directory %s: %s", spool_dir, why);
+      goto fail;
+    }
+    rq_use_spool(app->up, app->spool);
+  }
   if (!(app->fw = fw_create(app->up, &app->metrics, app->cfg)) ||
       ih_create(loop, app->fw, &app->metrics, opts->client_connections, app->h2_answer, &app->http) != 0 ||
       (grpc_listen && *grpc_listen && ig_create(loop, app->fw, &app->metrics, opts->client_connections, &app->grpc) != 0) ||
@@ -214,12 +240,38 @@ static void telemetry_closed(void *ud) {
   if (app->done) app->done(app->done_ud);
 }
 
+static void finish_closed(gw_app_t *app);
+
+/* The spool has closed (every append it had in flight answered, with the set still alive): the upstream goes. */
+static void spool_closed(void *ud) {
+  gw_app_t *app = ud;
+  app->spool = NULL;
+  rq_spool_detach(app->up);
+  finish_closed(app);
+}
+
 static void finish(gw_app_t *app) {
   if (app->finished) return;
   app->finished = 1;
   if (app->up) {
     uint64_t left = rq_pending_bytes(app->up);
-    if (left) gw_log(GW_LOG_WARN, "retry queues not drained by the shutdown deadline", "bytes", gw_log_u64(left), NULL);
+    if (left)
+      gw_log(GW_LOG_WARN, app->spool ? "retry queues not drained by the shutdown deadline, kept in the spool"
+                                     : "retry queues not drained by the shutdown deadline",
+             "bytes", gw_log_u64(left), NULL);
+  }
+  if (app->up && app->spool) {
+    /* Everything still queued lets go of its record (kept on disk), no new part is taken, then the spool closes:
+     * the appends it still has in flight answer meanwhile (their parts kept on disk too). */
+    rq_abandon(app->up);
+    sp_close(app->spool, spool_closed, app);
+    return;
+  }
+  finish_closed(app);
+}
+
+static void finish_closed(gw_app_t *app) {
+  if (app->up) {
     us_destroy(app->up);
     app->up = NULL;
   }

@@ -23,7 +23,8 @@ typedef struct gw_app_opts {
   int reuseport;        /* HS_LISTEN_* of gateway/http_server.h for the ingest listener */
   uint16_t ingest_port; /* non-zero: listen on this port instead of server.listen's (worker 0's real port) */
   uint16_t grpc_port;   /* the same for server.grpc_listen */
-  unsigned worker;      /* index, for logs; only worker 0 logs the ingest "listening" line */
+  unsigned worker;      /* index, for logs (only worker 0 logs the ingest "listening" line) and the spool's w<N> */
+  unsigned n_workers;   /* worker loops in the process (0 = 1): worker 0 replays spool directories past it */
   atomic_uint_least64_t *client_connections; /* shared by the workers: server.max_connections is for all */
 } gw_app_opts_t;
 

@@ -3,16 +3,19 @@
  * with backends from $OTLP_GATEWAY_BACKENDS. See docs/DESIGN.md.
  */
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "config/config.h"
 #include "gateway/gateway.h"
 #include "gateway/log.h"
 #include "gateway/otlp_http.h"
+#include "gateway/spool.h"
 #include "gateway/tls_config.h"
 #include "gateway/version.h"
 #include "gateway/workers.h"
@@ -99,6 +102,10 @@ static void reload(main_t *m) {
   const cfg_t *old = cfg_snapshot_cfg(m->snap), *c = cfg_snapshot_cfg(next);
   if (strcmp(old->server.listen, c->server.listen) || strcmp(old->telemetry.listen, c->telemetry.listen))
     gw_log(GW_LOG_WARN, "listen addresses changed: they apply at the next restart", NULL);
+  if (strcmp(old->backends.queue.directory ? old->backends.queue.directory : "",
+             c->backends.queue.directory ? c->backends.queue.directory : "") ||
+      old->backends.queue.fsync != c->backends.queue.fsync)
+    gw_log(GW_LOG_WARN, "backends.queue.directory / fsync changed: they apply at the next restart", NULL);
   gw_log_setup((gw_log_level_t)c->telemetry.log_level, (gw_log_format_t)c->telemetry.log_format);
   if (m->workers) {
     /* One line here, before any worker has it, then one per worker (worker=N) as each runs on it: all with
@@ -175,6 +182,20 @@ int main(int argc, char **argv) {
     cfg_dispose(&cfg);
     return 1;
   }
+  /* The spool directory: created if needed, writable, and held by no other running gateway (its lock stays taken
+   * for the process's life; --check-config lets go of it at once). */
+  const char *spool_dir = cfg.backends.queue.directory;
+  if (spool_dir && *spool_dir) {
+    char why[768];
+    int fd = sp_lock_dir(spool_dir, why, sizeof why);
+    if (fd < 0) {
+      if (path) fprintf(stderr, "%s: %s\n", path, why);
+      else fprintf(stderr, "%s\n", why);
+      cfg_dispose(&cfg);
+      return 1;
+    }
+    if (check) close(fd);
+  }
   if (check) {
     printf("%s: ok (%zu static backends)\n", path ? path : "(defaults)", cfg.backends.n_statics);
     cfg_dispose(&cfg);
@@ -192,6 +213,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "out of memory\n");
     return 1;
   }
+  /* SIGTERM / SIGINT while the listeners come up (a supervisor that stops us right away) must not kill the
+   * process with the default action: they wait, blocked, until the loop's handlers are in place, and are handled
+   * then. The worker threads started meanwhile inherit the mask and keep it: the main loop handles signals. */
+  sigset_t stop_signals, old_mask;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
   int rc = n_workers > 1 ? gw_workers_start(m.loop, n_workers, m.snap, path, &m.workers, err, sizeof err)
                          : gw_app_start(m.loop, cfg_snapshot_ref(m.snap), NULL, &m.app, err, sizeof err);
   if (rc != 0) {
@@ -206,6 +235,7 @@ int main(int argc, char **argv) {
   uv_signal_start(&m.sig_term, on_signal, SIGTERM);
   uv_signal_start(&m.sig_int, on_signal, SIGINT);
   uv_signal_start(&m.sig_hup, on_signal, SIGHUP);
+  pthread_sigmask(SIG_SETMASK, &old_mask, NULL); /* a stop signal that came meanwhile is handled now */
   gw_log(GW_LOG_INFO, "started", "version", OTLPGW_VERSION, "config", path ? path : "(defaults)", NULL);
 
   uv_run(m.loop, UV_RUN_DEFAULT);

@@ -144,6 +144,18 @@ static void render_backends(sb_t *b, const gw_metrics_gauges_t *g) {
   for (size_t i = 0; i < n; i++)
     sb_printf(b, "otlp_gateway_retries_total{backend=\"%s\"} %" PRIu64 "\n", g->backends[i].endpoint,
               g->backends[i].retries);
+  header(b, "spool_bytes", "gauge", "Of backend_queue_bytes, the bytes of parts that have a record in the on-disk spool (backends.queue.directory; 0 without it).");
+  for (size_t i = 0; i < n; i++)
+    sb_printf(b, "otlp_gateway_spool_bytes{backend=\"%s\"} %" PRIu64 "\n", g->backends[i].endpoint,
+              g->backends[i].spool_bytes);
+  header(b, "spool_segments", "gauge", "Segment files of the on-disk spool, summed over workers.");
+  sb_printf(b, "otlp_gateway_spool_segments %" PRIu64 "\n", g ? g->spool_segments : 0);
+  header(b, "spool_replayed_items_total", "counter", "Items of the previous run's live spool records replayed at start.");
+  sb_printf(b, "otlp_gateway_spool_replayed_items_total %" PRIu64 "\n", g ? g->spool_replayed_items : 0);
+  header(b, "spool_corrupt_records_total", "counter", "Spool records skipped at replay: a torn tail, a CRC mismatch or a bad length.");
+  sb_printf(b, "otlp_gateway_spool_corrupt_records_total %" PRIu64 "\n", g ? g->spool_corrupt_records : 0);
+  header(b, "spool_write_errors_total", "counter", "Spool appends that failed (disk full, I/O error): their parts were not acknowledged.");
+  sb_printf(b, "otlp_gateway_spool_write_errors_total %" PRIu64 "\n", g ? g->spool_write_errors : 0);
   header(b, "ring_backends", "gauge", "Backends in the current routing ring.");
   sb_printf(b, "otlp_gateway_ring_backends %" PRIu64 "\n", g ? g->ring_backends : 0);
   header(b, "ring_rebuilds_total", "counter", "Routing ring snapshots built.");

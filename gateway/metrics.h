@@ -72,6 +72,7 @@ typedef struct gw_backend_view {
   int up;
   uint64_t queue_bytes;   /* bytes held for this backend: retry queue (incl. retries in flight) + waiting for a connection */
   uint64_t retries;
+  uint64_t spool_bytes;   /* of queue_bytes, parts with a spool record (backends.queue.directory) */
 } gw_backend_view_t;
 
 typedef struct gw_metrics {
@@ -92,6 +93,10 @@ typedef struct gw_metrics_gauges {
   uint64_t backend_connections;
   uint64_t ring_backends;
   uint64_t ring_rebuilds;
+  uint64_t spool_segments;        /* gateway/spool, summed over workers (0 without backends.queue.directory) */
+  uint64_t spool_replayed_items;
+  uint64_t spool_corrupt_records;
+  uint64_t spool_write_errors;
   const gw_backend_view_t *backends;
   size_t n_backends;
 } gw_metrics_gauges_t;

@@ -64,19 +64,24 @@ static void merge(const gw_scrape_t *sc, size_t n, gw_metrics_gauges_t *g, gw_ba
     g->backend_connections += x->backend_connections;
     if (x->ring_backends > g->ring_backends) g->ring_backends = x->ring_backends;
     if (x->ring_rebuilds > g->ring_rebuilds) g->ring_rebuilds = x->ring_rebuilds;
+    g->spool_segments += x->spool_segments;
+    g->spool_replayed_items += x->spool_replayed_items;
+    g->spool_corrupt_records += x->spool_corrupt_records;
+    g->spool_write_errors += x->spool_write_errors;
     for (size_t i = 0; i < x->n_backends; i++) {
       const gw_backend_view_t *v = &x->backends[i];
       size_t j = 0;
       while (j < nv && strcmp(views[j].endpoint, v->endpoint) != 0) j++;
       if (j == nv) {
         memset(&vm[nv], 0, sizeof vm[nv]);
-        views[nv] = (gw_backend_view_t){v->endpoint, &vm[nv], 1, 0, 0};
+        views[nv] = (gw_backend_view_t){v->endpoint, &vm[nv], 1, 0, 0, 0};
         nv++;
       }
       backend_metrics_add(&vm[j], v->m);
       views[j].up &= v->up;
       views[j].queue_bytes += v->queue_bytes;
       views[j].retries += v->retries;
+      views[j].spool_bytes += v->spool_bytes;
     }
   }
   g->backends = views;

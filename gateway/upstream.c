@@ -683,7 +683,7 @@ size_t us_backend_views(const us_set_t *s, gw_backend_view_t *out, size_t cap, u
     *backend_connections += bs->connections_open;
     if (!b->origin || n == cap) continue;
     out[n++] = (gw_backend_view_t){b->endpoint, &b->m, b->health.up && b->in_ring, b->q_bytes + bs->queued_bytes,
-                                   b->retries + bs->retries};
+                                   b->retries + bs->retries, b->sp_bytes};
   }
   return n;
 }

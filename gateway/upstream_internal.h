@@ -4,9 +4,10 @@
  * this; the rest of the gateway sees gateway/upstream.h, gateway/retry_queue.h and gateway/admission.h.
  *
  * Who owns which fields: upstream.c the set's backends, ring, timers, DNS and each backend's identity, pool,
- * health and refs; retry_queue.c the queue (q_head/q_tail, q_bytes, retry_inflight, attempt, next_try_ns, the
- * retry_timer once it is initialised, retries) and set->rng, set->abandoned; inflight_bytes is counted by
- * us_part_begin/end and read by admission. Functions named xx__name are these internal calls (libuv's uv__).
+ * health and refs; retry_queue.c the queue (q_head/q_tail, q_bytes, sp_bytes, retry_inflight, attempt, next_try_ns,
+ * the retry_timer once it is initialised, retries) and set->rng, set->abandoned, set->spool*, set->stray*;
+ * inflight_bytes is counted by us_part_begin/end and read by admission. Functions named xx__name are these
+ * internal calls (libuv's uv__).
  */
 #ifndef OTLPGW_UPSTREAM_INTERNAL_H
 #define OTLPGW_UPSTREAM_INTERNAL_H
@@ -17,6 +18,7 @@
 
 #include "gateway/log.h"
 #include "gateway/retry_queue.h"
+#include "gateway/spool.h"
 #include "gateway/transport.h"
 #include "gateway/upstream.h"
 #include "health/check.h"
@@ -40,6 +42,7 @@ struct qpart {
   uint64_t first_fail_ns; /* retry.max_elapsed counts from here; re-routing keeps it */
   uint64_t start_ns;      /* of the current attempt */
   uint8_t *gz;            /* backends.compression: gzip, during an attempt */
+  sp_rec_t *rec;          /* its on-disk record (one reference), NULL without backends.queue.directory */
   struct iovec iov;
   size_t len;
   uint8_t data[];
@@ -72,7 +75,8 @@ struct us_backend {
   uint64_t hold_until_ns;   /* ejected for refusing us: checks cannot readmit it before this */
   uint32_t refs;            /* parts in flight to it (client parts and retries) */
   qpart_t *q_head, *q_tail; /* retry queue, FIFO */
-  uint64_t q_bytes;         /* queued + retries in flight */
+  uint64_t q_bytes;         /* queued + retries in flight + parts waiting for their spool record to be durable */
+  uint64_t sp_bytes;        /* the part of q_bytes that has a spool record (spool_bytes{backend}) */
   uint64_t inflight_bytes;  /* client parts in flight */
   uint32_t retry_inflight;
   uint32_t attempt;         /* consecutive failed retries: the backoff exponent */
@@ -101,6 +105,12 @@ struct us_set {
   size_t n_dns_addrs;
   gw_log_limit_t log_dns;
   uint64_t rng;
+  sp_t *spool;              /* backends.queue.directory: this loop's spool (the app's; NULL without one) */
+  int spool_error;          /* the last failed append's error while the spool is failing, else 0 */
+  gw_log_limit_t log_spool;  /* "spool write failed" */
+  gw_log_limit_t log_stray;  /* drops of strays (they have no backend's limit) */
+  qpart_t *stray_head, *stray_tail; /* replayed parts while no backend exists to hold them (re-routed later) */
+  uint64_t stray_bytes;
   int abandoned;
   int destroyed;
   int handles_open;

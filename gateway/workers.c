@@ -335,6 +335,7 @@ int gw_workers_start(uv_loop_t *main_loop, unsigned n, cfg_snapshot_t *snap, con
                           .ingest_port = port,
                           .grpc_port = grpc_port,
                           .worker = started,
+                          .n_workers = n,
                           .client_connections = &g->client_connections};
     gw_log_set_worker((int)started); /* the start-up lines say whose they are */
     int rc = gw_app_start(&w->loop, cfg_snapshot_ref(snap), &opts, &w->app, err, errlen);

@@ -94,11 +94,12 @@ class Proc:
     Sink) must then have exited 0."""
     exit_checked = False
 
-    def __init__(self, argv, env=None, shared=False):
+    def __init__(self, argv, env=None, shared=False, preexec=None):
+        """preexec: run in the child before exec (subprocess's preexec_fn), e.g. to set resource limits."""
         self.argv = argv
         self.killed = False
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  env=env, text=True)
+                                  env=env, text=True, preexec_fn=preexec)
         _procs.append(self.p)
         scope = _scopes[0] if shared else _scopes[-1]
         if not any(x is self for x in scope):
@@ -283,10 +284,11 @@ def fresh(path):
 class Gateway(Proc):
     exit_checked = True
 
-    def __init__(self, config_text, name="gw.yaml", shared=False):
+    def __init__(self, config_text, name="gw.yaml", shared=False, preexec=None):
+        """preexec: as Proc's (test_spool: RLIMIT_FSIZE, a disk that fills up)."""
         config_text = loopback_grpc(config_text)
         self.config_path = write_config(config_text, name)
-        super().__init__([args().gateway, "--config", self.config_path], shared=shared)
+        super().__init__([args().gateway, "--config", self.config_path], shared=shared, preexec=preexec)
         self.port = int(self.wait_line(r"msg=listening server=ingest addr=127\.0\.0\.1:(\d+)").group(1))
         self.grpc_port = None  # server.grpc_listen's port, when the config serves OTLP/gRPC on loopback
         if not re.search(r'grpc_listen:\s*""', config_text):

@@ -126,31 +126,45 @@ def test_sighup_bad_config_keeps_running_and_sigterm_exits_zero():
     assert not g.lines(r"shutdown deadline reached"), g.err[-5:]
 
 
-SPOOL_WHY = ("backends.queue.directory: the on-disk spool is not implemented yet (issue: crash-safe spool); "
-             "remove the key to keep retry queues in memory")
-
-
-def test_queue_directory_is_rejected_until_the_spool_exists():
-    text = gateway_config(extra="  queue:\n    directory: /var/spool/otlp-gateway\n")
-    line_no = text.splitlines().index("    directory: /var/spool/otlp-gateway") + 1
-    path = write_config(text, "spool.yaml")
-    want = "%s:%d:16: %s" % (path, line_no, SPOOL_WHY)
+def test_queue_directory_must_be_absolute_writable_and_free():
+    # A relative path is a config error at its position (--check-config, start and SIGHUP reload alike).
+    text = gateway_config(extra="  queue:\n    directory: spool/otlp-gateway\n")
+    line_no = text.splitlines().index("    directory: spool/otlp-gateway") + 1
+    path = write_config(text, "spool-relative.yaml")
+    want = "%s:%d:16: backends.queue.directory: must be an absolute path" % (path, line_no)
     r = gw("--check-config", "--config", path)
     assert r.returncode == 1 and r.stderr.strip() == want, (r.returncode, r.stderr)
     r = gw("--config", path)  # start: refused before listening, the same one line
     assert r.returncode == 1 and r.stderr.strip() == want, (r.returncode, r.stderr)
-    empty = write_config(gateway_config(extra='  queue:\n    directory: ""\n'), "nospool.yaml")
-    r = gw("--check-config", "--config", empty)
-    assert r.returncode == 0, r.stderr
-    # A reload that asks for the spool is refused like any bad file; the running config stays.
     g = Gateway(gateway_config())
     with open(g.config_path, "w") as f:
         f.write(text)
     g.signal(signal.SIGHUP)
-    g.wait_line(r"config reload failed.*on-disk spool is not implemented yet")
+    g.wait_line(r"config reload failed.*must be an absolute path")
     assert http_request(g.port, "POST", "/v1/traces", b"", {"Content-Type": "application/x-protobuf"})[0] == 200
     g.signal(signal.SIGTERM)
     assert g.wait() == 0
+    # A directory that cannot be created or written (here: under a regular file, which even root cannot make a
+    # directory in) is a start-up and --check-config error naming the path.
+    blocker = write_config("not a directory\n", "spool-blocker")
+    bad_dir = os.path.join(blocker, "spool")
+    path = write_config(gateway_config(extra="  queue:\n    directory: %s\n" % bad_dir), "spool-unwritable.yaml")
+    for argv in (("--check-config", "--config", path), ("--config", path)):
+        r = gw(*argv)
+        assert r.returncode == 1 and bad_dir in r.stderr, (argv, r.returncode, r.stderr)
+    # A directory another running gateway holds (its lock): both refused, naming it; free again once it stopped.
+    held_dir = os.path.join(os.path.dirname(blocker), "spool-held")
+    text = gateway_config(extra="  queue:\n    directory: %s\n" % held_dir)
+    holder = Gateway(text, name="spool-holder.yaml")
+    path = write_config(text, "spool-second.yaml")
+    for argv in (("--check-config", "--config", path), ("--config", path)):
+        r = gw(*argv)
+        assert r.returncode == 1 and held_dir in r.stderr and "held by another running gateway" in r.stderr, (
+            argv, r.returncode, r.stderr)
+    holder.signal(signal.SIGTERM)
+    assert holder.wait() == 0
+    r = gw("--check-config", "--config", path)
+    assert r.returncode == 0, r.stderr
 
 
 def test_docs_config_reference_matches_code():

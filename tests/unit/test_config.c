@@ -447,24 +447,29 @@ TEST(listen_addresses) {
                  "gw.yaml:3:30: backends.dns.servers[1]: missing port");
 }
 
-/* The spool is not built: any non-empty directory is refused at the value's position, whatever the YAML style or
- * expansion; an empty one (the default, "", a null scalar, an empty expansion) keeps the in-memory queues. */
-TEST(queue_directory_rejected_until_the_spool_exists) {
-#define SPOOL_WHY                                                                                         \
-  "backends.queue.directory: the on-disk spool is not implemented yet (issue: crash-safe spool); remove the " \
-  "key to keep retry queues in memory"
-  CHECK_LOAD_ERR("backends:\n  queue:\n    directory: /var/spool/otlp-gateway\n", "gw.yaml:3:16: " SPOOL_WHY);
-  CHECK_LOAD_ERR("backends:\n  queue: {max_bytes: 1GiB, directory: \"x\"}\n", "gw.yaml:2:39: " SPOOL_WHY);
+/* backends.queue.directory: an absolute path, whatever the YAML style or expansion, with queue.fsync; a relative
+ * one is refused at the value's position; an empty one (the default, "", a null scalar, an empty expansion) keeps
+ * the in-memory queues. (Writable and not held by another gateway is checked by gateway/spool at start.) */
+TEST(queue_directory_and_fsync) {
+  cfg_t c;
+  LOAD_OK(c, "backends:\n  queue:\n    directory: /var/spool/otlp-gateway\n    fsync: always\n");
+  CHECK_EQ_STR(c.backends.queue.directory, "/var/spool/otlp-gateway");
+  CHECK_EQ_INT(c.backends.queue.fsync, CFG_FSYNC_ALWAYS);
+  cfg_dispose(&c);
   setenv("CFGT_SPOOL", "/var/spool/gw", 1);
-  CHECK_LOAD_ERR("backends:\n  queue:\n    directory: ${env:CFGT_SPOOL}\n", "gw.yaml:3:16: " SPOOL_WHY);
+  LOAD_OK(c, "backends:\n  queue: {max_bytes: 1GiB, directory: \"${env:CFGT_SPOOL}\"}\n");
+  CHECK_EQ_STR(c.backends.queue.directory, "/var/spool/gw");
+  CHECK_EQ_INT(c.backends.queue.fsync, CFG_FSYNC_BATCH);
+  cfg_dispose(&c);
   unsetenv("CFGT_SPOOL");
-  CHECK_LOAD_ERR("backends:\n  queue:\n    directory: ${env:CFGT_SPOOL:-/var/spool/gw}\n", "gw.yaml:3:16: " SPOOL_WHY);
-#undef SPOOL_WHY
+  CHECK_LOAD_ERR("backends:\n  queue:\n    directory: spool\n",
+                 "gw.yaml:3:16: backends.queue.directory: must be an absolute path");
+  CHECK_LOAD_ERR("backends:\n  queue:\n    fsync: sometimes\n",
+                 "gw.yaml:3:12: backends.queue.fsync: invalid value \"sometimes\" (expected batch, always, never)");
   static const char *const empty[] = {"backends:\n  queue:\n    directory: \"\"\n",
                                       "backends:\n  queue:\n    directory:\n",
                                       "backends:\n  queue:\n    directory: ${env:CFGT_SPOOL:-}\n"};
   for (size_t i = 0; i < sizeof empty / sizeof empty[0]; i++) {
-    cfg_t c;
     LOAD_OK(c, empty[i]);
     CHECK_EQ_STR(c.backends.queue.directory, "");
     cfg_dispose(&c);
@@ -844,7 +849,7 @@ TEST(print_reference_lists_every_key) {
       "backends.headers", "backends.health_check.enabled", "backends.health_check.path",
       "backends.health_check.port", "backends.health_check.interval", "backends.health_check.timeout",
       "backends.health_check.rise", "backends.health_check.fall", "backends.health_check.eject_after_failures",
-      "backends.queue.max_bytes", "backends.queue.directory", "backends.retry.initial_interval",
+      "backends.queue.max_bytes", "backends.queue.directory", "backends.queue.fsync", "backends.retry.initial_interval",
       "backends.retry.max_interval", "backends.retry.max_elapsed"};
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
     char cell[128];
