@@ -159,25 +159,6 @@ int h2s_stream_gone(const h2s_stream_t *st) {
   return st->gone || !st->conn || st->conn->killed;
 }
 
-/* "host:port" of c's peer for log lines; "-" when unknown or not TCP (h2s_server_adopt_fd). */
-static const char *conn_peer(h2s_conn_t *c, char *out, size_t cap) {
-  struct sockaddr_storage ss;
-  int len = sizeof ss;
-  char host[64];
-  if (uv_tcp_getpeername(&c->tp.tcp, (struct sockaddr *)&ss, &len) != 0) return "-";
-  if (ss.ss_family == AF_INET6) {
-    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
-    if (uv_ip6_name(a, host, sizeof host) != 0) return "-";
-    snprintf(out, cap, "[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
-  } else if (ss.ss_family == AF_INET) {
-    const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
-    if (uv_ip4_name(a, host, sizeof host) != 0) return "-";
-    snprintf(out, cap, "%s:%u", host, (unsigned)ntohs(a->sin_port));
-  } else {
-    return "-";
-  }
-  return out;
-}
 
 /* Counts c as a flood or a protocol error, once, with a rate-limited warn line. */
 static void conn_verdict(h2s_conn_t *c, int flood, const char *what) {
@@ -191,8 +172,8 @@ static void conn_verdict(h2s_conn_t *c, int flood, const char *what) {
   if (gw_log_limit_take(lim, uv_hrtime(), H2S_LOG_REPEAT_NS, &held)) {
     char peer[80];
     gw_log(GW_LOG_WARN, flood ? "HTTP/2 flood, connection closed" : "HTTP/2 protocol error, connection closed",
-           "server", s->cfg.name, "peer", conn_peer(c, peer, sizeof peer), "reason", what, "suppressed_since_last",
-           gw_log_u64(held), NULL);
+           "server", s->cfg.name, "peer", tp_peer_name(&c->tp, peer, sizeof peer), "reason", what,
+           "suppressed_since_last", gw_log_u64(held), NULL);
   }
 }
 
@@ -769,7 +750,7 @@ static void conn_bad_magic(h2s_conn_t *c) {
   if (gw_log_limit_take(&s->log_http1, uv_hrtime(), H2S_LOG_REPEAT_NS, &held)) {
     char peer[80];
     gw_log(GW_LOG_WARN, "HTTP/1.x client on the HTTP/2 port, answered 400", "server", s->cfg.name, "peer",
-           conn_peer(c, peer, sizeof peer), "suppressed_since_last", gw_log_u64(held), NULL);
+           tp_peer_name(&c->tp, peer, sizeof peer), "suppressed_since_last", gw_log_u64(held), NULL);
   }
   char msg[256];
   int n = snprintf(msg, sizeof msg,
@@ -789,7 +770,7 @@ static void conn_tls_failed(h2s_conn_t *c, tls_fail_t why, const char *detail) {
   uint64_t held = 0;
   if (gw_log_limit_take(&s->log_tls, uv_hrtime(), H2S_LOG_REPEAT_NS, &held)) {
     char peer[80];
-    gw_log(GW_LOG_WARN, "TLS handshake failed", "server", s->cfg.name, "peer", conn_peer(c, peer, sizeof peer),
+    gw_log(GW_LOG_WARN, "TLS handshake failed", "server", s->cfg.name, "peer", tp_peer_name(&c->tp, peer, sizeof peer),
            "reason", tls_fail_label(why), "detail", detail, "suppressed_since_last", gw_log_u64(held), NULL);
   }
 }

@@ -719,7 +719,6 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(c->srv->read_buf, HS_READ_BUF_SIZE);
 }
 
-static const char *conn_peer(hs_conn_t *c, char *out, size_t cap);
 
 /* A TLS handshake failed (or settled on an ALPN protocol other than ours): counted by reason, a rate-limited warn
  * line; the caller closes the connection. */
@@ -730,7 +729,7 @@ static void conn_tls_failed(hs_conn_t *c, tls_fail_t why, const char *detail) {
   uint64_t held = 0;
   if (gw_log_limit_take(&s->log_tls, uv_hrtime(), HS_TLS_LOG_REPEAT_NS, &held)) {
     char peer[80];
-    gw_log(GW_LOG_WARN, "TLS handshake failed", "server", s->cfg.name, "peer", conn_peer(c, peer, sizeof peer),
+    gw_log(GW_LOG_WARN, "TLS handshake failed", "server", s->cfg.name, "peer", tp_peer_name(&c->tp, peer, sizeof peer),
            "reason", tls_fail_label(why), "detail", detail, "suppressed_since_last", gw_log_u64(held), NULL);
   }
 }
@@ -795,25 +794,6 @@ static void resume_reading(hs_conn_t *c) {
   if (!c->req) timer_arm(c, TIMER_IDLE, s->cfg.idle_timeout_ms);
 }
 
-/* "host:port" of c's peer for log lines ("[v6]:port"); "-" when unknown or not TCP (hs_server_adopt_fd). */
-static const char *conn_peer(hs_conn_t *c, char *out, size_t cap) {
-  struct sockaddr_storage ss;
-  int len = sizeof ss;
-  char host[64];
-  if (uv_tcp_getpeername(&c->tp.tcp, (struct sockaddr *)&ss, &len) != 0) return "-";
-  if (ss.ss_family == AF_INET6) {
-    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
-    if (uv_ip6_name(a, host, sizeof host) != 0) return "-";
-    snprintf(out, cap, "[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
-  } else if (ss.ss_family == AF_INET) {
-    const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
-    if (uv_ip4_name(a, host, sizeof host) != 0) return "-";
-    snprintf(out, cap, "%s:%u", host, (unsigned)ntohs(a->sin_port));
-  } else {
-    return "-";
-  }
-  return out;
-}
 
 /* An HTTP/2 connection preface: a client that speaks HTTP/2 with prior knowledge (gRPC) reached this HTTP/1.1
  * port, so it is misconfigured. It gets an HTTP/1.1 400 with the one-line answer (the client cannot read it as
@@ -826,7 +806,7 @@ static void conn_answer_h2_preface(hs_conn_t *c) {
   if (gw_log_limit_take(&s->log_h2, uv_hrtime(), HS_H2_LOG_REPEAT_NS, &held)) {
     char peer[80];
     gw_log(GW_LOG_WARN, "HTTP/2 client on the HTTP/1.1 port, answered 400", "server", s->cfg.name, "peer",
-           conn_peer(c, peer, sizeof peer), "answer", answer, "suppressed_since_last",
+           tp_peer_name(&c->tp, peer, sizeof peer), "answer", answer, "suppressed_since_last",
            gw_log_u64(held), NULL);
   }
   conn_answer_error(c, 400, answer);

@@ -900,6 +900,25 @@ void tp_close(tp_t *tp, uv_close_cb cb) {
   if (t->pump_init) uv_close((uv_handle_t *)&t->pump, closed_one);
 }
 
+const char *tp_peer_name(const tp_t *tp, char *out, size_t cap) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  char host[64];
+  if (uv_tcp_getpeername(&tp->tcp, (struct sockaddr *)&ss, &len) != 0) return "-";
+  if (ss.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+    if (uv_ip6_name(a, host, sizeof host) != 0) return "-";
+    snprintf(out, cap, "[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
+  } else if (ss.ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+    if (uv_ip4_name(a, host, sizeof host) != 0) return "-";
+    snprintf(out, cap, "%s:%u", host, (unsigned)ntohs(a->sin_port));
+  } else {
+    return "-";
+  }
+  return out;
+}
+
 int tp_is_tls(const tp_t *tp) { return tp->tls != NULL; }
 
 int tp_handshake_done(const tp_t *tp) {

@@ -101,6 +101,9 @@ int tp_shutdown(uv_shutdown_t *req, tp_t *tp, uv_shutdown_cb cb);
 void tp_close(tp_t *tp, uv_close_cb cb);
 
 int tp_is_tls(const tp_t *tp);
+/* "host:port" ("[v6]:port") of the peer, written into out, for log lines; "-" when unknown or not TCP (a socketpair
+ * adopted by a test or fuzzer). */
+const char *tp_peer_name(const tp_t *tp, char *out, size_t cap);
 int tp_handshake_done(const tp_t *tp);     /* 1 when plain */
 const char *tp_alpn(const tp_t *tp);       /* the negotiated protocol, "" when none or plain */
 const char *tp_error(const tp_t *tp);      /* why the last UV_EPROTO, "" when none */
