@@ -107,6 +107,10 @@ typedef struct cfg {
       cfg_fsync_t fsync;
     } queue;
     struct {
+      uint64_t max_bytes;         /* largest coalesced backend request (plain bytes) */
+      uint32_t max_parts;         /* parts in one; 1 = no coalescing */
+    } batch;
+    struct {
       uint64_t initial_interval_ms;
       uint64_t max_interval_ms;
       uint64_t max_elapsed_ms;

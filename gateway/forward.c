@@ -22,6 +22,7 @@
 #include "balancer/splice.h"
 #include "gateway/admission.h"
 #include "gateway/backend.h"
+#include "gateway/batcher.h"
 #include "gateway/log.h"
 #include "gateway/otlp_json.h"
 #include "gateway/retry_queue.h"
@@ -43,13 +44,10 @@ struct fw {
 /* One request being forwarded: its parts are in flight to their backends. */
 typedef struct fwd fwd_t;
 typedef struct fwd_part {
+  bt_part_t bp;  /* submitted to the backend's batcher (first: the callback's part is the fwd_part) */
   fwd_t *f;
   us_backend_t *be;
   uint32_t idx;  /* in f->split.parts: the plain bytes, for the retry queue */
-  uint64_t items;
-  uint64_t start_ns;
-  uint8_t *gz;   /* backends.compression: gzip, the part compressed */
-  struct iovec gz_iov;
 } fwd_part_t;
 
 struct fwd {
@@ -121,8 +119,6 @@ static void done(fw_t *fw, const fw_request_t *req, fw_status_t st, const char *
 }
 
 static void fwd_free(fwd_t *f) {
-  size_t n = f->ring ? bl_ring_size(f->ring) : 0;
-  for (size_t i = 0; i < n; i++) free(f->parts[i].gz);
   bl_split_dispose(&f->split);
   bl_ring_unref(f->ring);
   free(f->plain);
@@ -160,32 +156,33 @@ static void on_part_queued(void *ud, int status) {
   if (--f->pending == 0) fwd_finish(f);
 }
 
-static void on_part_done(void *ud, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
-  fwd_part_t *p = ud;
+/* The part's own outcome (gateway/batcher: what it would have got alone, also when it left in a batch). */
+static void on_part_done(bt_part_t *bp, const bt_outcome_t *o) {
+  fwd_part_t *p = (fwd_part_t *)bp;
   fwd_t *f = p->f;
   fw_t *fw = f->fw;
   int sig = f->req.signal;
   us_backend_t *be = p->be;
   bl_part_t *part = &f->split.parts[p->idx];
+  int status = o->status;
   int outcome = gw_outcome(status);
-  us_part_end(be, sig, part->len, p->items, status, p->start_ns);
+  us_part_end(be, part->len);
   if (outcome == GW_OUTCOME_SUCCESS) {
-    int64_t rej = 0;
-    char msg[200];
-    if (len && otlp_parse_partial_success(body, len, &rej, msg, sizeof msg) == 0 && (rej > 0 || msg[0])) {
-      f->rejected += rej;
-      if (!f->message[0]) snprintf(f->message, sizeof f->message, "%s", msg);
+    if (o->rejected > 0 || o->message[0]) {
+      f->rejected += o->rejected;
+      if (!f->message[0]) snprintf(f->message, sizeof f->message, "%s", o->message);
     }
   } else if (outcome == GW_OUTCOME_REJECTED) {
     /* The backend refused the part as bad: retrying cannot help. Dropped, counted, reported. */
-    f->rejected += (int64_t)p->items;
-    fw->metrics->dropped_items[sig][GW_DROP_REJECTED] += p->items;
+    f->rejected += (int64_t)bp->items;
+    fw->metrics->dropped_items[sig][GW_DROP_REJECTED] += bp->items;
     if (!f->message[0])
       snprintf(f->message, sizeof f->message, "backend %s rejected %llu %s with HTTP %d", us_backend_endpoint(be),
-               (unsigned long long)p->items, otlp_signal(sig)->items, status);
+               (unsigned long long)bp->items, otlp_signal(sig)->items, status);
   } else {
     f->pending++; /* taken, the part holds f until on_part_queued reports it queued (or not stored) */
-    if (rq_part_failed(fw->up, be, sig, part->iov, part->n_iov, p->items, retry_after, on_part_queued, p) != 0) {
+    if (rq_part_failed(fw->up, be, sig, part->iov, part->n_iov, bp->items, o->retry_after_s, on_part_queued, p) !=
+        0) {
       /* Retryable, but it could not be queued (out of memory, the spool refusing, or shutting down past the
        * deadline): the client must send it again. */
       f->pending--;
@@ -329,10 +326,7 @@ void fw_submit(fw_t *fw, const fw_request_t *reqp) {
     done(fw, &r, FW_UNAVAILABLE, msg, QUEUE_FULL_RETRY_AFTER_S);
     return;
   }
-  const char *path = otlp_signal(sig)->path;
-  const char *ctype = otlp_content_type(OTLP_ENC_PROTOBUF);
-  uint64_t now = uv_hrtime();
-  f->pending = 1; /* held while sending, so a synchronous failure cannot finish f under our feet */
+  f->pending = 1; /* held while submitting, so a synchronous failure cannot finish f under our feet */
   for (uint32_t i = 0; i < n; i++) {
     bl_part_t *part = &f->split.parts[i];
     if (part->len == 0) continue;
@@ -340,34 +334,28 @@ void fw_submit(fw_t *fw, const fw_request_t *reqp) {
     fp->f = f;
     fp->be = bl_ring_member_ud(f->ring, i);
     fp->idx = i;
-    fp->items = part->items;
-    fp->start_ns = now;
-    const struct iovec *iov = part->iov;
-    size_t n_iov = part->n_iov;
-    const char *ce = NULL;
-    if (f->split.n_targets == 1 && gzipped && req->encoding == OTLP_ENC_PROTOBUF) {
-      /* Pass-through: every item has one owner, so the body goes on exactly as it came, still gzip. */
-      f->whole.iov_base = (void *)req->body;
-      f->whole.iov_len = req->len;
-      iov = &f->whole;
-      n_iov = 1;
-      ce = "gzip";
-    } else if (f->split.n_targets > 1 && fw->cfg->backends.compression == CFG_COMPRESSION_GZIP) {
-      /* A re-assembled part follows backends.compression. */
-      size_t zl;
-      if (otlp_gzip_iov(iov, n_iov, &fp->gz, &zl) == OTLP_OK) {
-        if (req->reserve) req->reserve(req->ud, zl, 1); /* freed with the request: charged to it, never refused */
-        fp->gz_iov.iov_base = fp->gz;
-        fp->gz_iov.iov_len = zl;
-        iov = &fp->gz_iov;
-        n_iov = 1;
-        ce = "gzip";
+    fp->bp = (bt_part_t){.sig = sig, .iov = part->iov, .n_iov = part->n_iov, .len = part->len,
+                         .items = part->items, .done = on_part_done};
+    if (f->split.n_targets == 1) {
+      /* Pass-through: every item has one owner, so alone it goes on exactly as it came (a gzip body still gzip);
+       * in a batch with other parts, as its plain bytes. A re-assembled part follows backends.compression. */
+      if (gzipped && req->encoding == OTLP_ENC_PROTOBUF) {
+        f->whole = (struct iovec){(void *)req->body, req->len};
+        fp->bp.alone_iov = &f->whole;
+        fp->bp.n_alone_iov = 1;
+        fp->bp.alone_encoding = "gzip";
+      } else {
+        fp->bp.alone_iov = part->iov;
+        fp->bp.n_alone_iov = part->n_iov;
       }
     }
     f->pending++;
     us_part_begin(fp->be, part->len);
-    int src = be_send(us_backend_pool(fp->be), path, ctype, ce, iov, n_iov, on_part_done, fp);
-    if (src < 0) on_part_done(fp, src, NULL, 0, 0);
+    int src = bt_submit(us_backend_batcher(fp->be), &fp->bp);
+    if (src < 0) {
+      bt_outcome_t o = {.status = src, .message = ""};
+      on_part_done(&fp->bp, &o);
+    }
   }
   if (--f->pending == 0) fwd_finish(f);
 }

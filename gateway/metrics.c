@@ -44,6 +44,14 @@ int gw_status_index(int status) {
   return GW_CODE_OTHER;
 }
 
+void gw_count_histogram_observe(gw_count_histogram_t *h, uint64_t n) {
+  int i = 0;
+  while (i < GW_COUNT_BUCKETS && n > (1ull << i)) i++;
+  if (i < GW_COUNT_BUCKETS) h->buckets[i]++;
+  h->count++;
+  h->sum += n;
+}
+
 void gw_histogram_observe(gw_histogram_t *h, double seconds) {
   int i = 0;
   while (i < GW_HIST_BUCKETS && seconds > gw_duration_buckets[i]) i++;
@@ -111,6 +119,16 @@ static void render_histogram(sb_t *b, const char *name, const char *labels, cons
   } else {
     sb_printf(b, "otlp_gateway_%s_sum %.9g\notlp_gateway_%s_count %" PRIu64 "\n", name, h->sum, name, h->count);
   }
+}
+
+static void render_count_histogram(sb_t *b, const char *name, const gw_count_histogram_t *h) {
+  uint64_t cum = 0;
+  for (int i = 0; i < GW_COUNT_BUCKETS; i++) {
+    cum += h->buckets[i];
+    sb_printf(b, "otlp_gateway_%s_bucket{le=\"%llu\"} %" PRIu64 "\n", name, 1ull << i, cum);
+  }
+  sb_printf(b, "otlp_gateway_%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, h->count);
+  sb_printf(b, "otlp_gateway_%s_sum %" PRIu64 "\notlp_gateway_%s_count %" PRIu64 "\n", name, h->sum, name, h->count);
 }
 
 static void render_backends(sb_t *b, const gw_metrics_gauges_t *g) {
@@ -243,6 +261,9 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
       h->count += w[k].request_duration[p].count;
       h->sum += w[k].request_duration[p].sum;
     }
+    for (int i = 0; i < GW_COUNT_BUCKETS; i++) sum.backend_batch_parts.buckets[i] += w[k].backend_batch_parts.buckets[i];
+    sum.backend_batch_parts.count += w[k].backend_batch_parts.count;
+    sum.backend_batch_parts.sum += w[k].backend_batch_parts.sum;
   }
   sb_t b = {malloc(16384), 0, 16384, 0};
   if (!b.buf) return 0;
@@ -301,6 +322,10 @@ size_t gw_metrics_render(const gw_metrics_t *w, size_t n, const gw_metrics_gauge
       sb_printf(&b, "otlp_gateway_dropped_items_total{signal=\"%s\",reason=\"%s\"} %" PRIu64 "\n", signal_labels[s],
                 drop_labels[r], sum.dropped_items[s][r]);
   render_backends(&b, g);
+  header(&b, "backend_batch_parts", "histogram",
+         "Client parts (and retried parts) carried by one backend request: parts bound for a backend while its "
+         "connections are busy leave together (backends.batch).");
+  render_count_histogram(&b, "backend_batch_parts", &sum.backend_batch_parts);
 
   header(&b, "connections", "gauge",
          "Open connections, by side (client: ingest; backend: to collectors) and protocol (backends: HTTP/1.1).");

@@ -40,6 +40,14 @@ typedef struct gw_histogram {
   double sum;
 } gw_histogram_t;
 
+/* A histogram of counts (backend_batch_parts: parts per backend request), buckets le 1, 2, 4, ... 1024. */
+#define GW_COUNT_BUCKETS 11
+typedef struct gw_count_histogram {
+  uint64_t buckets[GW_COUNT_BUCKETS]; /* non-cumulative */
+  uint64_t count;
+  uint64_t sum;
+} gw_count_histogram_t;
+
 /* Outcome of one request to a backend (backend_requests_total{outcome}): success 2xx; retryable 429, 502,
  * 503, 504 (retried on the same backend); rejected 400, 413 (the data's fault: dropped, partial_success);
  * error a transport failure (retried); refused every other answer (401, 403, 404, 405, 407, 421, other 5xx,
@@ -83,6 +91,7 @@ typedef struct gw_metrics {
   uint64_t received_items[GW_N_PROTOCOLS][OTLP_N_SIGNALS];
   uint64_t received_bytes[GW_N_PROTOCOLS][OTLP_N_SIGNALS][OTLP_N_CONTENT_ENCODINGS]; /* bytes on the wire */
   gw_histogram_t request_duration[GW_N_PROTOCOLS];
+  gw_count_histogram_t backend_batch_parts; /* parts per backend request (gateway/batcher), all backends */
 } gw_metrics_t;
 
 /* Gauges owned by other modules, read at scrape time. */
@@ -105,6 +114,7 @@ int gw_outcome(int status); /* HTTP status or negative transport error -> GW_OUT
 
 int gw_status_index(int status);
 void gw_histogram_observe(gw_histogram_t *h, double seconds);
+void gw_count_histogram_observe(gw_count_histogram_t *h, uint64_t n);
 
 /* Records one answered OTLP/HTTP request: signal may be GW_SIGNAL_NONE. */
 void gw_metrics_request(gw_metrics_t *m, int signal, int status, double seconds);

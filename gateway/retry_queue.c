@@ -10,6 +10,7 @@
  */
 #include "gateway/retry_queue.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -103,19 +104,10 @@ static qpart_t *qpart_new(us_set_t *s, int sig, const struct iovec *iov, size_t 
   return q;
 }
 
-/* Frees the gzip copy of an attempt (q->iov is that copy while q->gz is set), and gives its charge back. */
-static void qpart_gz_free(qpart_t *q) {
-  if (!q->gz) return;
-  gm_release(&gm_process, q->iov.iov_len);
-  free(q->gz);
-  q->gz = NULL;
-}
-
 /* Frees q; its record reference goes with it (the last one retires the record: delivered, rejected, expired, or
  * re-split into pieces that hold their own references). */
 static void qpart_free(qpart_t *q) {
   if (q->rec) sp_rec_unref(q->rec);
-  qpart_gz_free(q);
   gm_release(&gm_process, sizeof *q + q->len);
   free(q);
 }
@@ -208,21 +200,19 @@ static uint64_t backoff_ms(us_set_t *s, us_backend_t *b, uint32_t retry_after_s)
   return d ? d : 1;
 }
 
-static void on_retry_done(void *ud, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
-  qpart_t *q = ud;
+/* A retry's own outcome (gateway/batcher: also when it left in a batch; the request itself, metrics and passive
+ * health, was counted by the upstream). */
+static void on_retry_done(bt_part_t *bp, const bt_outcome_t *o) {
+  qpart_t *q = (qpart_t *)((char *)bp - offsetof(qpart_t, bp));
   us_set_t *s = q->set;
   us_backend_t *b = q->be;
+  int status = o->status;
+  uint64_t now = uv_hrtime();
   b->refs--;
   b->retry_inflight--;
   q_unaccount(b, q);
-  qpart_gz_free(q);
   int outcome = gw_outcome(status);
-  b->m.requests[outcome]++;
-  gw_histogram_observe(&b->m.duration, (double)(uv_hrtime() - q->start_ns) / 1e9);
-  us__passive_observe(b, status);
-  if (outcome == GW_OUTCOME_REFUSED) us__log_refusal(b, status);
   if (outcome == GW_OUTCOME_SUCCESS) {
-    b->m.items[q->sig] += q->items;
     b->attempt = 0;
     b->next_try_ns = 0;
     qpart_free(q);
@@ -230,11 +220,14 @@ static void on_retry_done(void *ud, int status, const uint8_t *body, size_t len,
     drop(s, q, GW_DROP_REJECTED, "refused by the backend on retry");
   } else if (s->abandoned) {
     drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
-  } else if (uv_hrtime() - q->first_fail_ns > s->cfg->backends.retry.max_elapsed_ms * MS_NS) {
+  } else if (now - q->first_fail_ns > s->cfg->backends.retry.max_elapsed_ms * MS_NS) {
     drop(s, q, GW_DROP_EXPIRED, "undelivered after backends.retry.max_elapsed");
   } else if (b->in_ring && status != UV_ECANCELED) {
-    b->attempt++;
-    b->next_try_ns = uv_hrtime() + backoff_ms(s, b, retry_after) * MS_NS;
+    /* One failed request backs off once, however many retries it carried: the first of them sets the time. */
+    if (b->next_try_ns <= now) {
+      b->attempt++;
+      b->next_try_ns = now + backoff_ms(s, b, o->retry_after_s) * MS_NS;
+    }
     q_push(b, q, 1);
   } else {
     q->be = b;
@@ -293,9 +286,10 @@ void rq__pump(us_backend_t *b) {
       uv_timer_start(&b->retry_timer, on_retry_timer, ms, 0);
     return;
   }
-  uint32_t cap = s->cfg->backends.max_connections_per_backend;
-  if (cap > RETRY_CONCURRENCY) cap = RETRY_CONCURRENCY;
-  if (!cap) cap = 1;
+  /* Retries in flight (handed to the batcher, which sends them coalesced with each other and with client parts,
+   * as many requests at once as the pool has connections): a batch's worth, at least RETRY_CONCURRENCY. */
+  uint32_t cap = s->cfg->backends.batch.max_parts;
+  if (cap < RETRY_CONCURRENCY) cap = RETRY_CONCURRENCY;
   while (b->q_head && b->retry_inflight < cap) {
     qpart_t *q = q_pop(b);
     if (now - q->first_fail_ns > s->cfg->backends.retry.max_elapsed_ms * MS_NS) {
@@ -303,22 +297,13 @@ void rq__pump(us_backend_t *b) {
       drop(s, q, GW_DROP_EXPIRED, "undelivered after backends.retry.max_elapsed");
       continue;
     }
-    const struct iovec *iov = &q->iov;
     q->iov.iov_base = q->data;
     q->iov.iov_len = q->len;
-    const char *ce = NULL;
-    size_t zl;
-    if (s->cfg->backends.compression == CFG_COMPRESSION_GZIP && otlp_gzip_iov(&q->iov, 1, &q->gz, &zl) == OTLP_OK) {
-      q->iov.iov_base = q->gz;
-      q->iov.iov_len = zl;
-      gm_force(&gm_process, zl); /* given back by qpart_gz_free */
-      ce = "gzip";
-    }
     q->start_ns = now;
-    int rc = be_send(b->pool, otlp_signal(q->sig)->path, otlp_content_type(OTLP_ENC_PROTOBUF), ce, iov, 1,
-                     on_retry_done, q);
-    if (rc < 0) { /* cannot even queue it (out of memory): back off and try again */
-      qpart_gz_free(q);
+    q->bp = (bt_part_t){.sig = q->sig, .iov = &q->iov, .n_iov = 1, .len = q->len, .items = q->items,
+                        .done = on_retry_done};
+    int rc = bt_submit(b->batch, &q->bp);
+    if (rc < 0) { /* the batcher is cancelling (b just left the ring): back off and try again */
       q_unaccount(b, q);
       q_push(b, q, 1);
       b->attempt++;
@@ -538,5 +523,8 @@ void rq_abandon(us_set_t *s) {
       drop(s, q, GW_DROP_SHUTDOWN, "still queued at the shutdown deadline");
     }
   }
-  for (us_backend_t *b = s->backends; b; b = b->next) be_pool_cancel(b->pool);
+  for (us_backend_t *b = s->backends; b; b = b->next) {
+    bt_cancel(b->batch);
+    be_pool_cancel(b->pool);
+  }
 }

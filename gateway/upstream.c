@@ -23,6 +23,10 @@
 
 static void schedule_rebuild(us_set_t *s);
 static void on_readmit(uv_timer_t *t);
+static int pool_send(void *ud, const char *path, const char *content_type, const char *content_encoding,
+                     const struct iovec *iov, size_t n_iov, be_done_cb cb, void *cb_ud);
+static void on_backend_request(void *ud, int sig, int status, size_t n_parts, uint64_t items, size_t bytes,
+                               uint64_t start_ns, int final);
 
 bl_route_t us_route(const cfg_t *c, int sig) {
   if (sig == OTLP_TRACES && c->routing.traces == CFG_ROUTE_SERVICE) return BL_ROUTE_SERVICE;
@@ -61,8 +65,11 @@ static void backend_unlink_and_close(us_backend_t *b) {
     }
   if (b->checker) hc_checker_stop(b->checker);
   b->checker = NULL;
+  bt_cancel(b->batch); /* nothing waits once nothing refers to b; at us_destroy, what waits is dropped */
   be_pool_destroy(b->pool);
   b->pool = NULL;
+  bt_destroy(b->batch);
+  b->batch = NULL;
   /* After its users: connections of the pool still waiting for a first answer hear UV_ECANCELED from the
    * loop and go (they hold the pool, not b). The name frees itself once its handles close; it calls
    * nothing of b's after this. */
@@ -226,6 +233,13 @@ static us_backend_t *backend_create(us_set_t *s, const char *endpoint, const cha
     backend_free_unstarted(b);
     return NULL;
   }
+  bt_config_t bc = us__batch_config(c);
+  if (!(b->batch = bt_create(s->batch_group, &bc, pool_send, b->pool, on_backend_request, b))) {
+    be_pool_destroy(b->pool);
+    dns_name_destroy(b->name);
+    backend_free_unstarted(b);
+    return NULL;
+  }
   /* Up from the start: a dead backend is found by its first failed sends or checks, and what they held is
    * queued and re-routed, so nothing is lost while we learn. */
   hc_state_init(&b->health, c->backends.health_check.rise, c->backends.health_check.fall, 1);
@@ -367,7 +381,7 @@ void us__passive_observe(us_backend_t *b, int status) {
 
 /* One line per backend per 10 s for an answer that refuses the gateway itself: the operator's to fix
  * (backends.headers, the endpoint's path), nothing a retry mends. */
-void us__log_refusal(us_backend_t *b, int status) {
+static void log_refusal(us_backend_t *b, int status) {
   uint64_t held;
   if (gw_log_limit_take(&b->log_refused, uv_hrtime(), LOG_REPEAT_NS, &held))
     gw_log(GW_LOG_WARN, "backend refuses the gateway", "backend", b->endpoint, "status", gw_log_i64(status),
@@ -428,6 +442,7 @@ static void rebuild(us_set_t *s) {
   for (us_backend_t *b = s->backends; b; b = b->next)
     if (b->cancel) {
       b->cancel = 0;
+      bt_cancel(b->batch); /* what waits for a connection, then what is on one */
       be_pool_cancel(b->pool);
     }
   for (us_backend_t *b = s->backends, *next; b; b = next) {
@@ -453,16 +468,41 @@ void us_part_begin(us_backend_t *b, size_t len) {
   b->inflight_bytes += len;
 }
 
-void us_part_end(us_backend_t *b, int sig, size_t len, uint64_t items, int status, uint64_t start_ns) {
+void us_part_end(us_backend_t *b, size_t len) {
   b->refs--;
   b->inflight_bytes -= len;
+}
+
+bt_t *us_backend_batcher(us_backend_t *b) { return b->batch; }
+
+bt_config_t us__batch_config(const cfg_t *c) {
+  return (bt_config_t){
+      .max_in_flight = c->backends.max_connections_per_backend,
+      .max_bytes = (size_t)c->backends.batch.max_bytes,
+      .max_parts = c->backends.batch.max_parts,
+      .compress = c->backends.compression == CFG_COMPRESSION_GZIP,
+  };
+}
+
+static int pool_send(void *ud, const char *path, const char *content_type, const char *content_encoding,
+                     const struct iovec *iov, size_t n_iov, be_done_cb cb, void *cb_ud) {
+  return be_send(ud, path, content_type, content_encoding, iov, n_iov, cb, cb_ud);
+}
+
+/* One backend request of b's batcher (client parts and retries alike): counted once, whatever it carried.
+ * final: its parts take this answer (else they are sent again, alone or in halves, and counted then). */
+static void on_backend_request(void *ud, int sig, int status, size_t n_parts, uint64_t items, size_t bytes,
+                               uint64_t start_ns, int final) {
+  (void)bytes;
+  us_backend_t *b = ud;
   int outcome = gw_outcome(status);
   b->m.requests[outcome]++;
   gw_histogram_observe(&b->m.duration, (double)(uv_hrtime() - start_ns) / 1e9);
-  if (outcome == GW_OUTCOME_SUCCESS) b->m.items[sig] += items;
+  gw_count_histogram_observe(&b->set->metrics->backend_batch_parts, n_parts);
+  if (outcome == GW_OUTCOME_SUCCESS && final) b->m.items[sig] += items;
   us__passive_observe(b, status);
   if (outcome == GW_OUTCOME_REFUSED) {
-    us__log_refusal(b, status);
+    log_refusal(b, status);
   } else if (status == UV_EPROTO && b->tls_failing) {
     /* its handshake failed: backend_tls_failed logged why */
   } else if (outcome == GW_OUTCOME_RETRYABLE || outcome == GW_OUTCOME_ERROR) {
@@ -471,7 +511,7 @@ void us_part_end(us_backend_t *b, int sig, size_t len, uint64_t items, int statu
       gw_log(GW_LOG_WARN, "backend request failed", "backend", b->endpoint, "error",
              status < 0 ? uv_err_name(status) : gw_log_i64(status), "action", "queued for retry",
              "suppressed_since_last", gw_log_u64(held), NULL);
-  } else if (outcome == GW_OUTCOME_REJECTED) {
+  } else if (outcome == GW_OUTCOME_REJECTED && final) {
     uint64_t held;
     if (gw_log_limit_take(&b->log_rejected, uv_hrtime(), LOG_REPEAT_NS, &held))
       gw_log(GW_LOG_WARN, "items dropped", "reason", "rejected", "backend", b->endpoint, "signal",
@@ -603,6 +643,13 @@ int us_create(uv_loop_t *loop, const cfg_t *cfg, gw_metrics_t *metrics, us_set_t
   s->metrics = metrics;
   s->rng = uv_hrtime() | 1;
   s->ring = bl_ring_create(NULL, 0);
+  if (bt_group_create(loop, &s->batch_group) != 0) {
+    bl_ring_unref(s->ring);
+    free(s);
+    snprintf(err, errlen, "out of memory");
+    *out = NULL;
+    return -1;
+  }
   uv_timer_init(loop, &s->rebuild_timer);
   uv_timer_init(loop, &s->sweep_timer);
   s->rebuild_timer.data = s->sweep_timer.data = s;
@@ -658,6 +705,8 @@ void us_apply_config(us_set_t *s, const cfg_t *cfg) {
       continue;
     }
     tls_session_cache_clear(b->tls_session); /* new verification settings: no resuming the old sessions */
+    bt_config_t bc = us__batch_config(cfg);
+    bt_set_config(b->batch, &bc);
     if (be_pool_update(b->pool, &pc) != 0 ||
         (b->checker && hc_checker_set_tls(b->checker, pc.tls, pc.server_name) != 0))
       gw_log(GW_LOG_ERROR, "cannot apply the new connection settings: out of memory", "backend", b->endpoint, NULL);
@@ -682,8 +731,10 @@ size_t us_backend_views(const us_set_t *s, gw_backend_view_t *out, size_t cap, u
     const be_stats_t *bs = be_pool_stats(b->pool);
     *backend_connections += bs->connections_open;
     if (!b->origin || n == cap) continue;
-    out[n++] = (gw_backend_view_t){b->endpoint, &b->m, b->health.up && b->in_ring, b->q_bytes + bs->queued_bytes,
-                                   b->retries + bs->retries, b->sp_bytes};
+    uint64_t waiting = 0;
+    bt_waiting(b->batch, &waiting);
+    out[n++] = (gw_backend_view_t){b->endpoint,         &b->m, b->health.up && b->in_ring,
+                                   b->q_bytes + bs->queued_bytes + waiting, b->retries + bs->retries, b->sp_bytes};
   }
   return n;
 }
@@ -703,6 +754,8 @@ void us_destroy(us_set_t *s) {
   rq_abandon(s);
   s->destroyed = 1;
   while (s->backends) backend_unlink_and_close(s->backends);
+  bt_group_destroy(s->batch_group);
+  s->batch_group = NULL;
   bl_ring_unref(s->ring);
   s->ring = NULL;
   /* The set is freed by whichever close callback comes last: its timer's or its last backend's. */

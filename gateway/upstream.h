@@ -21,6 +21,7 @@
 #include "balancer/splice.h"
 #include "config/config.h"
 #include "gateway/backend.h"
+#include "gateway/batcher.h"
 #include "gateway/metrics.h"
 
 typedef struct us_set us_set_t;
@@ -39,11 +40,15 @@ bl_ring_t *us_ring(const us_set_t *s);
 const char *us_backend_endpoint(const us_backend_t *b);
 be_pool_t *us_backend_pool(us_backend_t *b);
 
-/* A client part of len bytes is being sent to b / has its answer (status as be_done_cb): b is referenced and
- * the bytes count as in flight (gateway/admission) in between. us_part_end counts the outcome (metrics,
- * passive health) and releases b; a retryable failure then goes to rq_part_failed (gateway/retry_queue). */
+/* Where parts for b are sent (gateway/batcher: coalesced with others bound for b). Each backend request it makes
+ * is counted once by the upstream (backend_requests_total, durations, backend_batch_parts, passive health). */
+bt_t *us_backend_batcher(us_backend_t *b);
+
+/* A client part of len bytes is being sent to b / has its answer: b is referenced and the bytes count as in
+ * flight (gateway/admission) in between. us_part_end releases b; a retryable failure then goes to
+ * rq_part_failed (gateway/retry_queue). */
 void us_part_begin(us_backend_t *b, size_t len);
-void us_part_end(us_backend_t *b, int sig, size_t len, uint64_t items, int status, uint64_t start_ns);
+void us_part_end(us_backend_t *b, size_t len);
 
 /* Applies a reloaded config (backends added/removed/re-weighted, health-check, retry, queue, DNS
  * settings). Connections and in-flight requests are kept; removed backends' queues are re-routed. */

@@ -16,6 +16,7 @@
 #include <sys/uio.h>
 #include <uv.h>
 
+#include "gateway/batcher.h"
 #include "gateway/log.h"
 #include "gateway/retry_queue.h"
 #include "gateway/spool.h"
@@ -41,7 +42,7 @@ struct qpart {
   uint64_t items;
   uint64_t first_fail_ns; /* retry.max_elapsed counts from here; re-routing keeps it */
   uint64_t start_ns;      /* of the current attempt */
-  uint8_t *gz;            /* backends.compression: gzip, during an attempt */
+  bt_part_t bp;           /* while submitted to the batcher of be (an attempt) */
   sp_rec_t *rec;          /* its on-disk record (one reference), NULL without backends.queue.directory */
   struct iovec iov;
   size_t len;
@@ -66,6 +67,7 @@ struct us_backend {
   int in_ring;
   int cancel;               /* just left the ring, down: fail what is in flight to it */
   be_pool_t *pool;
+  bt_t *batch;              /* coalesces what is sent to pool: client parts and retries */
   dns_name_t *name;         /* host's cached address, for the pool and the checker (health/dns) */
   hc_checker_t *checker;
   hc_state_t health;
@@ -105,6 +107,7 @@ struct us_set {
   size_t n_dns_addrs;
   gw_log_limit_t log_dns;
   uint64_t rng;
+  bt_group_t *batch_group;  /* flushes the backends' batchers at the end of each loop turn */
   sp_t *spool;              /* backends.queue.directory: this loop's spool (the app's; NULL without one) */
   int spool_error;          /* the last failed append's error while the spool is failing, else 0 */
   gw_log_limit_t log_spool;  /* "spool write failed" */
@@ -123,8 +126,8 @@ struct us_set {
 void us__release(us_backend_t *b);
 /* Passive health: counts the answer (status as be_done_cb) towards ejecting b, or resets the count. */
 void us__passive_observe(us_backend_t *b, int status);
-/* Logs (rate-limited) an answer that refuses the gateway itself. */
-void us__log_refusal(us_backend_t *b, int status);
+/* The batcher's settings under config c. */
+bt_config_t us__batch_config(const cfg_t *c);
 
 /* ---- gateway/retry_queue.c, for the backend set -------------------------------------------------------- */
 

@@ -143,7 +143,9 @@ def test_counters_add_up_after_known_load():
                       ok_requests=ok_requests, backend_rejected=rejected, backend_success=success, sink=st)
         ok = (received == k * spans == delivered + dropped and delivered == 0 and rejected_items == k * spans
               and ok_requests == k and success == st["traces"]["requests"] == 0
-              and rejected == st["rejected"] == k)
+              # a batch of several parts answered 400 is sent again part by part (backends.batch): at least
+              # one rejected request per client request, every one of them seen by the sink
+              and rejected == st["rejected"] >= k)
         return ok, detail
 
     poll("counters of the gateway in front of a rejecting sink", rejecting_gateway)

@@ -849,7 +849,8 @@ TEST(print_reference_lists_every_key) {
       "backends.headers", "backends.health_check.enabled", "backends.health_check.path",
       "backends.health_check.port", "backends.health_check.interval", "backends.health_check.timeout",
       "backends.health_check.rise", "backends.health_check.fall", "backends.health_check.eject_after_failures",
-      "backends.queue.max_bytes", "backends.queue.directory", "backends.queue.fsync", "backends.retry.initial_interval",
+      "backends.queue.max_bytes", "backends.queue.directory", "backends.queue.fsync", "backends.batch.max_bytes",
+      "backends.batch.max_parts", "backends.retry.initial_interval",
       "backends.retry.max_interval", "backends.retry.max_elapsed"};
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
     char cell[128];
