@@ -201,10 +201,12 @@ typedef struct sp_job {
   struct iovec *iov;
   size_t n_iov, total;
   int sync, rotate, fail_err;
-  struct sp_seg *seg; /* rotate: the next segment's (loop side only) */
+  int may_rotate;     /* !rotate into a non-empty segment: out of space there, the batch goes to a new one */
+  struct sp_seg *seg; /* rotate, may_rotate: the next segment's (loop side only) */
   char new_path[PATH_MAX], dir_path[PATH_MAX];
   /* out */
   int new_fd, status, broken;
+  uint64_t moved_from; /* may_rotate used: the offset the batch was first written at (its records start at 0) */
 } sp_job_t;
 
 struct sp {
@@ -339,28 +341,51 @@ static void enqueue(sp_t *sp, sp_ent_t *e) {
   arm_prepare(sp);
 }
 
+/* Opens the next segment (j->new_path) and makes it the job's file at offset 0; the old one is closed. */
+static int job_rotate(sp_job_t *j) {
+  int fd = open(j->new_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return map_err(errno);
+  if (j->sync) { /* the new name must survive a power cut with the data */
+    int dfd = open(j->dir_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      fsync(dfd);
+      close(dfd);
+    }
+  }
+  if (j->old_fd >= 0) close(j->old_fd);
+  j->new_fd = j->fd = fd;
+  j->off = 0;
+  return 0;
+}
+
+static void job_write(sp_job_t *j);
+
 static void job_work(uv_work_t *w) {
   sp_job_t *j = (sp_job_t *)w;
   j->status = 0;
   j->broken = 0;
   j->new_fd = -1;
-  if (j->rotate) {
-    int fd = open(j->new_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      j->status = map_err(errno);
-      return;
+  j->moved_from = 0;
+  if (j->rotate && (j->status = job_rotate(j)) != 0) return;
+  job_write(j);
+  /* Out of space in a segment that has records already: a per-file limit (RLIMIT_FSIZE, a quota on file size)
+   * or a segment the file system cannot grow. The batch goes to a new segment at once, so the clients it covers
+   * are not refused for where the old segment ended; on a full disk this fails the same way. The old one was
+   * truncated back to where the batch began and goes when its records are retired. */
+  if (j->status == UV_ENOSPC && j->may_rotate && !j->broken) {
+    uint64_t from = j->off;
+    int err = job_rotate(j);
+    if (err == 0) {
+      j->status = 0;
+      j->moved_from = from;
+      job_write(j);
     }
-    if (j->sync) { /* the new name must survive a power cut with the data */
-      int dfd = open(j->dir_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-      }
-    }
-    if (j->old_fd >= 0) close(j->old_fd);
-    j->new_fd = j->fd = fd;
-    j->off = 0;
   }
+}
+
+/* Writes the batch at j->off (fdatasync with j->sync); on failure truncates back to j->off (j->broken if that
+ * fails too) and sets j->status. */
+static void job_write(sp_job_t *j) {
   size_t want = j->total, done = 0, i = 0, skip = 0;
   if (j->fail_err) want = j->total / 2; /* test hook: a partial write, then the error */
   int err = 0;
@@ -420,8 +445,12 @@ static void sp_flush(sp_t *sp) {
   j->old_fd = sp->fd;
   j->rotate = sp->broken || sp->fd < 0 || (sp->active->size > 0 && sp->active->size + sp->pend->len > sp->seg_bytes);
   uint64_t base = j->rotate ? 0 : sp->active->size;
-  if (j->rotate) {
-    if (!(j->seg = calloc(1, sizeof *j->seg))) return; /* out of memory: tried again next turn */
+  j->may_rotate = !j->rotate && base > 0 && !sp->fail_next;
+  if (j->rotate || j->may_rotate) {
+    if (!(j->seg = calloc(1, sizeof *j->seg))) { /* out of memory: tried again next turn */
+      if (j->rotate) return;
+      j->may_rotate = 0;
+    }
     seg_path(j->new_path, sizeof j->new_path, sp->root, sp->worker, sp->next_seq);
     snprintf(j->dir_path, sizeof j->dir_path, "%s", sp->wdir);
   }
@@ -489,9 +518,11 @@ static void job_after(uv_work_t *w, int wstatus) {
     old->active = 0;
     seg_maybe_drop(sp, old);
   }
-  free(j->seg); /* a rotation that failed */
+  free(j->seg); /* a rotation that failed, or was not needed */
   j->seg = NULL;
   int status = j->status;
+  if (j->moved_from) /* written to the new segment instead: the records' offsets start at 0 there */
+    for (sp_ent_t *e = sp->flight; e; e = e->next) e->offset -= j->moved_from;
   if (status == 0) {
     sp->active->size = j->off + j->total;
     sp->st.failing = 0;

@@ -12,7 +12,9 @@
  * segment u64 (the worker directory's index N of w<N> << 48 | the segment's sequence number) | offset u32 of the DATA
  * record it retires (tombstones need no fsync: a lost one only means an
  * extra delivery, at-least-once). A segment is deleted once every DATA record in it is retired and it is not the
- * one being written. Integers are little-endian.
+ * one being written. A batch that finds no room where the segment being written ends (a per-file limit, a file
+ * that cannot grow) is written to a new segment at once; only one that a new segment cannot take either fails.
+ * Integers are little-endian.
  *
  * Writes and fdatasync run on libuv's thread pool (uv_fs_*), never on the loop; with fsync batch, everything
  * appended during one loop turn goes out as one write + one fdatasync, and its durable callbacks run after it.

@@ -27,7 +27,7 @@ import subprocess
 import time
 
 from harness import (TMP, WAIT, Gateway, Pool, Proc, Sink, args, delivery, http_request, loopback_grpc,
-                     parse_fields, read_traces, run_tests, trace_request, wait_drained, wait_until, write_config)
+                     in_ci, parse_fields, read_traces, run_tests, skip, trace_request, wait_drained, wait_until, write_config)
 from faults import REFUSED, result_line, start_load, wait_acked, wait_ring
 
 PB = {"Content-Type": "application/x-protobuf"}
@@ -383,24 +383,51 @@ def test_corrupt_segment():
 # ---- a disk that fills up -------------------------------------------------------------------------------------
 
 FSIZE_LIMIT = 256 * 1024
+DISK_BYTES = 1024 * 1024
 
 
-def small_disk():
+def small_files():
     """preexec of the gateway: no file may grow past FSIZE_LIMIT. The gateway ignores SIGXFSZ itself (left at its
-    default, the signal would kill it at the first write past the limit), so such a write fails with EFBIG, as a
-    write to a full disk fails with ENOSPC."""
+    default, the signal would kill it at the first write past the limit), so such a write fails with EFBIG."""
     resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
 
 
+class SmallDisk:
+    """A real file system of DISK_BYTES (tmpfs, mounted by the test: CI runs as root) that the spool fills up, so
+    every write fails with ENOSPC, in whatever segment, until records are retired and files deleted."""
+
+    def __init__(self, name):
+        self.path = os.path.join(TMP, name + ".disk")
+        os.makedirs(self.path, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d,mode=0700" % DISK_BYTES, "tmpfs", self.path],
+                           capture_output=True, text=True)
+        self.error = None if r.returncode == 0 else (r.stderr.strip() or "mount exited %d" % r.returncode)
+
+    def umount(self):
+        if self.error is None:
+            subprocess.run(["umount", "-l", self.path], capture_output=True)
+
+
 def test_disk_full():
-    """The spool's files may not grow past 256 KiB while a backend is black-holed: once it cannot grow, requests
-    with a part for that backend get 503 (write errors counted, a log line), nothing acknowledged is lost; when the
-    backend answers again and its queue drains, the segments go, and with the backend black-holed again new
-    requests are acknowledged (spooled) again."""
+    """The spool's file system (1 MiB) fills up while a backend is black-holed: once nothing fits, requests with a
+    part for that backend get 503 (write errors counted, a log line), nothing acknowledged is lost; when the
+    backend answers again and its queue drains, the segments that filled up go, and with the backend black-holed
+    again new requests are acknowledged (spooled) again."""
     name = "full"
+    disk = SmallDisk(name)
+    if disk.error:
+        if os.geteuid() == 0 or in_ci():
+            raise AssertionError("cannot mount a small tmpfs for the disk-full scenario: %s" % disk.error)
+        skip("a small file system needs mount (root): %s" % disk.error)
+    try:
+        disk_full_scenario(name, os.path.join(disk.path, "spool"))
+    finally:
+        disk.umount()
+
+
+def disk_full_scenario(name, d):
     pool = Pool(name)
-    d = spool_dir(name)
-    g = Gateway(spool_config(pool.endpoints, d), name=name + ".yaml", preexec=small_disk)
+    g = Gateway(spool_config(pool.endpoints, d), name=name + ".yaml")
     wait_ring(g, 3)
     hole = pool.sinks[2]
     stall_hang(hole)
@@ -423,12 +450,14 @@ def test_disk_full():
         g.wait_line(r"spool write failed")
     finally:
         resume_hang(hole)
-    # the segments that filled up (past half the limit: a failed write left them just under it); a failed write
-    # makes the spool start a new segment at its next write, so they go once their records are retired
-    full = [p for p in segments(d) if os.path.getsize(p) > FSIZE_LIMIT // 2]
+    # the segments that hold records (a failed write into a full one moved its batch to a new, empty segment,
+    # which the full disk refused too): they go once their records are retired
+    full = [p for p in segments(d) if os.path.getsize(p) > DISK_BYTES // 4]
     assert full, ("no segment filled up", [(os.path.basename(p), os.path.getsize(p)) for p in segments(d)])
     # recovery: the backend answers and its queue drains
     wait_spool_empty(g)
+    wait_until(lambda: [p for p in full if os.path.exists(p)], lambda v: not v, WAIT,
+               "the segment files that were full")
     # then new requests that need the spool are acknowledged again (the backend black-holed once more)
     stall_hang(hole)
     try:
@@ -444,13 +473,39 @@ def test_disk_full():
     finally:
         resume_hang(hole)
     wait_spool_empty(g)
-    # the segments that filled up were deleted once their records were retired (they are no longer written)
-    wait_until(lambda: [p for p in full if os.path.exists(p)], lambda v: not v, WAIT,
-               "the segment files that were full")
-    wait_spool_empty(g)
     acked = read_traces(load.acked_file, strict=True)
     acked.update(read_traces(again.acked_file, strict=True))
     account(name, acked, pool.files)
+    g.stop()
+
+
+def test_file_size_limit_moves_to_a_new_segment():
+    """No file may grow past 256 KiB (RLIMIT_FSIZE, as a quota on file size would): a batch that finds no room at
+    the end of the segment being written goes to a new segment at once, so no client is refused for where a file
+    ended: 0 write errors, 0 answers 503, several segments none past the limit, nothing acknowledged lost."""
+    name = "fsize"
+    pool = Pool(name)
+    d = spool_dir(name)
+    g = Gateway(spool_config(pool.endpoints, d), name=name + ".yaml", preexec=small_files)
+    wait_ring(g, 3)
+    hole = pool.sinks[2]
+    stall_hang(hole)
+    try:
+        load = start_load(g, name, rate=100)
+        # several files' worth spooled
+        wait_until(lambda: msum(g, SPOOL_BYTES), lambda v: v > 3 * FSIZE_LIMIT, 2 * WAIT, SPOOL_BYTES)
+        res = load.stop()
+        sizes = [os.path.getsize(p) for p in segments(d)]
+        print("    %s; spool_bytes %d, write errors %d, segment sizes %s"
+              % (result_line(res), msum(g, SPOOL_BYTES), msum(g, WRITE_ERRORS), sizes))
+        assert res["ok"] == res["requests"] and res.get("status_503", 0) == 0, result_line(res)
+        assert msum(g, WRITE_ERRORS) == 0 and not g.lines(r"spool write failed")
+        assert len(sizes) >= 3 and max(sizes) <= FSIZE_LIMIT, sizes
+    finally:
+        resume_hang(hole)
+    wait_spool_empty(g)
+    account(name, read_traces(load.acked_file, strict=True), pool.files)
+    g.stop()
 
 
 # ---- one gateway per directory ------------------------------------------------------------------------------
