@@ -10,27 +10,45 @@
 #include "gateway/version.h"
 
 #define BE_MAX_RESPONSE_BODY (64 * 1024)
-#define BE_INLINE_BUFS 8
 
 typedef struct be_conn be_conn_t;
 typedef struct be_req be_req_t;
+typedef struct be_tclass be_tclass_t;
 
+/* One allocation per request: the struct, its iovecs (the head, then the caller's), then the head's bytes. */
 struct be_req {
   be_req_t *next;          /* queue link */
+  be_req_t *dl_prev, *dl_next; /* its deadline class's list */
+  be_tclass_t *tclass;     /* the request_timeout it was sent with; NULL = none */
+  uint64_t deadline;       /* uv_now at be_send + that timeout */
   be_pool_t *pool;
   be_conn_t *conn;         /* while on a connection */
-  uv_timer_t timer;        /* request_timeout from be_send */
   be_done_cb cb;
   void *ud;
-  int done;
   int retried;
-  uv_buf_t *bufs;
   size_t n_bufs;
-  uv_buf_t inline_bufs[BE_INLINE_BUFS];
-  size_t head_len;
   size_t body_len;
-  char head[];             /* request line + headers */
+  uv_buf_t bufs[];         /* n_bufs; the head's bytes follow them */
 };
+
+/* The live requests sent with one request_timeout value, in be_send order: with the same timeout and a loop clock
+ * that never goes back, that is deadline order, so the pool's one timer only ever looks at each class's head. A
+ * reload that changes the timeout starts a new class (or takes up the one of that value again); the old one keeps
+ * its requests and their deadlines, and is freed once it is empty. */
+struct be_tclass {
+  be_tclass_t *next;
+  uint64_t timeout_ms;
+  be_req_t *head, *tail;
+};
+
+/* The request head's constant parts, built per config (be_pool_create, be_pool_update) in one allocation:
+ * "POST <prefix>" | <path> | " HTTP/1.1\r\nHost: ..\r\nUser-Agent: ..\r\nContent-Type: " | <content type>
+ * "\r\n" [Content-Encoding] "Content-Length: <n>\r\n" | <extra headers> "\r\n". Only the unmarked parts are
+ * per request. */
+typedef struct be_head {
+  char *buf;               /* pre, mid, end back to back */
+  size_t pre_len, mid_len, end_len;
+} be_head_t;
 
 enum { CONN_RESOLVING, CONN_CONNECTING, CONN_IDLE, CONN_BUSY, CONN_CLOSED };
 
@@ -65,7 +83,6 @@ struct be_pool {
   dns_name_t *name;        /* host's cached address (be_pool_config_t.name, or own_name) */
   dns_name_t *own_name;    /* made by the pool when the config gave none; destroyed with the pool */
   uint16_t port;
-  char *path_prefix;       /* "" or "/otlp": before every request's path */
   tls_ctx_t *tls;          /* NULL = plaintext; referenced; new connections take the current one */
   char *server_name;       /* TLS: SNI + verified name */
   tls_session_cache_t *session;     /* be_pool_config_t.session_cache, or own_session */
@@ -73,10 +90,15 @@ struct be_pool {
   be_tls_error_cb on_tls_error;
   void *tls_error_ud;
   char tls_error[256];     /* the last failed handshake's reason, "" when none */
-  char *extra_headers;     /* preformatted "Name: value\r\n"... */
+  be_head_t head;          /* what every request head starts and ends with (path prefix, Host, extra headers) */
   char host_header[300];
   uint32_t max_connections;
-  uint64_t request_timeout_ms;
+  be_tclass_t *tclasses;   /* every deadline class with requests, and the current one */
+  be_tclass_t *tclass;     /* the current request_timeout's; NULL = 0 (no deadline) */
+  uint64_t n_timed;        /* live requests with a deadline: the timer runs only while there are some */
+  uv_timer_t timer;        /* fires at the earliest deadline (or earlier: it is not moved when that request ends) */
+  uint64_t timer_due;      /* when it fires, while timer_armed */
+  int timer_armed;
   be_conn_t *conns;
   be_conn_t *idle;
   be_req_t *q_head, *q_tail;
@@ -85,7 +107,7 @@ struct be_pool {
   be_stats_t stats;
   int destroying;
   int cancelling;
-  int refs;                /* live conns + live requests + 1 until destroy */
+  int refs;                /* live conns + 1 until destroy; at 0 the timer closes, and its callback frees the pool */
   llhttp_settings_t settings;
 };
 
@@ -98,40 +120,104 @@ const char *be_pool_last_tls_error(const be_pool_t *p) { return p->tls_error; }
 
 static void pool_free(be_pool_t *p) {
   free(p->host);
-  free(p->extra_headers);
-  free(p->path_prefix);
+  free(p->head.buf);
   free(p->server_name);
   tls_ctx_unref(p->tls);
+  while (p->tclasses) {
+    be_tclass_t *t = p->tclasses;
+    p->tclasses = t->next;
+    free(t);
+  }
   free(p);
 }
 
-/* The last reference goes once every connection's handle has closed: only then is the own session cache, which
- * their TLS state may use until it is freed, destroyed. */
-static void pool_unref(be_pool_t *p) {
-  if (--p->refs > 0) return;
+static void on_pool_timer_closed(uv_handle_t *h) {
+  be_pool_t *p = h->data;
   tls_session_cache_destroy(p->own_session);
   pool_free(p);
 }
 
-/* ---- requests ----------------------------------------------------------------------------------------- */
-
-static void on_req_timer_closed(uv_handle_t *h) {
-  be_req_t *r = h->data;
-  be_pool_t *p = r->pool;
-  if (r->bufs != r->inline_bufs) free(r->bufs);
-  free(r);
-  pool_unref(p);
+/* The last reference goes once every connection's handle has closed: only then is the own session cache, which
+ * their TLS state may use until it is freed, destroyed. The memory goes from the timer's close callback, never
+ * inside a call that may still use the pool (a done callback that destroyed it). */
+static void pool_unref(be_pool_t *p) {
+  if (--p->refs > 0) return;
+  uv_close((uv_handle_t *)&p->timer, on_pool_timer_closed);
 }
 
-/* Completes r once: runs the callback, then frees r when its timer handle has closed. */
+/* ---- deadlines ------------------------------------------------------------------------------------------ */
+
+static void on_deadline(uv_timer_t *t);
+
+/* Makes the timer fire by deadline at the latest (it may already be due earlier: a request that has ended since). */
+static void deadline_arm(be_pool_t *p, uint64_t deadline) {
+  if (p->destroying || (p->timer_armed && p->timer_due <= deadline)) return;
+  uint64_t now = uv_now(p->loop);
+  p->timer_armed = 1;
+  p->timer_due = deadline;
+  uv_timer_start(&p->timer, on_deadline, deadline > now ? deadline - now : 0, 0);
+}
+
+/* r's deadline counts from now (be_send), with the current request_timeout. */
+static void deadline_add(be_pool_t *p, be_req_t *r) {
+  be_tclass_t *t = p->tclass;
+  r->tclass = t;
+  if (!t) return;
+  r->deadline = uv_now(p->loop) + t->timeout_ms;
+  r->dl_next = NULL;
+  r->dl_prev = t->tail;
+  if (t->tail) t->tail->dl_next = r;
+  else t->head = r;
+  t->tail = r;
+  p->n_timed++;
+  deadline_arm(p, r->deadline);
+}
+
+static void tclass_unlink(be_pool_t *p, be_tclass_t *t) {
+  for (be_tclass_t **pp = &p->tclasses; *pp; pp = &(*pp)->next)
+    if (*pp == t) {
+      *pp = t->next;
+      return;
+    }
+}
+
+/* r ended: off its class (freed when empty and no longer current); the timer stops with the last one. */
+static void deadline_remove(be_pool_t *p, be_req_t *r) {
+  be_tclass_t *t = r->tclass;
+  if (!t) return;
+  r->tclass = NULL;
+  if (r->dl_prev) r->dl_prev->dl_next = r->dl_next;
+  else t->head = r->dl_next;
+  if (r->dl_next) r->dl_next->dl_prev = r->dl_prev;
+  else t->tail = r->dl_prev;
+  if (!t->head && t != p->tclass) {
+    tclass_unlink(p, t);
+    free(t);
+  }
+  if (--p->n_timed == 0 && p->timer_armed) {
+    p->timer_armed = 0;
+    uv_timer_stop(&p->timer);
+  }
+}
+
+/* The request with the earliest deadline, NULL when none has one. */
+static be_req_t *deadline_first(const be_pool_t *p) {
+  be_req_t *first = NULL;
+  for (const be_tclass_t *t = p->tclasses; t; t = t->next)
+    if (t->head && (!first || t->head->deadline < first->deadline)) first = t->head;
+  return first;
+}
+
+/* ---- requests ----------------------------------------------------------------------------------------- */
+
+/* Completes r: off its connection and its deadline list, freed, then the callback. Nothing refers to r after. */
 static void req_finish_ra(be_req_t *r, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
-  if (r->done) return;
-  r->done = 1;
+  be_done_cb cb = r->cb;
+  void *ud = r->ud;
   if (r->conn) r->conn->req = NULL;
-  r->conn = NULL;
-  uv_timer_stop(&r->timer);
-  r->cb(r->ud, status, body, len, retry_after);
-  uv_close((uv_handle_t *)&r->timer, on_req_timer_closed);
+  deadline_remove(r->pool, r);
+  free(r);
+  cb(ud, status, body, len, retry_after);
 }
 
 static void req_finish(be_req_t *r, int status, const uint8_t *body, size_t len) {
@@ -178,18 +264,26 @@ static int queue_remove(be_pool_t *p, be_req_t *r) {
   return 0;
 }
 
-static void on_req_timeout(uv_timer_t *t) {
-  be_req_t *r = t->data;
-  be_pool_t *p = r->pool;
-  if (r->conn) {
-    /* The response may still come, and the body may still be being written: this connection's stream
-     * position is unknown, so it closes (before r's owner may free what it was writing). */
-    conn_close_finish(r->conn, UV_ETIMEDOUT, NULL, 0, 0);
-  } else {
-    queue_remove(p, r);
-    req_finish(r, UV_ETIMEDOUT, NULL, 0);
+/* Every request whose deadline has come fails with UV_ETIMEDOUT, queued or on a connection; then the timer is set
+ * for the next deadline. */
+static void on_deadline(uv_timer_t *t) {
+  be_pool_t *p = t->data;
+  p->timer_armed = 0;
+  uint64_t now = uv_now(p->loop);
+  int expired = 0;
+  for (be_req_t *r; !p->destroying && (r = deadline_first(p)) != NULL && r->deadline <= now; expired = 1) {
+    if (r->conn) {
+      /* The response may still come, and the body may still be being written: this connection's stream
+       * position is unknown, so it closes (before r's owner may free what it was writing). */
+      conn_close_finish(r->conn, UV_ETIMEDOUT, NULL, 0, 0);
+    } else {
+      queue_remove(p, r);
+      req_finish(r, UV_ETIMEDOUT, NULL, 0);
+    }
   }
-  pump(p);
+  if (expired) pump(p);
+  be_req_t *next = deadline_first(p);
+  if (next) deadline_arm(p, next->deadline);
 }
 
 /* ---- connections -------------------------------------------------------------------------------------- */
@@ -584,17 +678,78 @@ static void pump(be_pool_t *p) {
 
 /* ---- public ------------------------------------------------------------------------------------------- */
 
-/* cfg's headers preformatted as "Name: value\r\n"..., or NULL out of memory. */
-static char *format_headers(const be_pool_config_t *cfg) {
-  size_t n = 1;
-  for (size_t i = 0; i < cfg->n_headers; i++) n += strlen(cfg->headers[i].name) + strlen(cfg->headers[i].value) + 4;
-  char *h = malloc(n);
-  if (!h) return NULL;
-  size_t off = 0;
-  for (size_t i = 0; i < cfg->n_headers; i++)
-    off += (size_t)sprintf(h + off, "%s: %s\r\n", cfg->headers[i].name, cfg->headers[i].value);
-  h[off] = 0;
-  return h;
+static size_t cat(char *out, const char *s, size_t n) {
+  memcpy(out, s, n);
+  return n;
+}
+
+/* v in decimal at out (room for 20 digits); returns the number of digits. */
+static size_t fmt_u64(char *out, uint64_t v) {
+  char tmp[20];
+  size_t n = 0;
+  do {
+    tmp[sizeof tmp - ++n] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return cat(out, tmp + sizeof tmp - n, n);
+}
+
+#define BE_LIT(out, lit) cat(out, lit, sizeof lit - 1)
+
+/* The constant parts of cfg's request heads for host_header into *h (see be_head_t); 0 or UV_ENOMEM. */
+static int head_build(const be_pool_config_t *cfg, const char *host_header, be_head_t *h) {
+  static const char post[] = "POST ", http[] = " HTTP/1.1\r\nHost: ",
+                    ua[] = "\r\nUser-Agent: otlp-gateway/" OTLPGW_VERSION "\r\nContent-Type: ";
+  const char *prefix = cfg->path_prefix ? cfg->path_prefix : "";
+  size_t prefix_len = strlen(prefix), host_len = strlen(host_header), extra = 2;
+  for (size_t i = 0; i < cfg->n_headers; i++) extra += strlen(cfg->headers[i].name) + strlen(cfg->headers[i].value) + 4;
+  h->pre_len = sizeof post - 1 + prefix_len;
+  h->mid_len = sizeof http - 1 + host_len + sizeof ua - 1;
+  h->end_len = extra;
+  if (!(h->buf = malloc(h->pre_len + h->mid_len + h->end_len))) return UV_ENOMEM;
+  char *o = h->buf;
+  o += BE_LIT(o, post);
+  o += cat(o, prefix, prefix_len);
+  o += BE_LIT(o, http);
+  o += cat(o, host_header, host_len);
+  o += BE_LIT(o, ua);
+  for (size_t i = 0; i < cfg->n_headers; i++) {
+    o += cat(o, cfg->headers[i].name, strlen(cfg->headers[i].name));
+    o += BE_LIT(o, ": ");
+    o += cat(o, cfg->headers[i].value, strlen(cfg->headers[i].value));
+    o += BE_LIT(o, "\r\n");
+  }
+  BE_LIT(o, "\r\n");
+  return 0;
+}
+
+/* The deadline class for timeout_ms: the pool's class of that value if it has one, else a new one (not linked
+ * yet: *fresh). NULL for 0 (no deadline), or out of memory (*fresh = 0 then too; check timeout_ms). */
+static be_tclass_t *tclass_for(be_pool_t *p, uint64_t timeout_ms, int *fresh) {
+  *fresh = 0;
+  if (!timeout_ms) return NULL;
+  for (be_tclass_t *t = p->tclasses; t; t = t->next)
+    if (t->timeout_ms == timeout_ms) return t;
+  be_tclass_t *t = calloc(1, sizeof *t);
+  if (t) {
+    t->timeout_ms = timeout_ms;
+    *fresh = 1;
+  }
+  return t;
+}
+
+/* Makes t (possibly NULL) the current class; the one it replaces goes if no request is left in it. */
+static void tclass_set(be_pool_t *p, be_tclass_t *t, int fresh) {
+  be_tclass_t *old = p->tclass;
+  if (fresh) {
+    t->next = p->tclasses;
+    p->tclasses = t;
+  }
+  p->tclass = t;
+  if (old && old != t && !old->head) {
+    tclass_unlink(p, old);
+    free(old);
+  }
 }
 
 static char *dup_or(const char *s, const char *dflt) { return strdup(s && *s ? s : dflt); }
@@ -604,7 +759,6 @@ int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out
   if (!p) return UV_ENOMEM;
   p->loop = loop;
   p->host = strdup(cfg->host);
-  p->path_prefix = dup_or(cfg->path_prefix, "");
   p->server_name = dup_or(cfg->server_name, cfg->host);
   p->tls = cfg->tls ? tls_ctx_ref(cfg->tls) : NULL;
   p->session = cfg->session_cache;
@@ -612,21 +766,25 @@ int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out
   p->tls_error_ud = cfg->tls_error_ud;
   p->port = cfg->port;
   p->max_connections = cfg->max_connections ? cfg->max_connections : 1;
-  p->request_timeout_ms = cfg->request_timeout_ms;
   p->refs = 1;
   if (strchr(cfg->host, ':')) snprintf(p->host_header, sizeof p->host_header, "[%s]:%u", cfg->host, cfg->port);
   else snprintf(p->host_header, sizeof p->host_header, "%s:%u", cfg->host, cfg->port);
-  p->extra_headers = format_headers(cfg);
+  int fresh;
+  be_tclass_t *t = tclass_for(p, cfg->request_timeout_ms, &fresh);
+  if (t) tclass_set(p, t, fresh);
   char err[128];
   dns_name_config_t nc = {.host = cfg->host};
   p->name = cfg->name;
-  int rc = !p->host || !p->extra_headers || !p->path_prefix || !p->server_name ? UV_ENOMEM : 0;
+  int rc = !p->host || !p->server_name || (cfg->request_timeout_ms && !t) ? UV_ENOMEM : 0;
+  if (rc == 0) rc = head_build(cfg, p->host_header, &p->head);
   if (rc == 0 && !p->name && dns_name_create(loop, &nc, &p->own_name, err, sizeof err) != 0) rc = UV_EINVAL;
   if (rc != 0) {
     pool_free(p);
     return rc;
   }
   if (!p->name) p->name = p->own_name;
+  uv_timer_init(loop, &p->timer); /* cannot fail; closed when the last reference goes */
+  p->timer.data = p;
   llhttp_settings_init(&p->settings);
   p->settings.on_body = on_body;
   p->settings.on_message_complete = on_message_complete;
@@ -637,19 +795,19 @@ int be_pool_create(uv_loop_t *loop, const be_pool_config_t *cfg, be_pool_t **out
 }
 
 int be_pool_update(be_pool_t *p, const be_pool_config_t *cfg) {
-  char *h = format_headers(cfg);
-  char *prefix = dup_or(cfg->path_prefix, "");
+  be_head_t h;
+  int fresh;
+  be_tclass_t *t = tclass_for(p, cfg->request_timeout_ms, &fresh);
   char *sn = dup_or(cfg->server_name, p->host);
-  if (!h || !prefix || !sn) {
-    free(h);
-    free(prefix);
+  int rc = head_build(cfg, p->host_header, &h);
+  if (rc != 0 || !sn || (cfg->request_timeout_ms && !t)) {
+    if (rc == 0) free(h.buf);
     free(sn);
+    if (fresh) free(t);
     return UV_ENOMEM;
   }
-  free(p->extra_headers);
-  p->extra_headers = h;
-  free(p->path_prefix);
-  p->path_prefix = prefix;
+  free(p->head.buf);
+  p->head = h;
   free(p->server_name);
   p->server_name = sn;
   if (cfg->tls != p->tls) { /* open connections hold their own reference */
@@ -657,48 +815,55 @@ int be_pool_update(be_pool_t *p, const be_pool_config_t *cfg) {
     p->tls = cfg->tls ? tls_ctx_ref(cfg->tls) : NULL;
   }
   p->max_connections = cfg->max_connections ? cfg->max_connections : 1;
-  p->request_timeout_ms = cfg->request_timeout_ms;
+  tclass_set(p, t, fresh); /* requests queued or in flight keep their deadlines */
   pump(p); /* a higher limit may open connections for what waits */
   return 0;
 }
 
+/* The head is "POST <prefix><path> HTTP/1.1\r\nHost: <host:port>\r\nUser-Agent: otlp-gateway/<version>\r\n
+ * Content-Type: <type>\r\n[Content-Encoding: <enc>\r\n]Content-Length: <n>\r\n<extra headers>\r\n", laid out from
+ * the pool's prebuilt parts with memcpy: one allocation holds the request, its iovecs and its head. */
 int be_send(be_pool_t *p, const char *path, const char *content_type, const char *content_encoding,
             const struct iovec *iov, size_t n_iov, be_done_cb cb, void *ud) {
+  static const char ce_name[] = "Content-Encoding: ", cl_name[] = "Content-Length: ";
   if (p->destroying || p->cancelling) return UV_ECANCELED;
   size_t body_len = 0;
   for (size_t i = 0; i < n_iov; i++) body_len += iov[i].iov_len;
-  size_t cap = 256 + strlen(p->path_prefix) + strlen(path) + strlen(p->host_header) + strlen(content_type) +
-               (content_encoding ? strlen(content_encoding) : 0) + strlen(p->extra_headers);
-  be_req_t *r = malloc(sizeof *r + cap);
+  char cl[20];
+  size_t cl_len = fmt_u64(cl, body_len);
+  size_t path_len = strlen(path), ct_len = strlen(content_type);
+  size_t ce_len = content_encoding ? strlen(content_encoding) : 0;
+  const be_head_t *h = &p->head;
+  size_t head_len = h->pre_len + path_len + h->mid_len + ct_len + 2 +
+                    (content_encoding ? sizeof ce_name - 1 + ce_len + 2 : 0) + sizeof cl_name - 1 + cl_len + 2 +
+                    h->end_len;
+  size_t n_bufs = n_iov + 1;
+  be_req_t *r = malloc(sizeof *r + n_bufs * sizeof(uv_buf_t) + head_len);
   if (!r) return UV_ENOMEM;
   memset(r, 0, sizeof *r);
-  int hl = snprintf(r->head, cap,
-                    "POST %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: otlp-gateway/%s\r\nContent-Type: %s\r\n"
-                    "%s%s%sContent-Length: %zu\r\n%s\r\n",
-                    p->path_prefix, path, p->host_header, OTLPGW_VERSION, content_type,
-                    content_encoding ? "Content-Encoding: " : "", content_encoding ? content_encoding : "",
-                    content_encoding ? "\r\n" : "", body_len, p->extra_headers);
-  if (hl < 0 || (size_t)hl >= cap) {
-    free(r);
-    return UV_EINVAL;
+  char *head = (char *)(r->bufs + n_bufs), *o = head;
+  o += cat(o, h->buf, h->pre_len);
+  o += cat(o, path, path_len);
+  o += cat(o, h->buf + h->pre_len, h->mid_len);
+  o += cat(o, content_type, ct_len);
+  o += BE_LIT(o, "\r\n");
+  if (content_encoding) {
+    o += BE_LIT(o, ce_name);
+    o += cat(o, content_encoding, ce_len);
+    o += BE_LIT(o, "\r\n");
   }
-  r->head_len = (size_t)hl;
+  o += BE_LIT(o, cl_name);
+  o += cat(o, cl, cl_len);
+  o += BE_LIT(o, "\r\n");
+  cat(o, h->buf + h->pre_len + h->mid_len, h->end_len);
   r->body_len = body_len;
-  r->n_bufs = n_iov + 1;
-  r->bufs = r->n_bufs <= BE_INLINE_BUFS ? r->inline_bufs : malloc(r->n_bufs * sizeof *r->bufs);
-  if (!r->bufs) {
-    free(r);
-    return UV_ENOMEM;
-  }
-  r->bufs[0] = uv_buf_init(r->head, (unsigned)r->head_len);
-  for (size_t i = 0; i < n_iov; i++) r->bufs[i + 1] = uv_buf_init(iov[i].iov_base, (unsigned)iov[i].iov_len);
+  r->n_bufs = n_bufs;
+  r->bufs[0] = (uv_buf_t){.base = head, .len = head_len};
+  for (size_t i = 0; i < n_iov; i++) r->bufs[i + 1] = (uv_buf_t){.base = iov[i].iov_base, .len = iov[i].iov_len};
   r->pool = p;
   r->cb = cb;
   r->ud = ud;
-  uv_timer_init(p->loop, &r->timer);
-  r->timer.data = r;
-  if (p->request_timeout_ms) uv_timer_start(&r->timer, on_req_timeout, p->request_timeout_ms, 0);
-  p->refs++;
+  deadline_add(p, r);
   queue_push(p, r, 0);
   pump(p);
   return 0;

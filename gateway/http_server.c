@@ -119,28 +119,22 @@ static void conn_answer_error(hs_conn_t *c, int status, const char *msg);
 
 /* ---- small helpers ------------------------------------------------------------------------------------ */
 
+/* The statuses with a reason phrase of their own (any other is "Unknown"): one list for hs_status_reason and the
+ * precomputed status lines of format_head. */
+#define HS_STATUSES(X)                                                                                        \
+  X(100, "Continue") X(200, "OK") X(202, "Accepted") X(204, "No Content") X(400, "Bad Request")               \
+  X(401, "Unauthorized") X(403, "Forbidden") X(404, "Not Found") X(405, "Method Not Allowed")                  \
+  X(408, "Request Timeout") X(411, "Length Required") X(413, "Content Too Large")                             \
+  X(415, "Unsupported Media Type") X(429, "Too Many Requests") X(431, "Request Header Fields Too Large")       \
+  X(500, "Internal Server Error") X(501, "Not Implemented") X(502, "Bad Gateway")                             \
+  X(503, "Service Unavailable") X(504, "Gateway Timeout")
+
 const char *hs_status_reason(int status) {
   switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 415: return "Unsupported Media Type";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
+#define HS_REASON(code, reason) \
+  case code: return reason;
+    HS_STATUSES(HS_REASON)
+#undef HS_REASON
     default: return "Unknown";
   }
 }
@@ -357,26 +351,76 @@ static int conn_write(hs_conn_t *c, const char *head, size_t head_len, const voi
   return 0;
 }
 
+static size_t hs_cat(char *out, const char *s, size_t n) {
+  memcpy(out, s, n);
+  return n;
+}
+
+/* v in decimal at out (room for 20 digits); returns the number of digits. */
+static size_t hs_fmt_u64(char *out, uint64_t v) {
+  char tmp[20];
+  size_t n = 0;
+  do {
+    tmp[sizeof tmp - ++n] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return hs_cat(out, tmp + sizeof tmp - n, n);
+}
+
+#define HS_LIT(out, lit) hs_cat(out, lit, sizeof lit - 1)
+
+/* "HTTP/1.1 <status> <reason>\r\n": a constant for the statuses HS_STATUSES names, else built in tmp (48 bytes). */
+static hs_slice_t status_line(int status, char *tmp) {
+  switch (status) {
+#define HS_LINE(code, reason) \
+  case code: return (hs_slice_t){"HTTP/1.1 " #code " " reason "\r\n", sizeof "HTTP/1.1 " #code " " reason "\r\n" - 1};
+    HS_STATUSES(HS_LINE)
+#undef HS_LINE
+    default: break;
+  }
+  size_t n = HS_LIT(tmp, "HTTP/1.1 ");
+  if (status < 0) tmp[n++] = '-';
+  n += hs_fmt_u64(tmp + n, status < 0 ? -(uint64_t)status : (uint64_t)status);
+  n += HS_LIT(tmp + n, " Unknown\r\n");
+  return (hs_slice_t){tmp, n};
+}
+
+/* The response head "HTTP/1.1 <status> <reason>\r\nDate: ..\r\nContent-Length: <n>\r\n[Content-Type: ..\r\n]
+ * [<extra>: ..\r\n]...[Connection: close\r\n]\r\n" into out, with memcpy; its length, or -1 when it does not fit
+ * in cap - 1 bytes. */
 static int format_head(hs_server_t *s, char *out, size_t cap, int status, const char *content_type,
                        const hs_header_t *extra, size_t n_extra, size_t body_len, int close) {
-  int n = snprintf(out, cap, "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Length: %zu\r\n", status,
-                   hs_status_reason(status), date_header(s), body_len);
-  if (n < 0 || (size_t)n >= cap) return -1;
-  size_t len = (size_t)n;
+  static const char date[] = "Date: ", length[] = "\r\nContent-Length: ", type[] = "Content-Type: ",
+                    closing[] = "Connection: close\r\n";
+  char tmp[48], num[20];
+  hs_slice_t line = status_line(status, tmp);
+  const char *d = date_header(s);
+  size_t d_len = strlen(d), num_len = hs_fmt_u64(num, body_len), ct_len = content_type ? strlen(content_type) : 0;
+  size_t len = line.len + sizeof date - 1 + d_len + sizeof length - 1 + num_len + 2 +
+               (content_type ? sizeof type - 1 + ct_len + 2 : 0) + (close ? sizeof closing - 1 : 0) + 2;
+  for (size_t i = 0; i < n_extra; i++) len += extra[i].name.len + extra[i].value.len + 4;
+  if (len >= cap) return -1;
+  char *o = out;
+  o += hs_cat(o, line.base, line.len);
+  o += HS_LIT(o, date);
+  o += hs_cat(o, d, d_len);
+  o += HS_LIT(o, length);
+  o += hs_cat(o, num, num_len);
+  o += HS_LIT(o, "\r\n");
   if (content_type) {
-    n = snprintf(out + len, cap - len, "Content-Type: %s\r\n", content_type);
-    if (n < 0 || (size_t)n >= cap - len) return -1;
-    len += (size_t)n;
+    o += HS_LIT(o, type);
+    o += hs_cat(o, content_type, ct_len);
+    o += HS_LIT(o, "\r\n");
   }
   for (size_t i = 0; i < n_extra; i++) {
-    n = snprintf(out + len, cap - len, "%.*s: %.*s\r\n", (int)extra[i].name.len, extra[i].name.base,
-                 (int)extra[i].value.len, extra[i].value.base);
-    if (n < 0 || (size_t)n >= cap - len) return -1;
-    len += (size_t)n;
+    o += hs_cat(o, extra[i].name.base, extra[i].name.len);
+    o += HS_LIT(o, ": ");
+    o += hs_cat(o, extra[i].value.base, extra[i].value.len);
+    o += HS_LIT(o, "\r\n");
   }
-  n = snprintf(out + len, cap - len, "%s\r\n", close ? "Connection: close\r\n" : "");
-  if (n < 0 || (size_t)n >= cap - len) return -1;
-  return (int)(len + (size_t)n);
+  if (close) o += HS_LIT(o, closing);
+  HS_LIT(o, "\r\n");
+  return (int)len;
 }
 
 int hs_respond(hs_request_t *req, int status, const char *content_type, const hs_header_t *extra,

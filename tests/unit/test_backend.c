@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "gateway/backend.h"
+#include "gateway/version.h"
 #include "gateway/transport.h"
 #include "test.h"
 #include "test_certs.h"
@@ -794,6 +795,391 @@ TEST(tls_early_answers) {
                END_STAY);
   early_answer("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 401, END_CLOSE);
   tls_off();
+}
+
+/* ---- head bytes and deadlines, against a raw capture server ----------------------------------------------- */
+
+#define CAP_HEADS 64
+
+/* Reads requests as bytes: each head is kept as it arrived, each body checked against the pattern. The first
+ * hold_conns connections read but never answer (a backend that hangs); the others answer ok200. */
+typedef struct cap_srv {
+  uv_tcp_t server;
+  uint16_t port;
+  int hold_conns;
+  int accepted;
+  int n_heads;                 /* request heads seen */
+  char heads[CAP_HEADS][1024]; /* ... the first CAP_HEADS, NUL-terminated */
+  size_t body_len[CAP_HEADS];  /* Content-Length of each */
+  int body_ok[CAP_HEADS];      /* its body arrived whole, the pattern */
+  struct cap_conn *conns[MAX_CONNS];
+} cap_srv_t;
+
+typedef struct cap_conn {
+  uv_tcp_t tcp;
+  cap_srv_t *s;
+  int idx, hold, closing;
+  char *buf;
+  size_t len, cap;
+} cap_conn_t;
+
+static void cap_conn_closed(uv_handle_t *h) {
+  cap_conn_t *c = h->data;
+  free(c->buf);
+  free(c);
+}
+
+static void cap_conn_end(cap_conn_t *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  c->s->conns[c->idx] = NULL;
+  uv_close((uv_handle_t *)&c->tcp, cap_conn_closed);
+}
+
+static void cap_wrote(uv_write_t *w, int status) { free(w); }
+
+static void cap_feed(cap_conn_t *c) {
+  for (;;) {
+    char *end = c->len >= 4 ? memmem(c->buf, c->len, "\r\n\r\n", 4) : NULL;
+    if (!end) return;
+    size_t head = (size_t)(end - c->buf) + 4;
+    char *cl = memmem(c->buf, head, "\r\nContent-Length: ", 18);
+    size_t need = cl ? strtoul(cl + 18, NULL, 10) : 0;
+    if (c->len < head + need) return;
+    cap_srv_t *s = c->s;
+    if (s->n_heads < CAP_HEADS) {
+      int i = s->n_heads;
+      snprintf(s->heads[i], sizeof s->heads[i], "%.*s", (int)head, c->buf);
+      s->body_len[i] = need;
+      s->body_ok[i] = 1;
+      for (size_t k = 0; k < need; k++) s->body_ok[i] &= (uint8_t)c->buf[head + k] == pattern(k);
+    }
+    s->n_heads++;
+    memmove(c->buf, c->buf + head + need, c->len - head - need);
+    c->len -= head + need;
+    if (!c->hold) {
+      uv_write_t *w = malloc(sizeof *w);
+      uv_buf_t b = uv_buf_init((char *)ok200, (unsigned)strlen(ok200));
+      if (uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, cap_wrote) != 0) free(w);
+    }
+  }
+}
+
+static void cap_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
+  cap_conn_t *c = h->data;
+  if (c->cap - c->len < 65536) {
+    c->cap = c->cap * 2 + 65536;
+    c->buf = realloc(c->buf, c->cap);
+  }
+  *b = uv_buf_init(c->buf + c->len, (unsigned)(c->cap - c->len));
+}
+
+static void cap_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
+  cap_conn_t *c = st->data;
+  if (n < 0) {
+    cap_conn_end(c);
+    return;
+  }
+  c->len += (size_t)n;
+  cap_feed(c);
+}
+
+static void on_cap_conn(uv_stream_t *server, int status) {
+  cap_srv_t *s = server->data;
+  if (status < 0) return;
+  cap_conn_t *c = calloc(1, sizeof *c);
+  c->s = s;
+  c->idx = s->accepted < MAX_CONNS ? s->accepted : MAX_CONNS - 1;
+  c->hold = s->accepted < s->hold_conns;
+  s->accepted++;
+  uv_tcp_init(server->loop, &c->tcp);
+  c->tcp.data = c;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    uv_close((uv_handle_t *)&c->tcp, cap_conn_closed);
+    return;
+  }
+  s->conns[c->idx] = c;
+  uv_read_start((uv_stream_t *)&c->tcp, cap_alloc, cap_read);
+}
+
+/* Listens on ip (port 0: any); 0, or the bind error (no IPv6 here). */
+static int cap_start(uv_loop_t *loop, cap_srv_t *s, const char *ip) {
+  struct sockaddr_storage a;
+  int rc = strchr(ip, ':') ? uv_ip6_addr(ip, 0, (struct sockaddr_in6 *)&a) : uv_ip4_addr(ip, 0, (struct sockaddr_in *)&a);
+  uv_tcp_init(loop, &s->server);
+  s->server.data = s;
+  if (rc == 0) rc = uv_tcp_bind(&s->server, (const struct sockaddr *)&a, 0);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&s->server, 64, on_cap_conn);
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (rc == 0) rc = uv_tcp_getsockname(&s->server, (struct sockaddr *)&ss, &len);
+  if (rc == 0)
+    s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                             : ((struct sockaddr_in *)&ss)->sin_port);
+  if (rc != 0) uv_close((uv_handle_t *)&s->server, NULL);
+  return rc;
+}
+
+static void cap_stop(cap_srv_t *s) {
+  for (int i = 0; i < MAX_CONNS; i++)
+    if (s->conns[i]) cap_conn_end(s->conns[i]);
+  uv_close((uv_handle_t *)&s->server, NULL);
+}
+
+typedef struct dl_run dl_run_t;
+
+typedef struct dl_req {
+  dl_run_t *t;
+  uint8_t *body;
+  struct iovec iov[20];
+  size_t n_iov, len;
+  int calls, status;
+  int order;             /* position among the completions, from 0 */
+  uint64_t sent_at, done_at; /* uv_now */
+} dl_req_t;
+
+struct dl_run {
+  uv_loop_t loop;
+  cap_srv_t srv;
+  be_pool_t *pool;
+  dl_req_t reqs[MAX_REQS];
+  int n_sent, n_done;
+  uv_timer_t watchdog;
+  int timed_out;
+};
+
+static void dl_done(void *ud, int status, const uint8_t *body, size_t len, uint32_t retry_after) {
+  dl_req_t *q = ud;
+  q->calls++;
+  q->status = status;
+  q->order = q->t->n_done++;
+  q->done_at = uv_now(&q->t->loop);
+  if (q->body) memset(q->body, 0xAA, q->len);
+  free(q->body);
+  q->body = NULL;
+}
+
+static void dl_watchdog(uv_timer_t *t) {
+  dl_run_t *r = t->data;
+  r->timed_out = 1;
+  be_pool_cancel(r->pool);
+}
+
+/* A pool to the capture server on ip (hold_conns connections hang); 0, or the server's bind error. */
+static int dl_start(dl_run_t *r, const char *ip, const char *host, int hold_conns, uint32_t max_conns,
+                    uint64_t timeout_ms, const char *prefix, const cfg_header_t *headers, size_t n_headers) {
+  memset(r, 0, sizeof *r);
+  uv_loop_init(&r->loop);
+  r->srv.hold_conns = hold_conns;
+  int rc = cap_start(&r->loop, &r->srv, ip);
+  if (rc != 0) {
+    uv_run(&r->loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&r->loop), 0);
+    return rc;
+  }
+  be_pool_config_t pc = {.host = host, .port = r->srv.port, .max_connections = max_conns,
+                         .request_timeout_ms = timeout_ms, .path_prefix = prefix, .headers = headers,
+                         .n_headers = n_headers};
+  CHECK_EQ_INT(be_pool_create(&r->loop, &pc, &r->pool), 0);
+  uv_timer_init(&r->loop, &r->watchdog);
+  r->watchdog.data = r;
+  uv_timer_start(&r->watchdog, dl_watchdog, 20000, 0);
+  uv_unref((uv_handle_t *)&r->watchdog); /* the pool's own handles keep the loop going, not the watchdog */
+  return 0;
+}
+
+/* Sends request i: len pattern bytes in n_iov pieces (the last takes the rest). */
+static void dl_send(dl_run_t *r, int i, size_t len, size_t n_iov, const char *ctype, const char *encoding) {
+  dl_req_t *q = &r->reqs[i];
+  q->t = r;
+  q->len = len;
+  q->body = malloc(len ? len : 1);
+  for (size_t k = 0; k < len; k++) q->body[k] = pattern(k);
+  size_t piece = len / n_iov, off = 0;
+  for (size_t k = 0; k < n_iov; k++) {
+    size_t n = k + 1 == n_iov ? len - off : piece;
+    q->iov[k] = (struct iovec){q->body + off, n};
+    off += n;
+  }
+  q->n_iov = n_iov;
+  q->sent_at = uv_now(&r->loop);
+  CHECK_EQ_INT(be_send(r->pool, "/v1/traces", ctype, encoding, q->iov, n_iov, dl_done, q), 0);
+  r->n_sent++;
+}
+
+/* Runs until n requests are done (bounded by the watchdog). */
+static void dl_wait(dl_run_t *r, int n) {
+  while (r->n_done < n && !r->timed_out) uv_run(&r->loop, UV_RUN_ONCE);
+  CHECK_EQ_INT(r->timed_out, 0);
+}
+
+static void count_active_timers(uv_handle_t *h, void *arg) {
+  if (h->type == UV_TIMER && uv_is_active(h)) ++*(int *)arg;
+}
+
+/* The number of running timers on the loop besides the watchdog. */
+static int dl_active_timers(dl_run_t *r) {
+  int n = 0;
+  uv_walk(&r->loop, count_active_timers, &n);
+  return n - uv_is_active((uv_handle_t *)&r->watchdog);
+}
+
+static void dl_finish(dl_run_t *r) {
+  uv_timer_stop(&r->watchdog);
+  uv_close((uv_handle_t *)&r->watchdog, NULL);
+  be_pool_destroy(r->pool);
+  r->pool = NULL;
+  cap_stop(&r->srv);
+  uv_run(&r->loop, UV_RUN_DEFAULT);
+  for (int i = 0; i < r->n_sent; i++) CHECK_EQ_INT(r->reqs[i].calls, 1);
+  CHECK_EQ_INT(uv_loop_close(&r->loop), 0);
+}
+
+/* The head as documented (backend.h's format, built here with snprintf, independently of the pool's code). */
+static void expected_head(char *out, size_t cap, const char *prefix, const char *host_header, const char *ctype,
+                          const char *encoding, size_t len, const cfg_header_t *headers, size_t n_headers) {
+  char extra[512] = "", enc[128] = "";
+  for (size_t i = 0; i < n_headers; i++)
+    snprintf(extra + strlen(extra), sizeof extra - strlen(extra), "%s: %s\r\n", headers[i].name, headers[i].value);
+  if (encoding) snprintf(enc, sizeof enc, "Content-Encoding: %s\r\n", encoding);
+  snprintf(out, cap,
+           "POST %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: otlp-gateway/%s\r\nContent-Type: %s\r\n"
+           "%sContent-Length: %zu\r\n%s\r\n",
+           prefix, "/v1/traces", host_header, OTLPGW_VERSION, ctype, enc, len, extra);
+}
+
+/* What the backend receives, byte for byte: request line, Host, User-Agent, Content-Type, Content-Encoding when
+ * given, Content-Length over every iovec (none, one, more than eight), the extra headers, in that order; bodies
+ * whole and in order. After be_pool_update (new prefix and headers) a request sent before keeps its head and the
+ * next one has the new one. */
+TEST(request_heads_byte_for_byte) {
+  cfg_header_t hdrs[] = {{"Authorization", "Bearer abc"}, {"X-Scope-OrgID", "tenant-1"}};
+  cfg_header_t hdrs2[] = {{"X-Other", "v"}};
+  static const struct {
+    size_t len, n_iov;
+    const char *ctype, *encoding;
+  } sends[] = {
+      {100, 1, "application/x-protobuf", NULL},
+      {0, 1, "application/json", NULL},
+      {1234567, 3, "application/x-protobuf", "gzip"},
+      {1000, 20, "application/x-protobuf", "deflate"},
+  };
+  size_t n_sends = sizeof sends / sizeof sends[0];
+  for (int variant = 0; variant < 3; variant++) {
+    /* 0: no prefix, no headers; 1: a prefix and two headers; 2: the same over IPv6 (skipped where there is none) */
+    const char *ip = variant == 2 ? "::1" : "127.0.0.1";
+    const char *prefix = variant ? "/otlp/x" : NULL;
+    dl_run_t r;
+    int rc = dl_start(&r, ip, ip, 0, 1, 5000, prefix, variant ? hdrs : NULL, variant ? 2 : 0);
+    if (rc != 0) {
+      CHECK_EQ_INT(variant, 2);
+      fprintf(stderr, "  no IPv6 loopback (%s): the [::1] case is skipped\n", uv_err_name(rc));
+      continue;
+    }
+    char host_header[64];
+    snprintf(host_header, sizeof host_header, variant == 2 ? "[%s]:%u" : "%s:%u", ip, r.srv.port);
+    for (size_t i = 0; i < n_sends; i++) dl_send(&r, (int)i, sends[i].len, sends[i].n_iov, sends[i].ctype,
+                                                 sends[i].encoding);
+    /* sent before the update: they keep what they were built with */
+    be_pool_config_t pc = {.host = ip, .port = r.srv.port, .max_connections = 1, .request_timeout_ms = 5000,
+                           .path_prefix = "/p2", .headers = hdrs2, .n_headers = 1};
+    CHECK_EQ_INT(be_pool_update(r.pool, &pc), 0);
+    dl_send(&r, (int)n_sends, 10, 1, "application/x-protobuf", NULL);
+    dl_wait(&r, (int)n_sends + 1);
+    CHECK_EQ_INT(r.srv.n_heads, (int)n_sends + 1);
+    for (size_t i = 0; i < n_sends; i++) {
+      char want[1024];
+      expected_head(want, sizeof want, prefix ? prefix : "", host_header, sends[i].ctype, sends[i].encoding,
+                    sends[i].len, variant ? hdrs : NULL, variant ? 2 : 0);
+      CHECK_EQ_STR(r.srv.heads[i], want);
+      CHECK_EQ_INT(r.srv.body_len[i], sends[i].len);
+      CHECK_EQ_INT(r.srv.body_ok[i], 1);
+      CHECK_EQ_INT(r.reqs[i].status, 200);
+    }
+    char want[1024];
+    expected_head(want, sizeof want, "/p2", host_header, "application/x-protobuf", NULL, 10, hdrs2, 1);
+    CHECK_EQ_STR(r.srv.heads[n_sends], want);
+    CHECK_EQ_INT(r.reqs[n_sends].status, 200);
+    dl_finish(&r);
+  }
+}
+
+/* One request on a connection that hangs and one queued behind it (max_connections 1): both fail with
+ * UV_ETIMEDOUT, not before request_timeout from be_send; the queued one never reached the backend. With nothing in
+ * flight the pool runs no timer (the loop is free to end). */
+TEST(timeout_on_a_connection_and_in_the_queue) {
+  dl_run_t r;
+  CHECK_EQ_INT(dl_start(&r, "127.0.0.1", "127.0.0.1", 1, 1, 200, NULL, NULL, 0), 0);
+  dl_send(&r, 0, 100, 1, "application/x-protobuf", NULL);
+  dl_send(&r, 1, 100, 1, "application/x-protobuf", NULL);
+  CHECK(dl_active_timers(&r) >= 1);
+  dl_wait(&r, 2);
+  for (int i = 0; i < 2; i++) {
+    CHECK_EQ_INT(r.reqs[i].status, UV_ETIMEDOUT);
+    CHECK(r.reqs[i].done_at - r.reqs[i].sent_at >= 200);
+  }
+  CHECK_EQ_INT(r.reqs[0].order, 0);
+  CHECK_EQ_INT(r.srv.n_heads, 1);
+  CHECK_EQ_INT(dl_active_timers(&r), 0);
+  /* the pool goes on: the next connection answers */
+  dl_send(&r, 2, 100, 1, "application/x-protobuf", NULL);
+  dl_wait(&r, 3);
+  CHECK_EQ_INT(r.reqs[2].status, 200);
+  CHECK_EQ_INT(dl_active_timers(&r), 0);
+  dl_finish(&r);
+}
+
+/* be_pool_update lowers the timeout: a request sent after it times out first, by its own (shorter) deadline, while
+ * the one before keeps its longer one. Then raised: the one sent before keeps its shorter deadline. */
+TEST(timeout_changed_by_update_applies_to_later_requests) {
+  for (int lower = 1; lower >= 0; lower--) {
+    uint64_t first = lower ? 600 : 100, second = lower ? 100 : 600;
+    dl_run_t r;
+    /* two connections that hang: each request is on one, nothing is queued */
+    CHECK_EQ_INT(dl_start(&r, "127.0.0.1", "127.0.0.1", 4, 2, first, NULL, NULL, 0), 0);
+    dl_send(&r, 0, 100, 1, "application/x-protobuf", NULL);
+    be_pool_config_t pc = {.host = "127.0.0.1", .port = r.srv.port, .max_connections = 2,
+                           .request_timeout_ms = second};
+    CHECK_EQ_INT(be_pool_update(r.pool, &pc), 0);
+    dl_send(&r, 1, 100, 1, "application/x-protobuf", NULL);
+    /* and queued behind them, after a third update back to the first value (that class again) */
+    pc.request_timeout_ms = first;
+    CHECK_EQ_INT(be_pool_update(r.pool, &pc), 0);
+    dl_send(&r, 2, 100, 1, "application/x-protobuf", NULL);
+    dl_wait(&r, 3);
+    for (int i = 0; i < 3; i++) CHECK_EQ_INT(r.reqs[i].status, UV_ETIMEDOUT);
+    CHECK(r.reqs[0].done_at - r.reqs[0].sent_at >= first);
+    CHECK(r.reqs[1].done_at - r.reqs[1].sent_at >= second);
+    CHECK(r.reqs[2].done_at - r.reqs[2].sent_at >= first);
+    if (lower) {
+      CHECK_EQ_INT(r.reqs[1].order, 0); /* 100 ms after be_send, before the first one's 600 */
+    } else {
+      CHECK_EQ_INT(r.reqs[0].order, 0);
+      CHECK_EQ_INT(r.reqs[1].order, 2);
+    }
+    CHECK_EQ_INT(dl_active_timers(&r), 0);
+    dl_finish(&r);
+  }
+}
+
+/* Many requests sent in one loop turn (one deadline), on hanging connections and queued: each fails once with
+ * UV_ETIMEDOUT, and the pool carries the next one. */
+TEST(many_requests_with_one_deadline) {
+  dl_run_t r;
+  CHECK_EQ_INT(dl_start(&r, "127.0.0.1", "127.0.0.1", 3, 3, 150, NULL, NULL, 0), 0);
+  int n = MAX_REQS - 1;
+  for (int i = 0; i < n; i++) dl_send(&r, i, 50, 1, "application/x-protobuf", NULL);
+  dl_wait(&r, n);
+  for (int i = 0; i < n; i++) {
+    CHECK_EQ_INT(r.reqs[i].status, UV_ETIMEDOUT);
+    CHECK(r.reqs[i].done_at - r.reqs[i].sent_at >= 150);
+  }
+  CHECK_EQ_INT(r.srv.n_heads, 3); /* one on each hanging connection; the rest timed out queued */
+  CHECK_EQ_INT(dl_active_timers(&r), 0);
+  dl_send(&r, n, 50, 1, "application/x-protobuf", NULL);
+  dl_wait(&r, n + 1);
+  CHECK_EQ_INT(r.reqs[n].status, 200);
+  dl_finish(&r);
 }
 
 static void setup(void) {

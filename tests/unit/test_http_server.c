@@ -581,5 +581,150 @@ TEST(upgrade_requests_are_served_as_http11) {
   client_close(c);
 }
 
+/* ---- response heads byte for byte ------------------------------------------------------------------------ */
+
+/* A second server on a loop thread of its own whose answer the request picks: "/s/<status>[/none][/extra][/huge]"
+ * answers <status> (text/plain unless /none) with the body "b=<status>", Retry-After: 7 and "X-Two: a b" after
+ * the content type with /extra, and an extra header too large for the head with /huge. */
+static uv_loop_t hloop;
+static hs_server_t *hsrv;
+static uv_async_t hstop;
+static pthread_t hthread;
+
+static int path_has(const hs_request_t *req, const char *part) {
+  return memmem(req->path.base, req->path.len, part, strlen(part)) != NULL;
+}
+
+static void heads_request(hs_request_t *req, void *ud) {
+  static char huge[2100];
+  memset(huge, 'h', sizeof huge);
+  int status = req->path.len > 3 ? atoi(req->path.base + 3) : 200;
+  char body[32];
+  int n = snprintf(body, sizeof body, "b=%d", status);
+  hs_header_t extra[2] = {{{"Retry-After", 11}, {"7", 1}}, {{"X-Two", 5}, {"a b", 3}}};
+  if (path_has(req, "/huge")) {
+    extra[1].value = (hs_slice_t){huge, sizeof huge};
+    CHECK_EQ_INT(hs_respond(req, status, "text/plain", extra, 2, body, (size_t)n), UV_EINVAL);
+    return;
+  }
+  hs_respond(req, status, path_has(req, "/none") ? NULL : "text/plain", path_has(req, "/extra") ? extra : NULL,
+             path_has(req, "/extra") ? 2 : 0, body, (size_t)n);
+}
+
+static void heads_shutdown_done(void *ud) { uv_close((uv_handle_t *)&hstop, NULL); }
+static void heads_on_stop(uv_async_t *a) { hs_server_shutdown(hsrv, heads_shutdown_done, NULL); }
+static void *heads_main(void *arg) {
+  uv_run(&hloop, UV_RUN_DEFAULT);
+  *(int *)arg = uv_loop_close(&hloop);
+  return NULL;
+}
+
+/* Reads from c until n bytes are in (or EOF/timeout); returns what arrived, NUL-terminated in c->buf. */
+static size_t read_bytes(client_t *c, size_t n) {
+  while (c->len < n && c->len < sizeof c->buf - 1) {
+    ssize_t k = recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, 0);
+    if (k <= 0) break;
+    c->len += (size_t)k;
+  }
+  c->buf[c->len] = 0;
+  return c->len;
+}
+
+/* Sends one request and returns the whole answer (head and body) in out, its Date value checked for the
+ * IMF-fixdate form and replaced by "D" so the rest compares as bytes. */
+static void exchange(client_t *c, const char *request, char *out, size_t cap) {
+  sendstr(c, request);
+  c->len = 0;
+  size_t got = 0;
+  for (;;) { /* the head, then Content-Length bytes of body */
+    read_bytes(c, got + 1);
+    if (c->len == got) break;
+    got = c->len;
+    char *end = strstr(c->buf, "\r\n\r\n");
+    const char *cl = end ? strstr(c->buf, "\r\nContent-Length: ") : NULL;
+    if (cl && cl < end && c->len >= (size_t)(end + 4 - c->buf) + strtoul(cl + 18, NULL, 10)) break;
+  }
+  char *d = strstr(c->buf, "\r\nDate: ");
+  CHECK(d != NULL);
+  if (!d) {
+    size_t k = c->len < cap - 1 ? c->len : cap - 1;
+    memcpy(out, c->buf, k);
+    out[k] = 0;
+    return;
+  }
+  char *e = strstr(d + 8, "\r\n");
+  CHECK_EQ_INT(e - (d + 8), 29); /* "Sun, 06 Nov 1994 08:49:37 GMT" */
+  CHECK_CONTAINS(d, " GMT\r\n");
+  snprintf(out, cap, "%.*sD%s", (int)(d + 8 - c->buf), c->buf, e);
+  c->len = 0;
+}
+
+/* Every status line, Date, Content-Length, Content-Type (or none), extra headers in order, Connection: close when
+ * the connection ends, as the bytes they were when formatted with snprintf; a head that does not fit in its
+ * buffer is an error (the connection closes, nothing is written). */
+TEST(response_heads_byte_for_byte) {
+  int close_rc = -1;
+  uv_loop_init(&hloop);
+  hs_config_t cfg = {.name = "heads", .max_body_bytes = MAX_BODY, .read_timeout_ms = 5000, .idle_timeout_ms = 5000,
+                     .on_request = heads_request};
+  CHECK_EQ_INT(hs_server_create(&hloop, &cfg, &hsrv), 0);
+  CHECK_EQ_INT(hs_server_listen(hsrv, "127.0.0.1", 0), 0);
+  uint16_t hport = hs_server_port(hsrv);
+  uv_async_init(&hloop, &hstop, heads_on_stop);
+  pthread_create(&hthread, NULL, heads_main, &close_rc);
+
+  static const int statuses[] = {100, 200, 202, 204, 400, 401, 403, 404, 405, 408, 411, 413, 415, 429, 431, 500, 501,
+                                 502, 503, 504, 299, 599, 999, 1000, 12345};
+  client_t *c = client_connect(hport, 5);
+  char req[256], got[4096], want[4096];
+  for (size_t i = 0; i < sizeof statuses / sizeof statuses[0]; i++) {
+    int st = statuses[i];
+    if (st == 100 || st == 204) continue; /* no body allowed: the client below could not frame them */
+    char body[32];
+    int bl = snprintf(body, sizeof body, "b=%d", st);
+    snprintf(req, sizeof req, "GET /s/%d HTTP/1.1\r\nHost: x\r\n\r\n", st);
+    exchange(c, req, got, sizeof got);
+    snprintf(want, sizeof want, "HTTP/1.1 %d %s\r\nDate: D\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n%s",
+             st, hs_status_reason(st), bl, body);
+    CHECK_EQ_STR(got, want);
+  }
+  exchange(c, "GET /s/413/none/extra HTTP/1.1\r\n\r\n", got, sizeof got);
+  CHECK_EQ_STR(got, "HTTP/1.1 413 Content Too Large\r\nDate: D\r\nContent-Length: 5\r\n"
+                    "Retry-After: 7\r\nX-Two: a b\r\n\r\nb=413");
+  exchange(c, "GET /s/503/extra HTTP/1.1\r\n\r\n", got, sizeof got);
+  CHECK_EQ_STR(got, "HTTP/1.1 503 Service Unavailable\r\nDate: D\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n"
+                    "Retry-After: 7\r\nX-Two: a b\r\n\r\nb=503");
+  exchange(c, "GET /s/599/none HTTP/1.1\r\n\r\n", got, sizeof got);
+  CHECK_EQ_STR(got, "HTTP/1.1 599 Unknown\r\nDate: D\r\nContent-Length: 5\r\n\r\nb=599");
+  exchange(c, "GET /s/200 HTTP/1.1\r\nConnection: close\r\n\r\n", got, sizeof got);
+  CHECK_EQ_STR(got, "HTTP/1.1 200 OK\r\nDate: D\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n"
+                    "Connection: close\r\n\r\nb=200");
+  client_close(c);
+
+  /* the server's own answer to a framing error: text/plain, closing */
+  c = client_connect(hport, 5);
+  exchange(c, "GET /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n", got, sizeof got);
+  char *blank = strstr(got, "\r\n\r\n");
+  CHECK(blank != NULL);
+  if (blank) {
+    snprintf(want, sizeof want, "HTTP/1.1 400 Bad Request\r\nDate: D\r\nContent-Length: %zu\r\n"
+             "Content-Type: text/plain\r\nConnection: close\r\n\r\n", strlen(blank + 4));
+    CHECK_EQ_INT(strncmp(got, want, strlen(want)), 0);
+    if (strncmp(got, want, strlen(want)) != 0) fprintf(stderr, "got: %s\nwant: %s\n", got, want);
+  }
+  client_close(c);
+
+  /* a head too large for its buffer: nothing is written, the connection closes */
+  c = client_connect(hport, 5);
+  sendstr(c, "GET /s/200/huge HTTP/1.1\r\n\r\n");
+  CHECK_EQ_INT(read_bytes(c, 1), 0);
+  client_close(c);
+
+  uv_async_send(&hstop);
+  pthread_join(hthread, NULL);
+  CHECK_EQ_INT(close_rc, 0);
+  hs_server_destroy(hsrv);
+}
+
 /* Every test shares one server, started before the first test and stopped after the last. */
 TEST_MAIN_WITH(start_server, stop_server)
