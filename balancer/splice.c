@@ -1,18 +1,28 @@
 /*
  * balancer/splice — see splice.h for the contract.
  *
- * Pass 1 (scan_*) walks the request once: it validates every field of the scanned levels, and records for each
- * resource entry, scope entry and routing unit its byte range, plus each unit's owner (ring index), in three
- * growable arrays of the split's arena (offsets are uint32: requests are capped far below 4 GiB). Items are
- * walked field by field at their top level only (to find the last key field and reject bad wire types);
- * everything below is skipped by length. If every unit has the same owner, the split is that one target and
- * the whole buffer: nothing else is built.
+ * Pass 1 (scan_*) walks the request once, the only pass over its bytes: it validates every field of the scanned
+ * levels, and records for each resource entry, scope entry and routing unit its byte range, plus each unit's
+ * owner (ring index), in three growable arrays (offsets are uint32: requests are capped far below 4 GiB). Items
+ * are walked field by field at their top level only (to find the last key field and reject bad wire types);
+ * everything below is skipped by length. The usual field (a one-byte tag, a one-byte length, or a fixed-size or
+ * one-byte varint value) takes a fast path that applies the same checks without the varint loops; anything
+ * else, every error included, goes through the general path, so messages and offsets do not depend on it.
+ * Trace ids are looked up in the ring through a small per-split cache. If every unit has the same owner, the
+ * split is that one target and the whole buffer: nothing else is built.
  *
- * Otherwise pass 2 (count_*) sizes every (scope entry, backend) and (resource entry, backend) envelope and
- * every part, and pass 3 (fill_*) writes the iovecs: a new tag+length header per emitted envelope (in the
- * arena), and verbatim slices for the rest. The bytes of an envelope that are not units or child envelopes
- * ("gaps": resource, scope, schema_url, unknown fields, wherever they sit) are copied to every backend that
- * gets the envelope, in their original order, so each part parses as the merge protobuf defines.
+ * Otherwise pass 2 (count_*) walks the records (not the bytes) and sizes every (scope entry, backend) and
+ * (resource entry, backend) envelope and every part, and pass 3 (fill_*) walks them again and writes the iovecs:
+ * a new tag+length header per emitted envelope, and verbatim slices for the rest. The bytes of an envelope that
+ * are not units or child envelopes ("gaps": resource, scope, schema_url, unknown fields, wherever they sit) are
+ * copied to every backend that gets the envelope, in their original order, so each part parses as the merge
+ * protobuf defines. Pass 2 cannot fold into pass 3 (a header's length precedes its content) nor into pass 1
+ * (it would cost the single-target case, which needs none of it).
+ *
+ * Memory: the records, the emits and the per-part sums live in the call's scratch, a bump allocator whose first
+ * chunk is a buffer on bl_split's stack (heap chunks only past it, freed before returning). What the split
+ * keeps is one allocation, made once its size is known (after pass 2): the parts, their iovecs and the new
+ * headers. So a usual request costs one malloc, and a usual malformed one none.
  *
  * Choices the header leaves open: service.name is the first attribute with key "service.name" and a string
  * value (several resource fields in one entry are searched in order, as their merge would list them; the
@@ -96,8 +106,24 @@ typedef struct emit {
   uint32_t clen; /* content length of the rebuilt envelope for that part */
 } emit_t;
 
-/* Everything a split owns; bl_split_t.arena points here. */
+/* Scratch memory of one bl_split call: a bump allocator whose first chunk is a buffer on bl_split's stack, with
+ * heap chunks (freed before bl_split returns) only past it. The scan's record arrays, the emits and the per-part
+ * scratch live here; nothing in it outlives the call. */
+enum { SCRATCH_INLINE = 12 * 1024 };
+
+typedef struct chunk {
+  struct chunk *next;
+  size_t size;
+} chunk_t;
+
+typedef struct scratch {
+  uint8_t *top, *lim; /* the free space of the current chunk */
+  chunk_t *heap;      /* heap chunks, newest first */
+} scratch_t;
+
+/* The working state of one split (in its scratch). */
 typedef struct arena {
+  scratch_t mem;
   unit_t *units;
   size_t n_units, cap_units;
   scope_rec *scopes;
@@ -106,17 +132,32 @@ typedef struct arena {
   size_t n_res, cap_res;
   emit_t *emits;            /* pass 2: per scope entry then per resource entry, one per part it goes to */
   size_t n_emits;
+  size_t hdr_bytes;         /* pass 2: the new headers' bytes (1 + varint_size(clen) per emit) */
   uint64_t top_gaps;        /* bytes of the request's own non-resource fields, copied to every part */
-  void *out;                /* pass 3: every part's iovecs, then the new headers (<= 11 bytes per emit) */
-  uint8_t *hdr;
-  struct iovec one;         /* the single-target iovec */
-  /* per-part scratch, allocated with the arena (n_parts of each) */
+  uint8_t *hdr;             /* pass 3: where the next new header is written (in the result) */
+  /* per-part scratch (n_parts of each) */
+  bl_part_t *parts;         /* pass 2 sizes them here; bl_split copies them into the result */
+  bl_part_t *out_parts;     /* pass 3: the result's parts, whose iovecs are written */
   uint64_t *acc_s, *acc_r;  /* byte counts of the current scope / resource per part */
   uint32_t *stamp_s, *stamp_r, *list_s, *list_r, *targets, *iov_cap;
   int overflow;             /* pass 3 met a slice beyond a part's iov_cap (see put): the split is refused */
   emit_t *targets_emit;     /* the targets as an emit list, for the request's own fields */
-  bl_part_t parts[];
 } arena_t;
+
+/* What a successful split owns, one allocation (bl_split_t.arena): the parts, then every part's iovecs, then the
+ * new headers. */
+typedef struct result {
+  struct iovec one; /* the single-target iovec */
+  bl_part_t parts[];
+} result_t;
+
+/* Trace-id -> owner cache of one split: direct-mapped, TID_CACHE entries, valid bits in one word. Spans of a few
+ * traces interleave in a request (SDKs batch by end time), so a one-entry cache of the previous trace misses. */
+enum { TID_CACHE = 64 };
+typedef struct tid_slot {
+  uint8_t id[16];
+  uint32_t owner;
+} tid_slot;
 
 typedef struct scan {
   const bl_shape_t *shape;
@@ -131,9 +172,9 @@ typedef struct scan {
   uint32_t first_owner;
   int mixed;
   int oom;
-  uint8_t last_tid[16];    /* one-entry cache: consecutive items usually share a trace */
-  uint32_t last_tid_owner;
   uint64_t items;
+  uint64_t tid_valid;      /* bit i: tid[i] holds a looked-up trace id */
+  tid_slot *tid;           /* TID_CACHE slots (not zeroed: tid_valid says which hold something) */
 } scan_t;
 
 /* ------------------------------------------------------------------------------------------- errors */
@@ -278,6 +319,16 @@ static inline int rd_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
   return rd_varint_slow(pp, end, v);
 }
 
+/* p[0] | p[1] << 8, in one load (gcc does not always merge the two byte loads). */
+static inline unsigned ld16le(const uint8_t *p) {
+  uint16_t v;
+  memcpy(&v, p, 2);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  v = __builtin_bswap16(v);
+#endif
+  return v;
+}
+
 static inline int skip_varint(const uint8_t **pp, const uint8_t *end) {
   const uint8_t *p = *pp;
   if (__builtin_expect(p < end && p[0] < 0x80, 1)) {
@@ -305,7 +356,8 @@ typedef struct field {
  * *pp past it. Returns 0 or -1 with sc->err filled. *f is fully written on every path (val NULL and len 0
  * unless WT_LEN): the error paths return through cold out-of-line functions whose -1 the compiler cannot see,
  * so without it -O3 reports the callers' reads of f as maybe-uninitialized. */
-static inline int next_field(scan_t *sc, enum level lv, const uint8_t **pp, const uint8_t *end, field_t *f) {
+static __attribute__((noinline)) int next_field_any(scan_t *sc, enum level lv, const uint8_t **pp,
+                                                    const uint8_t *end, field_t *f) {
   const uint8_t *p = *pp;
   uint64_t t;
   int rc;
@@ -342,6 +394,21 @@ static inline int next_field(scan_t *sc, enum level lv, const uint8_t **pp, cons
   return 0;
 }
 
+/* next_field, inline for the usual field: a one-byte tag (field 1..15) of wire type 2 with a length inside end
+ * (tags, lengths and checks as next_field_any reads them); anything else goes to next_field_any. */
+static inline __attribute__((always_inline)) int next_field(scan_t *sc, enum level lv, const uint8_t **pp,
+                                                            const uint8_t *end, field_t *f) {
+  const uint8_t *p = *pp, *q = p + 1;
+  uint64_t len;
+  if (__builtin_expect(p < end && (p[0] & 0x87) == WT_LEN && (p[0] & 0x78) && !rd_varint(&q, end, &len) &&
+                           len <= (uint64_t)(end - q), 1)) {
+    *f = (field_t){.num = p[0] >> 3, .wt = WT_LEN, .tag = p, .val = q, .len = (size_t)len};
+    *pp = q + len;
+    return 0;
+  }
+  return next_field_any(sc, lv, pp, end, f);
+}
+
 /* Appends a tag byte (field 1 or 2, wire type 2) and a varint length to out; returns bytes written (<= 11). */
 static size_t put_header(uint8_t *out, uint8_t tag, uint64_t len) {
   size_t n = 0;
@@ -365,11 +432,53 @@ static inline size_t varint_size(uint64_t v) {
 
 /* ------------------------------------------------------------------------------------- pass 1: scan */
 
+/* n bytes of scratch, 16-aligned; NULL when out of memory. A heap chunk is at least twice the previous one (or
+ * the inline buffer), so a large request takes a few chunks, not one per array growth. */
+static void *scratch_alloc(scratch_t *m, size_t n) {
+  n = (n + 15) & ~(size_t)15;
+  if ((size_t)(m->lim - m->top) < n) {
+    size_t sz = m->heap ? 2 * m->heap->size : 4 * (size_t)SCRATCH_INLINE;
+    if (sz < n + sizeof(chunk_t) + 16) sz = n + sizeof(chunk_t) + 16;
+    chunk_t *c = malloc(sz);
+    if (!c) return NULL;
+    c->next = m->heap;
+    c->size = sz;
+    m->heap = c;
+    m->top = (uint8_t *)(((uintptr_t)(c + 1) + 15) & ~(uintptr_t)15);
+    m->lim = (uint8_t *)c + sz;
+  }
+  void *p = m->top;
+  m->top += n;
+  return p;
+}
+
+/* Grows the array p of old bytes (the last scratch allocation, or any) to n > old bytes: in place when p is the
+ * last allocation and its chunk has room, else copied to new space (the old space stays unused until the call
+ * ends: bounded by the geometric growth). */
+static void *scratch_grow(scratch_t *m, void *p, size_t old, size_t n) {
+  size_t old16 = (old + 15) & ~(size_t)15, n16 = (n + 15) & ~(size_t)15;
+  if (p && (uint8_t *)p + old16 == m->top && (size_t)(m->lim - (uint8_t *)p) >= n16) {
+    m->top = (uint8_t *)p + n16;
+    return p;
+  }
+  void *q = scratch_alloc(m, n);
+  if (q && old) memcpy(q, p, old);
+  return q;
+}
+
+static void scratch_free(scratch_t *m) {
+  for (chunk_t *c = m->heap, *nx; c; c = nx) {
+    nx = c->next;
+    free(c);
+  }
+  m->heap = NULL;
+}
+
 #define GROW(sc, arr, n, cap)                                                                       \
   do {                                                                                              \
     if ((n) == (cap)) {                                                                             \
       size_t nc_ = (cap) ? (cap) * 2 : 16;                                                          \
-      void *np_ = realloc((arr), nc_ * sizeof *(arr));                                              \
+      void *np_ = scratch_grow(&(sc)->a->mem, (arr), (cap) * sizeof *(arr), nc_ * sizeof *(arr));   \
       if (!np_) {                                                                                   \
         (sc)->oom = 1;                                                                              \
         return -1;                                                                                  \
@@ -560,48 +669,96 @@ static inline __attribute__((always_inline)) int scan_item(scan_t *sc, const uin
   const uint8_t *k = NULL;
   size_t kl = 0;
   uint64_t points = 0;
-  while (p < end) {
+  /* Fast paths for one-byte tags (fields 1..15), the checks of the general path below without its varint loops:
+   * kt is the key field's tag when it is one byte (field < 16, wire type 2), else 0 (never a fast-path tag);
+   * bit f of len_only: field f < 16 must be of wire type 2 (the key field, data containers), which the general
+   * path reports. */
+  const uint8_t kt = kf < 16 ? (uint8_t)(kf << 3 | WT_LEN) : 0;
+  const uint32_t len_only = (kf < 16 ? 1u << kf : 0) | (pf & 0xffff);
+  for (;;) {
     const uint8_t *tag = p;
+    if (__builtin_expect(p + 1 < end, 1)) {
+      const unsigned tl = ld16le(p); /* the tag byte and the next */
+      if (__builtin_expect((tl & 0x8087) != WT_LEN || (tl & 0x78) == 0, 0)) {
+        /* Wire types 0 (a one-byte value), 1 and 5 of a field that may have them; the rest: the general path. */
+        unsigned f = (tl >> 3) & 15, wt = tl & 7;
+        if (!(tl & 0x80) && f && !(len_only >> f & 1)) {
+          if (wt == WT_I64 && end - p >= 9) {
+            p += 9;
+            continue;
+          }
+          if (wt == WT_I32 && end - p >= 5) {
+            p += 5;
+            continue;
+          }
+          if (wt == WT_VARINT && !(tl & 0x8000)) {
+            p += 2;
+            continue;
+          }
+        }
+      } else {
+        /* Wire type 2 with a one-byte length, as most fields have. */
+        size_t len = p[1];
+        p += 2;
+        if (__builtin_expect(len > (size_t)(end - p), 0))
+          return fail_len(sc, L_ITEM, (tl >> 3) & 15, tag + 1, len, end);
+        if (*tag == kt) {
+          if (!pts && len != 16 && len != 0)
+            return fail(sc, L_ITEM, tag, ".%s: length %llu (must be 16 or empty)", sc->shape->key_name,
+                        (unsigned long long)len);
+          k = p;
+          kl = len;
+        } else if (pts && (pf >> ((tl >> 3) & 15) & 1)) {
+          if (count_points(sc, (tl >> 3) & 15, p, p + len, &points)) return -1;
+        }
+        p += len;
+        continue;
+      }
+    } else if (p >= end) {
+      break;
+    }
+    /* The general path: any tag, length or wire type, and every error. */
     uint64_t t;
     int rc;
     if (__builtin_expect((rc = rd_varint(&p, end, &t)) != 0, 0)) return fail_varint(sc, L_ITEM, tag, rc, "field tag");
     if (__builtin_expect(t < 8 || t > 0xffffffffu, 0))
       return fail(sc, L_ITEM, tag, ": invalid field number %llu", (unsigned long long)(t >> 3));
     uint32_t num = (uint32_t)(t >> 3);
-    switch (t & 7) {
-    case WT_LEN: {
-      uint64_t len;
-      const uint8_t *lp = p;
-      if (__builtin_expect((rc = rd_varint(&p, end, &len)) != 0, 0)) return fail_varint(sc, L_ITEM, lp, rc, "length");
-      if (__builtin_expect(len > (uint64_t)(end - p), 0)) return fail_len(sc, L_ITEM, num, lp, len, end);
-      if (num == kf) {
-        if (!pts && len != 16 && len != 0)
-          return fail(sc, L_ITEM, tag, ".%s: length %llu (must be 16 or empty)", sc->shape->key_name,
-                      (unsigned long long)len);
-        k = p;
-        kl = (size_t)len;
-      } else if (pts && num < 32 && (pf >> num & 1)) {
-        /* Oneof: the last data field is the metric's data, alone (as protobuf-c decodes it). */
-        if (count_points(sc, num, p, p + len, &points)) return -1;
+    if ((t & 7) != WT_LEN) {
+      switch (t & 7) {
+      case WT_VARINT:
+        if (__builtin_expect((rc = skip_varint(&p, end)) != 0, 0))
+          return fail_varint(sc, L_ITEM, p, rc, "varint field");
+        break;
+      case WT_I64:
+        if (end - p < 8) return fail_field(sc, L_ITEM, num, tag, "truncated fixed64");
+        p += 8;
+        break;
+      case WT_I32:
+        if (end - p < 4) return fail_field(sc, L_ITEM, num, tag, "truncated fixed32");
+        p += 4;
+        break;
+      default: return fail_wt(sc, L_ITEM, num, tag, (unsigned)(t & 7));
       }
-      p += len;
+      if (__builtin_expect(num == kf, 0)) return fail_wt(sc, L_ITEM, num, tag, (unsigned)(t & 7));
+      if (pts && num < 32 && (pf >> num & 1)) return fail_wt(sc, L_ITEM, num, tag, (unsigned)(t & 7));
       continue;
     }
-    case WT_VARINT:
-      if (__builtin_expect((rc = skip_varint(&p, end)) != 0, 0)) return fail_varint(sc, L_ITEM, p, rc, "varint field");
-      break;
-    case WT_I64:
-      if (end - p < 8) return fail_field(sc, L_ITEM, num, tag, "truncated fixed64");
-      p += 8;
-      break;
-    case WT_I32:
-      if (end - p < 4) return fail_field(sc, L_ITEM, num, tag, "truncated fixed32");
-      p += 4;
-      break;
-    default: return fail_wt(sc, L_ITEM, num, tag, (unsigned)(t & 7));
+    const uint8_t *lp = p;
+    uint64_t len;
+    if (__builtin_expect((rc = rd_varint(&p, end, &len)) != 0, 0)) return fail_varint(sc, L_ITEM, lp, rc, "length");
+    if (__builtin_expect(len > (uint64_t)(end - p), 0)) return fail_len(sc, L_ITEM, num, lp, len, end);
+    if (num == kf) {
+      if (!pts && len != 16 && len != 0)
+        return fail(sc, L_ITEM, tag, ".%s: length %llu (must be 16 or empty)", sc->shape->key_name,
+                    (unsigned long long)len);
+      k = p;
+      kl = (size_t)len;
+    } else if (pts && num < 32 && (pf >> num & 1)) {
+      /* Oneof: the last data field is the metric's data, alone (as protobuf-c decodes it). */
+      if (count_points(sc, num, p, p + len, &points)) return -1;
     }
-    if (__builtin_expect(num == kf, 0)) return fail_wt(sc, L_ITEM, num, tag, (unsigned)(t & 7));
-    if (pts && num < 32 && (pf >> num & 1)) return fail_wt(sc, L_ITEM, num, tag, (unsigned)(t & 7));
+    p += len;
   }
   *key = k;
   *klen = kl;
@@ -614,6 +771,23 @@ static inline int all_zero16(const uint8_t *k) {
   memcpy(&a, k, 8);
   memcpy(&b, k + 8, 8);
   return (a | b) == 0;
+}
+
+/* The ring owner of a trace id, through the split's cache (a slot per few bits of the id: ids are random, and
+ * legacy 64-bit ids have 8 zero bytes, so both halves are mixed in). */
+static inline uint32_t tid_owner(scan_t *sc, const uint8_t *key) {
+  uint64_t lo, hi;
+  memcpy(&lo, key, 8);
+  memcpy(&hi, key + 8, 8);
+  uint64_t x = lo ^ hi;
+  unsigned i = (unsigned)((x ^ (x >> 29) ^ (x >> 47)) & (TID_CACHE - 1));
+  tid_slot *t = &sc->tid[i];
+  if (sc->tid_valid >> i & 1 && memcmp(t->id, key, 16) == 0) return t->owner;
+  uint32_t o = bl_ring_lookup(sc->ring, bl_hash(key, 16));
+  memcpy(t->id, key, 16);
+  t->owner = o;
+  sc->tid_valid |= (uint64_t)1 << i;
+  return o;
 }
 
 /* Scope entry: records it and its units (item modes), or only counts items (whole-entry modes). */
@@ -636,23 +810,34 @@ static int scan_scope(scan_t *sc, size_t ridx, const uint8_t *tag, const uint8_t
   uint64_t n_items = 0;
   sc->ii = 0;
   while (p < end) {
-    const uint8_t *rec = p;
-    field_t f;
-    if (next_field(sc, L_SCOPE, &p, end, &f)) return -1;
-    if (f.num > 3) {
-      n_other++;
-      continue;
-    }
-    if (f.wt != WT_LEN) return fail_wt(sc, L_SCOPE, f.num, f.tag, f.wt);
-    if (f.num != 2) {
-      n_other++;
-      continue;
+    const uint8_t *rec = p, *val;
+    size_t vlen;
+    uint64_t l;
+    const uint8_t *q = p + 1;
+    if (__builtin_expect(p[0] == 0x12 && !rd_varint(&q, end, &l) && l <= (uint64_t)(end - q), 1)) {
+      /* An item record (field 2, wire type 2) whose length fits: what next_field would accept, more cheaply. */
+      val = q;
+      vlen = (size_t)l;
+      p = q + l;
+    } else {
+      field_t f;
+      if (next_field(sc, L_SCOPE, &p, end, &f)) return -1;
+      if (f.num > 3) {
+        n_other++;
+        continue;
+      }
+      if (f.wt != WT_LEN) return fail_wt(sc, L_SCOPE, f.num, f.tag, f.wt);
+      if (f.num != 2) {
+        n_other++;
+        continue;
+      }
+      val = f.val;
+      vlen = f.len;
     }
     const uint8_t *key = NULL;
     size_t klen = 0;
     uint64_t w;
-    if (pts ? scan_item(sc, f.val, f.val + f.len, &key, &klen, &w, 1)
-            : scan_item(sc, f.val, f.val + f.len, &key, &klen, &w, 0))
+    if (pts ? scan_item(sc, val, val + vlen, &key, &klen, &w, 1) : scan_item(sc, val, val + vlen, &key, &klen, &w, 0))
       return -1;
     n_items += w;
     n_recs++;
@@ -660,13 +845,7 @@ static int scan_scope(scan_t *sc, size_t ridx, const uint8_t *tag, const uint8_t
     if (!by_unit) continue;
     uint32_t owner;
     if (mode == M_ITEM_TRACE && klen == 16 && !all_zero16(key)) {
-      if (memcmp(key, sc->last_tid, 16) == 0 && sc->last_tid_owner != BL_RING_NONE) {
-        owner = sc->last_tid_owner;
-      } else {
-        owner = bl_ring_lookup(sc->ring, bl_hash(key, 16));
-        memcpy(sc->last_tid, key, 16);
-        sc->last_tid_owner = owner;
-      }
+      owner = tid_owner(sc, key);
       note_owner(sc, owner);
     } else if (mode == M_ITEM_METRIC && a->res[ridx].has_svc) {
       /* The first service.name is final: no need to wait for the end of the entry. */
@@ -787,9 +966,9 @@ static int scan_request(scan_t *sc, const uint8_t *p, const uint8_t *end, uint32
 static int count_units(scan_t *sc, size_t len) {
   arena_t *a = sc->a;
   bl_part_t *parts = a->parts;
-  a->emits = malloc(2 * a->n_units * sizeof *a->emits);
+  a->emits = scratch_alloc(&a->mem, 2 * a->n_units * sizeof *a->emits);
   if (!a->emits) return -2;
-  size_t ne = 0;
+  size_t ne = 0, hdr = 0;
   uint64_t res_bytes = 0;
   for (size_t ri = 0; ri < a->n_res; ri++) {
     res_rec *r = &a->res[ri];
@@ -821,6 +1000,7 @@ static int count_units(scan_t *sc, size_t len) {
         uint32_t b = a->list_s[k];
         uint64_t clen = gaps + a->acc_s[b];
         a->emits[ne++] = (emit_t){b, (uint32_t)clen};
+        hdr += 1 + varint_size(clen);
         a->iov_cap[b] += 1 + s->n_other;
         if (a->stamp_r[b] != ri + 1) {
           a->stamp_r[b] = (uint32_t)ri + 1;
@@ -837,11 +1017,13 @@ static int count_units(scan_t *sc, size_t len) {
       uint32_t b = a->list_r[k];
       uint64_t clen = gaps + a->acc_r[b];
       a->emits[ne++] = (emit_t){b, (uint32_t)clen};
+      hdr += 1 + varint_size(clen);
       parts[b].len += 1 + varint_size(clen) + clen;
       a->iov_cap[b] += 1 + r->n_other;
     }
   }
   a->n_emits = ne;
+  a->hdr_bytes = hdr;
   a->top_gaps = len - res_bytes;
   return 0;
 }
@@ -871,7 +1053,7 @@ static void count_resources(scan_t *sc, size_t len) {
  * would only run after the write past the array). */
 static inline void put(arena_t *a, uint32_t b, const uint8_t *base, size_t n) {
   if (!n) return;
-  bl_part_t *pt = &a->parts[b];
+  bl_part_t *pt = &a->out_parts[b];
   if (pt->n_iov) {
     struct iovec *l = &pt->iov[pt->n_iov - 1];
     if ((const uint8_t *)l->iov_base + l->iov_len == base) {
@@ -950,29 +1132,21 @@ static enum mode mode_of(const bl_shape_t *shape, bl_route_t route) {
   return M_ITEM_SERVICE; /* SERVICE, and RESOURCE / METRIC, which mean nothing for these items */
 }
 
-static void arena_free(arena_t *a) {
-  if (!a) return;
-  free(a->units);
-  free(a->scopes);
-  free(a->res);
-  free(a->emits);
-  free(a->out);
-  free(a);
-}
-
 void bl_split_dispose(bl_split_t *s) {
   if (!s) return;
-  arena_free(s->arena);
+  free(s->arena);
   memset(s, 0, sizeof *s);
 }
 
-static arena_t *arena_new(size_t np, size_t len) {
-  size_t sz = sizeof(arena_t) + np * (sizeof(bl_part_t) + 2 * sizeof(uint64_t) + 6 * sizeof(uint32_t) +
-                                      sizeof(emit_t));
-  arena_t *a = calloc(1, sz);
-  if (!a) return NULL;
-  uint8_t *p = (uint8_t *)(a->parts + np);
-  a->acc_s = (uint64_t *)p;
+/* Carves the per-part scratch and the first record arrays out of the scratch (in the inline buffer unless the
+ * ring or the request is large), units last: the unit array then grows in place to the end of its chunk. Item
+ * records are a few hundred bytes: len / 256 units to start with, not the worst case (a unit is >= 2 bytes). */
+static int arena_init(arena_t *a, size_t np, size_t len) {
+  size_t per_part = sizeof(bl_part_t) + 2 * sizeof(uint64_t) + 6 * sizeof(uint32_t) + sizeof(emit_t);
+  uint8_t *p = scratch_alloc(&a->mem, np * per_part);
+  if (!p) return -1;
+  a->parts = (bl_part_t *)p;
+  a->acc_s = (uint64_t *)(a->parts + np);
   a->acc_r = a->acc_s + np;
   a->stamp_s = (uint32_t *)(a->acc_r + np);
   a->stamp_r = a->stamp_s + np;
@@ -981,17 +1155,16 @@ static arena_t *arena_new(size_t np, size_t len) {
   a->targets = a->list_r + np;
   a->iov_cap = a->targets + np;
   a->targets_emit = (emit_t *)(a->iov_cap + np);
-  /* A typical item is a few hundred bytes: size the unit array for the usual case in one go. */
-  a->cap_units = len / 128 + 16;
-  a->units = malloc(a->cap_units * sizeof *a->units);
+  /* Read before written: the parts' sums, the stamps and the iovec bounds. */
+  memset(a->parts, 0, np * sizeof *a->parts);
+  memset(a->stamp_s, 0, 2 * np * sizeof *a->stamp_s);
+  memset(a->iov_cap, 0, np * sizeof *a->iov_cap);
   a->cap_scopes = a->cap_res = 8;
-  a->scopes = malloc(a->cap_scopes * sizeof *a->scopes);
-  a->res = malloc(a->cap_res * sizeof *a->res);
-  if (!a->units || !a->scopes || !a->res) {
-    arena_free(a);
-    return NULL;
-  }
-  return a;
+  a->scopes = scratch_alloc(&a->mem, a->cap_scopes * sizeof *a->scopes);
+  a->res = scratch_alloc(&a->mem, a->cap_res * sizeof *a->res);
+  a->cap_units = len / 256 + 16;
+  a->units = scratch_alloc(&a->mem, a->cap_units * sizeof *a->units);
+  return a->scopes && a->res && a->units ? 0 : -1;
 }
 
 int bl_split(const bl_shape_t *shape, bl_route_t route, const uint8_t *buf, size_t len, const bl_ring_t *ring,
@@ -1008,37 +1181,42 @@ int bl_split(const bl_shape_t *shape, bl_route_t route, const uint8_t *buf, size
     snprintf(err->msg, sizeof err->msg, "%s: request of %zu bytes is too large to split", shape->name, len);
     return -1;
   }
-  arena_t *a = arena_new(np, len);
-  if (!a) return -2;
+  _Alignas(16) uint8_t inline_mem[SCRATCH_INLINE];
+  arena_t arena = {.mem = {.top = inline_mem, .lim = inline_mem + sizeof inline_mem}};
+  arena_t *a = &arena;
+  int rc = -2;
+  if (arena_init(a, np, len)) goto fail;
+  tid_slot tid[TID_CACHE];
   scan_t sc = {.shape = shape, .mode = mode_of(shape, route), .buf = buf, .ring = ring, .a = a, .err = err,
                .key_field = shape->item_key_field ? shape->item_key_field : shape->item_name_field,
-               .first_owner = BL_RING_NONE, .last_tid_owner = BL_RING_NONE};
+               .first_owner = BL_RING_NONE, .tid = tid};
   uint32_t top_other = 0;
   if (len && scan_request(&sc, buf, buf + len, &top_other)) {
-    arena_free(a);
-    if (sc.oom) return -2;
-    return -1;
+    rc = sc.oom ? -2 : -1;
+    goto fail;
   }
-  out->arena = a;
-  out->parts = a->parts;
   out->n_parts = np;
   out->items = sc.items;
   out->resources = a->n_res;
-  if (sc.first_owner == BL_RING_NONE) return 0; /* no units: nothing to send */
-  if (!sc.mixed) {
-    bl_part_t *pt = &a->parts[sc.first_owner];
-    a->one = (struct iovec){(void *)buf, len};
-    pt->iov = &a->one;
-    pt->n_iov = 1;
-    pt->len = len;
-    pt->items = sc.items;
-    out->n_targets = 1;
-    out->single_target = sc.first_owner;
+  if (!sc.mixed) { /* no units (nothing to send), or one target and the whole body */
+    result_t *r = malloc(sizeof *r + np * sizeof(bl_part_t));
+    if (!r) goto fail;
+    memset(r->parts, 0, np * sizeof(bl_part_t));
+    if (sc.first_owner != BL_RING_NONE) {
+      bl_part_t *pt = &r->parts[sc.first_owner];
+      r->one = (struct iovec){(void *)buf, len};
+      *pt = (bl_part_t){.iov = &r->one, .n_iov = 1, .len = len, .items = sc.items};
+      out->n_targets = 1;
+      out->single_target = sc.first_owner;
+    }
+    scratch_free(&a->mem);
+    out->arena = r;
+    out->parts = r->parts;
     return 0;
   }
 
   if (sc.mode >= M_RES_SERVICE) count_resources(&sc, len);
-  else if (count_units(&sc, len)) goto oom;
+  else if (count_units(&sc, len)) goto fail;
   uint32_t nt = 0;
   size_t total_iov = 0;
   for (uint32_t b = 0; b < np; b++) {
@@ -1049,15 +1227,21 @@ int bl_split(const bl_shape_t *shape, bl_route_t route, const uint8_t *buf, size
     a->iov_cap[b] += top_other + 1;
     total_iov += a->iov_cap[b];
   }
-  a->out = malloc(total_iov * sizeof(struct iovec) + a->n_emits * 11);
-  if (!a->out) goto oom;
-  a->hdr = (uint8_t *)((struct iovec *)a->out + total_iov);
-  struct iovec *iov = a->out;
+  result_t *r = malloc(sizeof *r + np * sizeof(bl_part_t) + total_iov * sizeof(struct iovec) + a->hdr_bytes);
+  if (!r) goto fail;
+  memcpy(r->parts, a->parts, np * sizeof *a->parts);
+  struct iovec *iov = (struct iovec *)(r->parts + np);
+  a->hdr = (uint8_t *)(iov + total_iov);
   for (uint32_t k = 0; k < nt; k++) {
-    a->parts[a->targets[k]].iov = iov;
+    r->parts[a->targets[k]].iov = iov;
     iov += a->iov_cap[a->targets[k]];
   }
+  a->out_parts = r->parts;
+  out->arena = r;
+  out->parts = r->parts;
   fill(&sc, len, nt);
+  uint32_t first = a->targets[0];
+  scratch_free(&a->mem);
   if (a->overflow) {
     snprintf(err->msg, sizeof err->msg,
              "%s: internal error: a part needs more iovecs than were counted for it; request refused", shape->name);
@@ -1065,9 +1249,10 @@ int bl_split(const bl_shape_t *shape, bl_route_t route, const uint8_t *buf, size
     return -3;
   }
   out->n_targets = nt;
-  out->single_target = a->targets[0];
+  out->single_target = first;
   return 0;
-oom:
-  bl_split_dispose(out);
-  return -2;
+fail:
+  scratch_free(&a->mem);
+  memset(out, 0, sizeof *out);
+  return rc;
 }

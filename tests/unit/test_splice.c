@@ -1622,4 +1622,325 @@ TEST(metric_malformed) {
       expect_error_as(&bl_shape_metrics, route, cases[i].d, cases[i].n, cases[i].want, cases[i].off);
 }
 
+/* ------------------------------------------------------------- the scanner's fast paths (issue 16) */
+
+/* An item-level field at each edge of the scanner's fast paths (one-byte tags and lengths, fixed-size and one-byte
+ * varint values, first-field checks) is accepted or refused exactly as the general rules say: the same message
+ * and offset as a field the general path reads. Each case is one span (after a good one) in one scope entry. */
+TEST(item_fields_at_the_fast_path_edges) {
+  bl_ring_t *r = ring3();
+  uint8_t t[16], t2[16];
+  tid_of(t, 5);
+  tid_of(t2, 6);
+  static const char pre[] = "ExportTraceServiceRequest.resource_spans[0].scope_spans[0].spans[1]";
+  struct {
+    const char *what;
+    uint8_t span[24];
+    size_t n;
+    const char *want; /* NULL: accepted */
+    size_t at;        /* offset of the error in the span */
+  } cases[] = {
+      {"trace_id as fixed64", {0x09, 1, 2, 3, 4, 5, 6, 7, 8}, 9, ".trace_id: wire type 1 (must be 2", 0},
+      {"trace_id as fixed32", {0x0d, 1, 2, 3, 4}, 5, ".trace_id: wire type 5 (must be 2", 0},
+      {"trace_id as varint", {0x08, 0x01}, 2, ".trace_id: wire type 0 (must be 2", 0},
+      {"trace_id of 15 bytes", {0x0a, 15, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, 17,
+       ".trace_id: length 15 (must be 16 or empty)", 0},
+      {"field 0, wire type 2", {0x02, 0x00}, 2, ": invalid field number 0", 0},
+      {"field 0, wire type 1", {0x01, 1, 2, 3, 4, 5, 6, 7, 8}, 9, ": invalid field number 0", 0},
+      {"fixed64 exactly at the end", {0x39, 1, 2, 3, 4, 5, 6, 7, 8}, 9, NULL, 0},
+      {"fixed64 one byte short", {0x39, 1, 2, 3, 4, 5, 6, 7}, 8, ".(field 7): truncated fixed64", 0},
+      {"fixed32 exactly at the end", {0x6d, 1, 2, 3, 4}, 5, NULL, 0},
+      {"fixed32 one byte short", {0x6d, 1, 2, 3}, 4, ".(field 13): truncated fixed32", 0},
+      {"one-byte varint", {0x30, 0x7f}, 2, NULL, 0},
+      {"two-byte varint", {0x30, 0x96, 0x01}, 3, NULL, 0},
+      {"varint truncated", {0x30, 0x80}, 2, ": truncated varint field", 1},
+      {"a tag alone", {0x30}, 1, ": truncated varint field", 1},
+      {"a one-byte length past the span", {0x2a, 0x05, 'a', 'b'}, 4, ".(field 5): length 5 runs past its parent", 1},
+      {"a length byte missing", {0x2a}, 1, ": truncated length", 1},
+      {"a two-byte tag (field 16, fixed32)", {0x85, 0x01, 1, 2, 3, 4}, 6, NULL, 0},
+      {"a two-byte tag of wire type 2", {0x82, 0x01, 0x01, 'x'}, 4, NULL, 0},
+      {"a tag truncated after its first byte", {0x82}, 1, ": truncated field tag", 0},
+      {"wire type 3 with a one-byte tag", {0x2b}, 1, ".(field 5): wire type 3 (group) is not allowed", 0},
+      {"wire type 6 after a good field", {0x30, 0x01, 0x2e}, 3, ".(field 5): invalid wire type 6", 2},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int before = test__failed_checks;
+    wb spans[2] = {{0}, {0}}, body = {0};
+    wb_lenfield(&spans[0], 1, t, 16);
+    wb_put(&spans[1], cases[i].span, cases[i].n);
+    one_scope_request(&body, "svc", spans, 2);
+    size_t span_at = body.n - cases[i].n; /* the second span's content ends the body */
+    bl_split_t sp;
+    bl_error_t err;
+    int rc = bl_split(&bl_shape_traces, BL_ROUTE_TRACE_ID, body.p, body.n, r, &sp, &err);
+    if (cases[i].want) {
+      char want[200];
+      snprintf(want, sizeof want, "%s%s", pre, cases[i].want);
+      CHECK_EQ_INT(rc, -1);
+      CHECK_CONTAINS(err.msg, want);
+      CHECK_EQ_INT(err.offset, span_at + cases[i].at);
+      if (rc == -1) {
+        char end[40];
+        snprintf(end, sizeof end, " at byte %zu", span_at + cases[i].at);
+        CHECK_CONTAINS(err.msg, end);
+      }
+    } else {
+      CHECK_EQ_INT(rc, 0);
+      CHECK_EQ_INT(sp.items, 2);
+    }
+    if (test__failed_checks != before) fprintf(stderr, "  case: %s\n", cases[i].what);
+    if (rc == 0) bl_split_dispose(&sp);
+    free(spans[0].p);
+    free(spans[1].p);
+    free(body.p);
+  }
+  /* A trace_id with a two-byte (non-minimal) length varint still routes by its 16 bytes; an empty one falls back
+   * to the service. */
+  for (int empty = 0; empty < 2; empty++) {
+    wb spans[1] = {{0}}, body = {0};
+    static const uint8_t l16[] = {0x0a, 0x90, 0x00};
+    if (empty) wb_lenfield(&spans[0], 1, "", 0);
+    else wb_put(&spans[0], l16, 3), wb_put(&spans[0], t2, 16);
+    wb_lenfield(&spans[0], 5, "n", 1);
+    one_scope_request(&body, "svc", spans, 1);
+    bl_split_t sp;
+    bl_error_t err;
+    CHECK_EQ_INT(bl_split(&bl_shape_traces, BL_ROUTE_TRACE_ID, body.p, body.n, r, &sp, &err), 0);
+    uint32_t want = empty ? bl_ring_lookup(r, bl_hash("svc", 3)) : bl_ring_lookup(r, bl_hash(t2, 16));
+    CHECK_EQ_INT(sp.n_targets, 1);
+    CHECK_EQ_INT(sp.single_target, want);
+    bl_split_dispose(&sp);
+    free(spans[0].p);
+    free(body.p);
+  }
+  bl_ring_unref(r);
+}
+
+/* Records at the scope, resource and attribute levels at the edges of their fast paths: a span record with a
+ * three-byte length, record lengths that run past their parent, and truncated length varints. */
+TEST(envelope_fields_at_the_fast_path_edges) {
+  bl_ring_t *r = ring3();
+  uint8_t t[16];
+  tid_of(t, 7);
+  /* a 20000-byte span (a three-byte record length) between two small ones */
+  wb spans[3] = {{0}, {0}, {0}}, body = {0};
+  uint8_t *big = calloc(1, 20000);
+  for (int i = 0; i < 3; i++) wb_lenfield(&spans[i], 1, t, 16);
+  wb_lenfield(&spans[1], 5, big, 20000);
+  one_scope_request(&body, "svc", spans, 3);
+  bl_split_t sp;
+  bl_error_t err;
+  CHECK_EQ_INT(bl_split(&bl_shape_traces, BL_ROUTE_TRACE_ID, body.p, body.n, r, &sp, &err), 0);
+  CHECK_EQ_INT(sp.items, 3);
+  CHECK_EQ_INT(sp.n_targets, 1);
+  bl_split_dispose(&sp);
+  free(body.p);
+  free(big);
+  for (int i = 0; i < 3; i++) free(spans[i].p);
+  struct {
+    const uint8_t *d;
+    size_t n;
+    const char *want;
+    long long off;
+  } cases[] = {
+      /* a span record whose one-byte length runs past its scope entry */
+      {(const uint8_t[]){0x0a, 0x04, 0x12, 0x02, 0x12, 0x05}, 6,
+       "resource_spans[0].scope_spans[0].spans[0]: length 5 runs past its parent (ends at 6)", 5},
+      /* a span record whose length varint is cut by the end of its scope entry */
+      {(const uint8_t[]){0x0a, 0x04, 0x12, 0x02, 0x12, 0x80}, 6, "scope_spans[0]: truncated length", 5},
+      /* a span record (tag 0x12) whose two-byte length runs past */
+      {(const uint8_t[]){0x0a, 0x05, 0x12, 0x03, 0x12, 0x80, 0x01}, 7,
+       "scope_spans[0].spans[0]: length 128 runs past its parent (ends at 7)", 5},
+      /* an attribute's key whose length runs past the KeyValue */
+      {(const uint8_t[]){0x0a, 0x06, 0x0a, 0x04, 0x0a, 0x02, 0x0a, 0x09}, 8,
+       "resource.attributes[0].key: length 9 runs past its parent (ends at 8)", 7},
+      /* a resource field of wire type 2 under a two-byte tag, then a group */
+      {(const uint8_t[]){0x0a, 0x06, 0x0a, 0x04, 0xa2, 0x01, 0x00, 0x0b}, 8,
+       "resource_spans[0].resource.attributes[0]: wire type 3 (group) is not allowed", 7},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    expect_error(cases[i].d, cases[i].n, cases[i].want, cases[i].off);
+  bl_ring_unref(r);
+}
+
+/* ----------------------------------------------- large requests against protobuf-c (issue 16) */
+
+/* Requests far larger than the splitter's inline scratch (every record array grows, in heap chunks), rings larger
+ * than it (their per-part scratch alone overflows it), more traces than its trace-id cache has slots: each part
+ * must be byte for byte what protobuf-c packs for the same request with only that member's items (entries and
+ * scope entries left without items dropped; by service on metrics, whole entries). The bench payloads are
+ * packed by protobuf-c, so a correct splice of one is exactly that packing. */
+
+static const ProtobufCFieldDescriptor *field_of(const ProtobufCMessage *m, unsigned num) {
+  const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(m->descriptor, num);
+  CHECK(f != NULL);
+  return f;
+}
+
+/* The repeated message field num of m: its count and array. */
+static size_t *rep_n(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f) {
+  return (size_t *)((char *)m + f->quantifier_offset);
+}
+static ProtobufCMessage ***rep_v(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f) {
+  return (ProtobufCMessage ***)((char *)m + f->offset);
+}
+
+/* The member that owns an item of the resource res under route (the contract, as in check_split). */
+static uint32_t item_owner(enum kind k, bl_route_t route, const bl_ring_t *ring, const Resource *res,
+                           const ProtobufCMessage *item) {
+  if (k == K_METRICS) return expected_metric_owner(ring, res, ((const Metric *)item)->name);
+  return expected_owner(ring, route, item_tid(k, item), res);
+}
+
+/* protobuf-c's packing of whole with only member b's items; whole-entry routes (metrics, not by metric) keep
+ * the entries of b's service. Shallow copies: the items are whole's own. */
+static wb reference_part(enum kind k, bl_route_t route, ProtobufCMessage *whole, const bl_ring_t *ring, uint32_t b) {
+  const int entries = k == K_METRICS && route != BL_ROUTE_METRIC;
+  const ProtobufCFieldDescriptor *fr = field_of(whole, 1);
+  size_t nr = *rep_n(whole, fr);
+  ProtobufCMessage **res_in = *rep_v(whole, fr);
+  ProtobufCMessage **res_out = calloc(nr + 1, sizeof *res_out);
+  void **to_free = calloc(4 * nr + 4, sizeof *to_free);
+  size_t n_out = 0, n_free = 0;
+  for (size_t i = 0; i < nr; i++) {
+    ProtobufCMessage *e = res_in[i];
+    const Resource *res = *(const Resource **)((char *)e + field_of(e, 1)->offset);
+    if (entries) {
+      if (expected_owner(ring, BL_ROUTE_SERVICE, (ProtobufCBinaryData){0, NULL}, res) == b) res_out[n_out++] = e;
+      continue;
+    }
+    const ProtobufCFieldDescriptor *fs = field_of(e, 2);
+    size_t ns = *rep_n(e, fs);
+    ProtobufCMessage **sc_in = *rep_v(e, fs), **sc_out = calloc(ns + 1, sizeof *sc_out);
+    size_t nso = 0;
+    for (size_t j = 0; j < ns; j++) {
+      ProtobufCMessage *s = sc_in[j];
+      const ProtobufCFieldDescriptor *fi = field_of(s, 2);
+      size_t ni = *rep_n(s, fi);
+      ProtobufCMessage **it_in = *rep_v(s, fi), **it_out = calloc(ni + 1, sizeof *it_out);
+      size_t nio = 0;
+      for (size_t x = 0; x < ni; x++)
+        if (item_owner(k, route, ring, res, it_in[x]) == b) it_out[nio++] = it_in[x];
+      if (!nio) {
+        free(it_out);
+        continue;
+      }
+      ProtobufCMessage *sc = malloc(s->descriptor->sizeof_message);
+      memcpy(sc, s, s->descriptor->sizeof_message);
+      *rep_n(sc, fi) = nio;
+      *rep_v(sc, fi) = it_out;
+      sc_out[nso++] = sc;
+      to_free[n_free++] = sc;
+      to_free[n_free++] = it_out;
+    }
+    if (!nso) {
+      free(sc_out);
+      continue;
+    }
+    ProtobufCMessage *ec = malloc(e->descriptor->sizeof_message);
+    memcpy(ec, e, e->descriptor->sizeof_message);
+    *rep_n(ec, fs) = nso;
+    *rep_v(ec, fs) = sc_out;
+    res_out[n_out++] = ec;
+    to_free[n_free++] = ec;
+    to_free[n_free++] = sc_out;
+    to_free = realloc(to_free, (n_free + 4 * nr + 4) * sizeof *to_free);
+  }
+  ProtobufCMessage *req = malloc(whole->descriptor->sizeof_message);
+  memcpy(req, whole, whole->descriptor->sizeof_message);
+  *rep_n(req, fr) = n_out;
+  *rep_v(req, fr) = res_out;
+  wb out = {0};
+  if (n_out) wb_pack(&out, req);
+  free(req);
+  free(res_out);
+  for (size_t i = 0; i < n_free; i++) free(to_free[i]);
+  free(to_free);
+  return out;
+}
+
+static bl_ring_t *big_ring(size_t n) {
+  bl_ring_member_t *m = calloc(n, sizeof *m);
+  char (*names)[48] = calloc(n, sizeof *names);
+  for (size_t i = 0; i < n; i++) {
+    snprintf(names[i], sizeof names[i], "http://collector-%zu:4318", i);
+    m[i] = (bl_ring_member_t){names[i], 1 + (uint32_t)(i % 3), NULL};
+  }
+  bl_ring_t *r = bl_ring_create(m, n);
+  free(m);
+  free(names);
+  return r;
+}
+
+static const ProtobufCMessageDescriptor *desc_of_kind(enum kind k) {
+  return k == K_TRACES   ? &opentelemetry__proto__collector__trace__v1__export_trace_service_request__descriptor
+         : k == K_LOGS   ? &opentelemetry__proto__collector__logs__v1__export_logs_service_request__descriptor
+                         : &opentelemetry__proto__collector__metrics__v1__export_metrics_service_request__descriptor;
+}
+
+TEST(large_requests_match_protobuf_c) {
+  static const struct {
+    enum kind k;
+    pl_signal sig;
+    uint32_t items, traces, resources;
+    bl_route_t route;
+  } cases[] = {
+      {K_TRACES, PL_TRACES, 3000, 500, 40, BL_ROUTE_TRACE_ID},
+      {K_TRACES, PL_TRACES, 3000, 500, 40, BL_ROUTE_SERVICE},
+      {K_TRACES, PL_TRACES, 100, 10, 0, BL_ROUTE_TRACE_ID},
+      {K_LOGS, PL_LOGS, 2000, 300, 30, BL_ROUTE_TRACE_ID},
+      {K_METRICS, PL_METRICS, 3000, 1, 200, BL_ROUTE_METRIC},
+      {K_METRICS, PL_METRICS, 3000, 1, 200, BL_ROUTE_SERVICE},
+  };
+  static const size_t ring_sizes[] = {1, 3, 300};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    pl_options o;
+    pl_options_default(&o);
+    o.signal = cases[c].sig;
+    o.items = cases[c].items;
+    o.traces = cases[c].traces;
+    o.resources = cases[c].resources;
+    o.seed = 16 + c;
+    o.base_time_ns = 1700000000000000000ull;
+    pl_payload p;
+    CHECK_EQ_INT(pl_payload_init(&p, &o), 0);
+    ProtobufCMessage *whole = protobuf_c_message_unpack(desc_of_kind(cases[c].k), NULL, p.len, p.body);
+    CHECK(whole != NULL);
+    if (!whole) continue;
+    for (size_t ri = 0; ri < sizeof ring_sizes / sizeof ring_sizes[0]; ri++) {
+      int before = test__failed_checks;
+      bl_ring_t *ring = big_ring(ring_sizes[ri]);
+      bl_split_t sp;
+      bl_error_t err;
+      int rc = bl_split(shape_of(cases[c].k), cases[c].route, p.body, p.len, ring, &sp, &err);
+      CHECK_EQ_INT(rc, 0);
+      if (rc) {
+        fprintf(stderr, "  case %zu ring %zu: %s\n", c, ring_sizes[ri], err.msg);
+        bl_ring_unref(ring);
+        continue;
+      }
+      CHECK_EQ_INT(sp.items, cases[c].items);
+      uint32_t targets = 0;
+      for (uint32_t b = 0; b < sp.n_parts; b++) {
+        wb want = reference_part(cases[c].k, cases[c].route, whole, ring, b);
+        CHECK_EQ_INT(sp.parts[b].len, want.n);
+        targets += want.n > 0;
+        if (sp.parts[b].len == want.n && want.n) {
+          uint8_t *got = gather(&sp.parts[b]);
+          CHECK(memcmp(got, want.p, want.n) == 0);
+          free(got);
+        }
+        free(want.p);
+      }
+      CHECK_EQ_INT(sp.n_targets, targets);
+      if (ring_sizes[ri] == 1) CHECK_EQ_INT(sp.parts[0].n_iov, 1);
+      if (test__failed_checks != before) fprintf(stderr, "  case %zu ring %zu\n", c, ring_sizes[ri]);
+      bl_split_dispose(&sp);
+      bl_ring_unref(ring);
+    }
+    protobuf_c_message_free_unpacked(whole, NULL);
+    pl_payload_dispose(&p);
+  }
+}
+
 TEST_MAIN()
