@@ -1,9 +1,9 @@
 """Helpers for bench/compare: starting and stopping the sinks and the three proxies (otlp-gateway, HAProxy,
 nginx; for the OTLP/gRPC rows the gateway's gRPC listener and HAProxy with `proto h2`; for the TLS rows the
 gateway with server.tls and HAProxy with `bind ... ssl crt`, from an ECDSA P-256 certificate made by make_cert) on
-127.0.0.1, reading
-their CPU time and peak RSS from /proc, and the idle-connection client of scenario S5 (run as
-`python3 bench/compare_lib.py idle PORT N`).
+127.0.0.1, reading their CPU time and peak RSS from /proc and the gateway's counters from its /metrics, the wrk
+client (a Lua script POSTing otlp-load's own body, caught by capture_request), and the idle-connection client of
+scenario S5 (run as `python3 bench/compare_lib.py idle PORT N`).
 
 Every process is started in its own process group (start_new_session) and registered with a Procs object;
 Procs.stop_all() signals each group (SIGTERM, then SIGKILL after a grace period), so nginx's workers go with
@@ -217,18 +217,35 @@ def start_sinks(procs, build, tmp, n, grpc=False, tls=None):
     return [(p, wait_log(log, "listening on", p, what="otlp-sink")) for p, log in ps]
 
 
-def start_gateway(procs, build, tmp, sink_ports, workers, tag, grpc=False, tls=None):
-    """The gateway with trace-ID routing to the sinks (over HTTP/1.1); grpc=True also opens its OTLP/gRPC listener
-    (server.grpc_listen, else off), whose port is the Proxy's gport. tls: make_cert's dict, the ingest listener then
-    speaks TLS (server.tls.cert_file / key_file); the sinks stay plain."""
-    cfg = os.path.join(tmp, "gw-%s.yaml" % tag)
+def gateway_config(path, sink_ports, workers, grpc=False, tls=None, backends_extra=""):
+    """Writes the gateway's YAML config: trace-ID routing to the sinks; backends_extra: more lines under backends
+    (e.g. "  batch: {max_parts: 1}\n")."""
     tls_cfg = ', tls: {cert_file: "%s", key_file: "%s"}' % (tls["cert"], tls["key"]) if tls else ""
-    with open(cfg, "w") as f:
+    with open(path, "w") as f:
         f.write('server: {listen: "127.0.0.1:0", grpc_listen: "%s", workers: %d, max_connections: 20000, '
                 'idle_timeout: 600s, read_timeout: 600s%s}\n'
                 'telemetry: {listen: "127.0.0.1:0"}\n'
-                'backends:\n  static:\n' % ("127.0.0.1:0" if grpc else "", workers, tls_cfg) +
+                'backends:\n%s  static:\n' % ("127.0.0.1:0" if grpc else "", workers, tls_cfg, backends_extra) +
                 "".join('    - {endpoint: "http://127.0.0.1:%d"}\n' % p for p in sink_ports))
+
+
+def check_gateway_config(build, tmp, backends_extra, tag="check"):
+    """Whether this otlp-gateway accepts a config with backends_extra (otlp-gateway --check-config): (True, "") or
+    (False, its message)."""
+    cfg = os.path.join(tmp, "gw-%s.yaml" % tag)
+    gateway_config(cfg, [9], 1, backends_extra=backends_extra)
+    cp = subprocess.run([os.path.join(build, "otlp-gateway"), "--config", cfg, "--check-config"], capture_output=True,
+                        text=True, timeout=30, stdin=subprocess.DEVNULL)
+    return cp.returncode == 0, (cp.stderr + cp.stdout).strip().replace(cfg, "config")
+
+
+def start_gateway(procs, build, tmp, sink_ports, workers, tag, grpc=False, tls=None, backends_extra=""):
+    """The gateway with trace-ID routing to the sinks (over HTTP/1.1); grpc=True also opens its OTLP/gRPC listener
+    (server.grpc_listen, else off), whose port is the Proxy's gport. tls: make_cert's dict, the ingest listener then
+    speaks TLS (server.tls.cert_file / key_file); the sinks stay plain. backends_extra: gateway_config's. The
+    Proxy's tport is its telemetry listener (/metrics)."""
+    cfg = os.path.join(tmp, "gw-%s.yaml" % tag)
+    gateway_config(cfg, sink_ports, workers, grpc=grpc, tls=tls, backends_extra=backends_extra)
     log = os.path.join(tmp, "gw-%s.err" % tag)
     err = open(log, "w")
     p = procs.spawn([os.path.join(build, "otlp-gateway"), "--config", cfg], stdout=subprocess.DEVNULL, stderr=err,
@@ -236,6 +253,7 @@ def start_gateway(procs, build, tmp, sink_ports, workers, tag, grpc=False, tls=N
     err.close()
     port = wait_log(log, "server=ingest", p, what="otlp-gateway")
     px = Proxy("gateway", p, port, [p.pid], [p.pid])
+    px.tport = wait_log(log, "server=telemetry", p, what="otlp-gateway telemetry listener")
     if grpc:
         px.gport = wait_log(log, "server=grpc", p, what="otlp-gateway gRPC listener")
     return px
@@ -365,6 +383,169 @@ def run_load(procs, build, url, duration, connections, spans, traces, resources=
             pass
     res["raw"] = " ".join("%s=%s" % kv for kv in r.items())
     return res
+
+
+def scrape_metrics(port, timeout=10.0):
+    """The text of GET /metrics on 127.0.0.1:port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError("GET /metrics: %s" % head.split(b"\r\n")[0].decode(errors="replace"))
+    return body.decode(errors="replace")
+
+
+def metric_series(text, name):
+    """[(labels, value)] of every sample of the metric called exactly name (labels: the text inside {} or "")."""
+    out = []
+    for ln in text.splitlines():
+        if not ln.startswith(name) or ln.startswith("#"):
+            continue
+        rest = ln[len(name):]
+        if rest[:1] == "{":
+            labels, _, val = rest[1:].partition("} ")
+        elif rest[:1] == " ":
+            labels, val = "", rest[1:]
+        else:
+            continue  # a longer name with this one as prefix
+        try:
+            out.append((labels, float(val.split()[0])))
+        except (ValueError, IndexError):
+            pass
+    return out
+
+
+def gateway_counters(port):
+    """The gateway's counters that bench/compare takes deltas of: client requests answered (requests_total; and
+    those not 200 / OK), backend requests (backend_requests_total over backends and outcomes), and
+    backend_batch_parts' _sum / _count (None when this gateway has no such histogram)."""
+    text = scrape_metrics(port)
+    req = metric_series(text, "otlp_gateway_requests_total")
+    bp_sum = metric_series(text, "otlp_gateway_backend_batch_parts_sum")
+    bp_count = metric_series(text, "otlp_gateway_backend_batch_parts_count")
+    return {"req": sum(v for _, v in req),
+            "req_not_ok": sum(v for lb, v in req if 'code="200"' not in lb and 'code="OK"' not in lb),
+            "be_req": sum(v for _, v in metric_series(text, "otlp_gateway_backend_requests_total")),
+            "bp_sum": sum(v for _, v in bp_sum) if bp_sum else None,
+            "bp_count": sum(v for _, v in bp_count) if bp_count else None}
+
+
+def counters_delta(c0, c1):
+    """What happened between two gateway_counters: be_per_req (backend requests per client request), batch_parts
+    (mean parts per backend request, None without the histogram), gw_req, gw_be_req, req_not_ok (client requests,
+    backend requests, client requests answered other than 200 / OK)."""
+    req, be = c1["req"] - c0["req"], c1["be_req"] - c0["be_req"]
+    parts = None
+    if c0["bp_count"] is not None and c1["bp_count"] is not None and c1["bp_count"] > c0["bp_count"]:
+        parts = (c1["bp_sum"] - c0["bp_sum"]) / (c1["bp_count"] - c0["bp_count"])
+    return {"gw_req": req, "gw_be_req": be, "be_per_req": be / req if req else float("nan"), "batch_parts": parts,
+            "req_not_ok": c1["req_not_ok"] - c0["req_not_ok"]}
+
+
+def capture_request(procs, build, spans, traces, resources=None, gzip=False, timeout=30.0):
+    """(body, Content-Encoding or None, Content-Type) of the first request otlp-load sends with these options, caught
+    by a one-shot listener here: the payload of the otlp-load rows (same generator, options and seed: only the
+    timestamps differ from run to run), for a client that sends one fixed body (wrk)."""
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    ls.settimeout(timeout)
+    port = ls.getsockname()[1]
+    args = [os.path.join(build, "otlp-load"), "--url", "http://127.0.0.1:%d" % port, "--quiet", "--requests", "1",
+            "--connections", "1", "--spans", str(spans), "--traces", str(traces)]
+    if resources:
+        args += ["--resources", str(resources)]
+    if gzip:
+        args += ["--gzip-level", "1"]
+    p = procs.spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        c, _ = ls.accept()
+        c.settimeout(timeout)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(65536)
+            if not chunk:
+                raise RuntimeError("otlp-load closed before sending a request head")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        hdrs = {}
+        for ln in head.split(b"\r\n")[1:]:
+            k, _, v = ln.partition(b":")
+            hdrs[k.strip().lower().decode()] = v.strip().decode()
+        clen = int(hdrs["content-length"])
+        while len(body) < clen:
+            chunk = c.recv(65536)
+            if not chunk:
+                raise RuntimeError("otlp-load closed in the middle of its body")
+            body += chunk
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        c.close()
+    finally:
+        ls.close()
+        procs.stop(p)
+    return body[:clen], hdrs.get("content-encoding"), hdrs.get("content-type", "application/x-protobuf")
+
+
+WRK_SCRIPT = """-- bench/compare: POST /v1/traces with one fixed OTLP body (keep-alive: wrk's HTTP/1.1 default)
+local f = assert(io.open("%(body)s", "rb"))
+wrk.method = "POST"
+wrk.path = "/v1/traces"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "%(ctype)s"
+%(encoding)s
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRKRESULT requests=%%.0f duration_us=%%.0f bytes=%%.0f status=%%.0f connect=%%.0f "
+    .. "read=%%.0f write=%%.0f timeout=%%.0f p50_us=%%.0f p99_us=%%.0f\\n", summary.requests, summary.duration,
+    summary.bytes, e.status, e.connect, e.read, e.write, e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def write_wrk_script(tmp, tag, body, encoding=None, ctype="application/x-protobuf"):
+    """Writes body to a file and a wrk Lua script that POSTs it to /v1/traces; returns the script's path."""
+    bpath = os.path.join(tmp, "wrk-body-%s.bin" % tag)
+    with open(bpath, "wb") as f:
+        f.write(body)
+    spath = os.path.join(tmp, "wrk-%s.lua" % tag)
+    with open(spath, "w") as f:
+        f.write(WRK_SCRIPT % {"body": bpath, "ctype": ctype, "encoding": 'wrk.headers["Content-Encoding"] = "%s"'
+                              % encoding if encoding else ""})
+    return spath
+
+
+def run_wrk(procs, script, port, duration_s, connections, threads, spans):
+    """One wrk run (keep-alive, --connections spread over threads); returns a dict shaped like run_load's: rps and
+    spans_per_s of the requests answered < 400 (wrk counts status >= 400 as errors.status), ok, requests, errors
+    (transport: connect/read/write/timeout), spans_acked, elapsed_s, p50_ms / p99_ms, raw."""
+    secs = max(1, int(round(duration_s)))  # wrk's -d takes whole s/m/h
+    args = ["wrk", "-t", str(max(1, min(threads, connections))), "-c", str(connections), "-d", "%ds" % secs,
+            "--timeout", "10s", "-s", script, "http://127.0.0.1:%d/v1/traces" % port]
+    p = procs.spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        out, err = p.communicate(timeout=secs + 60)
+    finally:
+        procs.stop(p)
+    line = [ln for ln in out.splitlines() if ln.startswith("WRKRESULT ")]
+    if not line:
+        raise RuntimeError("wrk printed no WRKRESULT line (exit %s): %s %s" % (p.returncode, out[-1000:],
+                                                                               err[-1000:]))
+    kv = {k: float(v) for k, v in (x.split("=", 1) for x in line[0].split()[1:])}
+    elapsed = kv["duration_us"] / 1e6
+    ok = kv["requests"] - kv["status"]
+    errors = kv["connect"] + kv["read"] + kv["write"] + kv["timeout"]
+    return {"requests": kv["requests"], "ok": ok, "errors": errors, "non2xx": kv["status"],
+            "rps": ok / elapsed if elapsed else 0.0, "spans_per_s": ok * spans / elapsed if elapsed else 0.0,
+            "spans_acked": ok * spans, "elapsed_s": elapsed, "p50_ms": kv["p50_us"] / 1000.0,
+            "p99_ms": kv["p99_us"] / 1000.0, "raw": line[0][10:]}
 
 
 class IdleClients:
