@@ -193,8 +193,8 @@ static const cfg_key_t cfg_keys[] = {
         "batch: one fdatasync per loop turn before the acks it covers | always: one per part | never: page cache "
         "only (survives a process crash, not a power cut)"),
     KEY("backends.batch.max_bytes", CT_SIZE, "4MiB", backends.batch.max_bytes, 1 * KIB, GIB, NULL, NULL,
-        "largest coalesced backend request (parts for one backend made in one loop turn, or while all its "
-        "connections are busy, leave together)"),
+        "largest coalesced backend request (parts for one backend made in one loop turn, or while a request to "
+        "it is in flight, leave together)"),
     KEY("backends.batch.max_parts", CT_U32, "256", backends.batch.max_parts, 1, 65536, NULL, NULL,
         "most parts in one coalesced backend request; 1 = every part alone"),
     KEY("backends.retry.initial_interval", CT_DURATION, "100ms", backends.retry.initial_interval_ms, 1, DUR_MAX,

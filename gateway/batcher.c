@@ -239,7 +239,13 @@ static void send_one(bt_t *b) {
 
 static void flush(bt_t *b) {
   uint32_t max = b->cfg.max_in_flight ? b->cfg.max_in_flight : 1;
-  while (b->n_waiting && b->in_flight < max && !b->cancelling) send_one(b);
+  while (b->n_waiting && b->in_flight < max && !b->cancelling) {
+    /* Behind a request in flight, a few parts wait for its answer and leave together; enough of them open
+     * another connection. */
+    if (b->in_flight && b->cfg.open_parts && b->n_waiting < b->cfg.open_parts && b->waiting_bytes < b->cfg.open_bytes)
+      break;
+    send_one(b);
+  }
 }
 
 /* Puts r's parts back at the front of their queue, to be sent again: alone (each its own seal), or in two

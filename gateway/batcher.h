@@ -3,12 +3,13 @@
  * the fan-out (gateway/forward, gateway/retry_queue) and the backend's connection pool (gateway/backend).
  *
  * Group commit, no timer: a submitted part waits in its signal's queue until the end of the current loop turn
- * (the group's uv_check handle, which runs right after the turn's I/O callbacks). There, while fewer than
- * max_in_flight backend requests are in flight (one per connection: max_connections_per_backend), the waiting
- * parts of one signal leave together as one POST, up to max_bytes / max_parts: concatenated Export*ServiceRequests
- * are one valid merged request (OTLP-WIRE.md), so a batch is just the parts' iovecs, nothing is copied. At low
- * load a part leaves in the turn it was made in (nothing is delayed); while every connection is busy, what comes
- * meanwhile leaves together when one frees up. A part larger than max_bytes leaves alone.
+ * (the group's uv_check handle, which runs right after the turn's I/O callbacks). There, the waiting parts of one
+ * signal leave together as one POST, up to max_bytes / max_parts: concatenated Export*ServiceRequests are one
+ * valid merged request (OTLP-WIRE.md), so a batch is just the parts' iovecs, nothing is copied. A batch leaves at
+ * once when nothing is in flight to the backend; while a request is, a second one starts only when enough waits
+ * (open_parts / open_bytes), and never more than max_in_flight (one per connection: max_connections_per_backend).
+ * So at low load a part leaves in the turn it was made in (nothing is delayed); under load, what comes while the
+ * backend works on a request leaves together when it answers. A part larger than max_bytes leaves alone.
  *
  * Outcomes, per part, exactly what the part would have got alone:
  *   - 2xx without partial_success rejections: every part succeeded (a partial_success message without a
@@ -84,6 +85,11 @@ typedef struct bt_config {
   size_t max_bytes;       /* backends.batch.max_bytes: plain bytes of one batch */
   uint32_t max_parts;     /* backends.batch.max_parts; 0 or 1 = no coalescing */
   int compress;           /* backends.compression: gzip */
+  /* While a request is in flight already, another one starts only once open_parts parts (or open_bytes bytes)
+   * wait: below that, what comes coalesces behind the one in flight and leaves when it is answered; above it, a
+   * backend that is slow per request gets more connections, up to max_in_flight. 0 = at once (any free slot). */
+  uint32_t open_parts;
+  size_t open_bytes;
 } bt_config_t;
 
 /* One per loop: the check handle that flushes the batchers with waiting parts at the end of each turn. */

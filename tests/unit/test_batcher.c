@@ -651,7 +651,7 @@ static void check_requests(fx_t *fx, uint32_t max_parts, size_t max_bytes) {
   } while (0)
 
 static bt_config_t config(uint32_t max_in_flight, size_t max_bytes, uint32_t max_parts, int compress) {
-  bt_config_t c = {max_in_flight, max_bytes, max_parts, compress};
+  bt_config_t c = {max_in_flight, max_bytes, max_parts, compress, 0, 0};
   return c;
 }
 
@@ -778,6 +778,57 @@ TEST(busy_parts_wait_and_leave_as_one_request_when_a_slot_frees) {
   CHECK_REQCB(&fx->reqcbs[2], OTLP_TRACES, 200, 3, 3 + 4 + 5, 1);
   CHECK_EQ_INT(bt_in_flight(fx->b), 0);
   CHECK_EQ_INT(fx->n_reqs, 3);
+  fx_free(fx);
+}
+
+TEST(behind_a_request_in_flight_parts_wait_until_enough_open_another) {
+  /* open_parts 3: with one request in flight, 1 or 2 waiting parts wait for its answer; the third opens a second
+   * request (all three in it); open_bytes opens one for fewer, larger parts */
+  bt_config_t cfg = config(4, 1 << 20, 16, 0);
+  cfg.open_parts = 3;
+  cfg.open_bytes = 1 << 20;
+  fx_t *fx = fx_new(&cfg);
+  tpart_t *p[6];
+  for (int i = 0; i < 6; i++) p[i] = mk_part(fx, OTLP_TRACES, 1, 1);
+  CHECK_EQ_INT(submit(fx, p[0]), 0);
+  turn(fx);
+  CHECK_EQ_INT(fx->n_reqs, 1); /* nothing in flight: at once */
+  CHECK_EQ_INT(submit(fx, p[1]), 0);
+  turn(fx);
+  CHECK_EQ_INT(submit(fx, p[2]), 0);
+  turn(fx);
+  CHECK_EQ_INT(fx->n_reqs, 1); /* two wait behind the one in flight */
+  CHECK_EQ_INT(bt_waiting(fx->b, NULL), 2);
+  CHECK_EQ_INT(active_timers(&fx->loop), 0);
+  CHECK_EQ_INT(submit(fx, p[3]), 0);
+  turn(fx);
+  CHECK_EQ_INT(fx->n_reqs, 2); /* three: another request */
+  CHECK_EQ_STR(req_desc(fx, 1), "1,2,3");
+  CHECK_EQ_INT(bt_in_flight(fx->b), 2);
+  CHECK_EQ_INT(submit(fx, p[4]), 0);
+  turn(fx);
+  CHECK_EQ_INT(fx->n_reqs, 2);
+  answer(fx, 0, 200, NULL, 0, 0);
+  turn(fx); /* an answer: what waited leaves (one still in flight, but a slot is its own) */
+  CHECK_EQ_INT(fx->n_reqs, 2);
+  CHECK_EQ_INT(bt_waiting(fx->b, NULL), 1);
+  answer(fx, 1, 200, NULL, 0, 0);
+  turn(fx); /* nothing in flight: the waiting part leaves */
+  CHECK_EQ_INT(fx->n_reqs, 3);
+  CHECK_EQ_STR(req_desc(fx, 2), "4");
+  /* bytes: a part of open_bytes or more opens another request at once */
+  bt_config_t big = cfg;
+  big.open_bytes = p[5]->len;
+  bt_set_config(fx->b, &big);
+  CHECK_EQ_INT(submit(fx, p[5]), 0);
+  turn(fx);
+  CHECK_EQ_INT(fx->n_reqs, 4);
+  CHECK_EQ_STR(req_desc(fx, 3), "5");
+  answer(fx, 2, 200, NULL, 0, 0);
+  answer(fx, 3, 200, NULL, 0, 0);
+  turn(fx);
+  for (int i = 0; i < 6; i++) CHECK_OUT(p[i], 200, 0, "");
+  CHECK_EQ_INT(bt_in_flight(fx->b), 0);
   fx_free(fx);
 }
 
@@ -1646,6 +1697,8 @@ TEST(random_runs_every_part_gets_its_alone_outcome) {
     int failed_before = test__failed_checks;
     rng_state = 0x9E3779B97F4A7C15ull * (uint64_t)(round + 1);
     bt_config_t cfg = config(rnd(5), 100 + rnd(1500), parts_choice[rnd(7)], 0);
+    cfg.open_parts = rnd(2) ? rnd(5) : 0; /* with a request in flight, wait for this many before another */
+    cfg.open_bytes = 200 + rnd(2000);
     size_t limit413 = rnd(3) == 0 ? SIZE_MAX : 150 + rnd(1200);
     fx_t *fx = fx_new(&cfg);
     const int n_total = 150;
