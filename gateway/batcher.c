@@ -40,6 +40,7 @@ struct bt {
   size_t n_waiting;
   uint64_t waiting_bytes;
   uint32_t in_flight;
+  uint64_t last_send_ns; /* the newest request in flight started then */
   uint64_t seq;
   uint64_t seal;
   int cancelling;
@@ -228,6 +229,7 @@ static void send_one(bt_t *b) {
   }
   if (rc == 0) {
     b->in_flight++;
+    b->last_send_ns = r->start_ns;
     return;
   }
   /* Not even queued by the pool (out of memory, the pool cancelling): as a transport failure of the request. */
@@ -240,9 +242,10 @@ static void send_one(bt_t *b) {
 static void flush(bt_t *b) {
   uint32_t max = b->cfg.max_in_flight ? b->cfg.max_in_flight : 1;
   while (b->n_waiting && b->in_flight < max && !b->cancelling) {
-    /* Behind a request in flight, a few parts wait for its answer and leave together; enough of them open
-     * another connection. */
-    if (b->in_flight && b->cfg.open_parts && b->n_waiting < b->cfg.open_parts && b->waiting_bytes < b->cfg.open_bytes)
+    /* Behind a young request in flight, a few parts wait for its answer and leave together; enough of them, or
+     * a request that is taking long, open another connection. */
+    if (b->in_flight && b->cfg.open_parts && b->n_waiting < b->cfg.open_parts && b->waiting_bytes < b->cfg.open_bytes &&
+        (!b->cfg.open_after_ns || uv_hrtime() - b->last_send_ns < b->cfg.open_after_ns))
       break;
     send_one(b);
   }

@@ -7,7 +7,8 @@
  * signal leave together as one POST, up to max_bytes / max_parts: concatenated Export*ServiceRequests are one
  * valid merged request (OTLP-WIRE.md), so a batch is just the parts' iovecs, nothing is copied. A batch leaves at
  * once when nothing is in flight to the backend; while a request is, a second one starts only when enough waits
- * (open_parts / open_bytes), and never more than max_in_flight (one per connection: max_connections_per_backend).
+ * (open_parts / open_bytes) or the newest request in flight is older than open_after_ns, and never more than
+ * max_in_flight (one per connection: max_connections_per_backend).
  * So at low load a part leaves in the turn it was made in (nothing is delayed); under load, what comes while the
  * backend works on a request leaves together when it answers. A part larger than max_bytes leaves alone.
  *
@@ -90,6 +91,9 @@ typedef struct bt_config {
    * backend that is slow per request gets more connections, up to max_in_flight. 0 = at once (any free slot). */
   uint32_t open_parts;
   size_t open_bytes;
+  /* ... and only while the newest request in flight is younger than this: a backend that has not answered within
+   * it is slow (or a black hole), and what comes gets another connection at once. 0 = no age limit. */
+  uint64_t open_after_ns;
 } bt_config_t;
 
 /* One per loop: the check handle that flushes the batchers with waiting parts at the end of each turn. */

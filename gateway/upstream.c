@@ -476,7 +476,8 @@ void us_part_end(us_backend_t *b, size_t len) {
 bt_t *us_backend_batcher(us_backend_t *b) { return b->batch; }
 
 bt_config_t us__batch_config(const cfg_t *c) {
-  /* Another connection once a quarter of a batch waits behind the request in flight (bt_config_t.open_parts). */
+  /* Another connection once a quarter of a batch waits behind the request in flight (bt_config_t.open_parts), or
+   * once that request is 2 ms old. */
   uint32_t parts = c->backends.batch.max_parts;
   return (bt_config_t){
       .max_in_flight = c->backends.max_connections_per_backend,
@@ -485,6 +486,7 @@ bt_config_t us__batch_config(const cfg_t *c) {
       .compress = c->backends.compression == CFG_COMPRESSION_GZIP,
       .open_parts = parts > 1 ? (parts / 4 > 2 ? parts / 4 : 2) : 0,
       .open_bytes = (size_t)c->backends.batch.max_bytes / 4,
+      .open_after_ns = 2 * MS_NS, /* a collector that has not answered in 2 ms is busy: use another connection */
   };
 }
 

@@ -651,7 +651,7 @@ static void check_requests(fx_t *fx, uint32_t max_parts, size_t max_bytes) {
   } while (0)
 
 static bt_config_t config(uint32_t max_in_flight, size_t max_bytes, uint32_t max_parts, int compress) {
-  bt_config_t c = {max_in_flight, max_bytes, max_parts, compress, 0, 0};
+  bt_config_t c = {max_in_flight, max_bytes, max_parts, compress, 0, 0, 0};
   return c;
 }
 
@@ -788,8 +788,8 @@ TEST(behind_a_request_in_flight_parts_wait_until_enough_open_another) {
   cfg.open_parts = 3;
   cfg.open_bytes = 1 << 20;
   fx_t *fx = fx_new(&cfg);
-  tpart_t *p[6];
-  for (int i = 0; i < 6; i++) p[i] = mk_part(fx, OTLP_TRACES, 1, 1);
+  tpart_t *p[7];
+  for (int i = 0; i < 7; i++) p[i] = mk_part(fx, OTLP_TRACES, 1, 1);
   CHECK_EQ_INT(submit(fx, p[0]), 0);
   turn(fx);
   CHECK_EQ_INT(fx->n_reqs, 1); /* nothing in flight: at once */
@@ -824,10 +824,19 @@ TEST(behind_a_request_in_flight_parts_wait_until_enough_open_another) {
   turn(fx);
   CHECK_EQ_INT(fx->n_reqs, 4);
   CHECK_EQ_STR(req_desc(fx, 3), "5");
+  /* age: behind requests in flight older than open_after_ns (1 ns: all of them), a part leaves at once */
+  bt_config_t aged = cfg;
+  aged.open_after_ns = 1;
+  bt_set_config(fx->b, &aged);
+  CHECK_EQ_INT(submit(fx, p[6]), 0);
+  turn(fx);
+  CHECK_EQ_INT(fx->n_reqs, 5);
+  CHECK_EQ_STR(req_desc(fx, 4), "6");
   answer(fx, 2, 200, NULL, 0, 0);
   answer(fx, 3, 200, NULL, 0, 0);
+  answer(fx, 4, 200, NULL, 0, 0);
   turn(fx);
-  for (int i = 0; i < 6; i++) CHECK_OUT(p[i], 200, 0, "");
+  for (int i = 0; i < 7; i++) CHECK_OUT(p[i], 200, 0, "");
   CHECK_EQ_INT(bt_in_flight(fx->b), 0);
   fx_free(fx);
 }
@@ -1699,6 +1708,7 @@ TEST(random_runs_every_part_gets_its_alone_outcome) {
     bt_config_t cfg = config(rnd(5), 100 + rnd(1500), parts_choice[rnd(7)], 0);
     cfg.open_parts = rnd(2) ? rnd(5) : 0; /* with a request in flight, wait for this many before another */
     cfg.open_bytes = 200 + rnd(2000);
+    cfg.open_after_ns = rnd(2) ? 0 : 1 + rnd(200000);
     size_t limit413 = rnd(3) == 0 ? SIZE_MAX : 150 + rnd(1200);
     fx_t *fx = fx_new(&cfg);
     const int n_total = 150;
