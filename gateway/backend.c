@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "gateway/version.h"
+#include "gateway/wire_text.h"
 
 #define BE_MAX_RESPONSE_BODY (64 * 1024)
 
@@ -678,24 +679,6 @@ static void pump(be_pool_t *p) {
 
 /* ---- public ------------------------------------------------------------------------------------------- */
 
-static size_t cat(char *out, const char *s, size_t n) {
-  memcpy(out, s, n);
-  return n;
-}
-
-/* v in decimal at out (room for 20 digits); returns the number of digits. */
-static size_t fmt_u64(char *out, uint64_t v) {
-  char tmp[20];
-  size_t n = 0;
-  do {
-    tmp[sizeof tmp - ++n] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  return cat(out, tmp + sizeof tmp - n, n);
-}
-
-#define BE_LIT(out, lit) cat(out, lit, sizeof lit - 1)
-
 /* The constant parts of cfg's request heads for host_header into *h (see be_head_t); 0 or UV_ENOMEM. */
 static int head_build(const be_pool_config_t *cfg, const char *host_header, be_head_t *h) {
   static const char post[] = "POST ", http[] = " HTTP/1.1\r\nHost: ",
@@ -708,18 +691,18 @@ static int head_build(const be_pool_config_t *cfg, const char *host_header, be_h
   h->end_len = extra;
   if (!(h->buf = malloc(h->pre_len + h->mid_len + h->end_len))) return UV_ENOMEM;
   char *o = h->buf;
-  o += BE_LIT(o, post);
-  o += cat(o, prefix, prefix_len);
-  o += BE_LIT(o, http);
-  o += cat(o, host_header, host_len);
-  o += BE_LIT(o, ua);
+  o += WT_LIT(o, post);
+  o += wt_cat(o, prefix, prefix_len);
+  o += WT_LIT(o, http);
+  o += wt_cat(o, host_header, host_len);
+  o += WT_LIT(o, ua);
   for (size_t i = 0; i < cfg->n_headers; i++) {
-    o += cat(o, cfg->headers[i].name, strlen(cfg->headers[i].name));
-    o += BE_LIT(o, ": ");
-    o += cat(o, cfg->headers[i].value, strlen(cfg->headers[i].value));
-    o += BE_LIT(o, "\r\n");
+    o += wt_cat(o, cfg->headers[i].name, strlen(cfg->headers[i].name));
+    o += WT_LIT(o, ": ");
+    o += wt_cat(o, cfg->headers[i].value, strlen(cfg->headers[i].value));
+    o += WT_LIT(o, "\r\n");
   }
-  BE_LIT(o, "\r\n");
+  WT_LIT(o, "\r\n");
   return 0;
 }
 
@@ -830,7 +813,7 @@ int be_send(be_pool_t *p, const char *path, const char *content_type, const char
   size_t body_len = 0;
   for (size_t i = 0; i < n_iov; i++) body_len += iov[i].iov_len;
   char cl[20];
-  size_t cl_len = fmt_u64(cl, body_len);
+  size_t cl_len = wt_u64(cl, body_len);
   size_t path_len = strlen(path), ct_len = strlen(content_type);
   size_t ce_len = content_encoding ? strlen(content_encoding) : 0;
   const be_head_t *h = &p->head;
@@ -842,20 +825,20 @@ int be_send(be_pool_t *p, const char *path, const char *content_type, const char
   if (!r) return UV_ENOMEM;
   memset(r, 0, sizeof *r);
   char *head = (char *)(r->bufs + n_bufs), *o = head;
-  o += cat(o, h->buf, h->pre_len);
-  o += cat(o, path, path_len);
-  o += cat(o, h->buf + h->pre_len, h->mid_len);
-  o += cat(o, content_type, ct_len);
-  o += BE_LIT(o, "\r\n");
+  o += wt_cat(o, h->buf, h->pre_len);
+  o += wt_cat(o, path, path_len);
+  o += wt_cat(o, h->buf + h->pre_len, h->mid_len);
+  o += wt_cat(o, content_type, ct_len);
+  o += WT_LIT(o, "\r\n");
   if (content_encoding) {
-    o += BE_LIT(o, ce_name);
-    o += cat(o, content_encoding, ce_len);
-    o += BE_LIT(o, "\r\n");
+    o += WT_LIT(o, ce_name);
+    o += wt_cat(o, content_encoding, ce_len);
+    o += WT_LIT(o, "\r\n");
   }
-  o += BE_LIT(o, cl_name);
-  o += cat(o, cl, cl_len);
-  o += BE_LIT(o, "\r\n");
-  cat(o, h->buf + h->pre_len + h->mid_len, h->end_len);
+  o += WT_LIT(o, cl_name);
+  o += wt_cat(o, cl, cl_len);
+  o += WT_LIT(o, "\r\n");
+  wt_cat(o, h->buf + h->pre_len + h->mid_len, h->end_len);
   r->body_len = body_len;
   r->n_bufs = n_bufs;
   r->bufs[0] = (uv_buf_t){.base = head, .len = head_len};

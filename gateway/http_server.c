@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "gateway/log.h"
+#include "gateway/wire_text.h"
 
 #define HS_READ_BUF_SIZE (64 * 1024)
 /* A Content-Length body that arrived whole in one read of at least this size is not copied: the request takes
@@ -351,24 +352,6 @@ static int conn_write(hs_conn_t *c, const char *head, size_t head_len, const voi
   return 0;
 }
 
-static size_t hs_cat(char *out, const char *s, size_t n) {
-  memcpy(out, s, n);
-  return n;
-}
-
-/* v in decimal at out (room for 20 digits); returns the number of digits. */
-static size_t hs_fmt_u64(char *out, uint64_t v) {
-  char tmp[20];
-  size_t n = 0;
-  do {
-    tmp[sizeof tmp - ++n] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  return hs_cat(out, tmp + sizeof tmp - n, n);
-}
-
-#define HS_LIT(out, lit) hs_cat(out, lit, sizeof lit - 1)
-
 /* "HTTP/1.1 <status> <reason>\r\n": a constant for the statuses HS_STATUSES names, else built in tmp (48 bytes). */
 static hs_slice_t status_line(int status, char *tmp) {
   switch (status) {
@@ -378,10 +361,10 @@ static hs_slice_t status_line(int status, char *tmp) {
 #undef HS_LINE
     default: break;
   }
-  size_t n = HS_LIT(tmp, "HTTP/1.1 ");
+  size_t n = WT_LIT(tmp, "HTTP/1.1 ");
   if (status < 0) tmp[n++] = '-';
-  n += hs_fmt_u64(tmp + n, status < 0 ? -(uint64_t)status : (uint64_t)status);
-  n += HS_LIT(tmp + n, " Unknown\r\n");
+  n += wt_u64(tmp + n, status < 0 ? -(uint64_t)status : (uint64_t)status);
+  n += WT_LIT(tmp + n, " Unknown\r\n");
   return (hs_slice_t){tmp, n};
 }
 
@@ -395,31 +378,31 @@ static int format_head(hs_server_t *s, char *out, size_t cap, int status, const 
   char tmp[48], num[20];
   hs_slice_t line = status_line(status, tmp);
   const char *d = date_header(s);
-  size_t d_len = strlen(d), num_len = hs_fmt_u64(num, body_len), ct_len = content_type ? strlen(content_type) : 0;
+  size_t d_len = strlen(d), num_len = wt_u64(num, body_len), ct_len = content_type ? strlen(content_type) : 0;
   size_t len = line.len + sizeof date - 1 + d_len + sizeof length - 1 + num_len + 2 +
                (content_type ? sizeof type - 1 + ct_len + 2 : 0) + (close ? sizeof closing - 1 : 0) + 2;
   for (size_t i = 0; i < n_extra; i++) len += extra[i].name.len + extra[i].value.len + 4;
   if (len >= cap) return -1;
   char *o = out;
-  o += hs_cat(o, line.base, line.len);
-  o += HS_LIT(o, date);
-  o += hs_cat(o, d, d_len);
-  o += HS_LIT(o, length);
-  o += hs_cat(o, num, num_len);
-  o += HS_LIT(o, "\r\n");
+  o += wt_cat(o, line.base, line.len);
+  o += WT_LIT(o, date);
+  o += wt_cat(o, d, d_len);
+  o += WT_LIT(o, length);
+  o += wt_cat(o, num, num_len);
+  o += WT_LIT(o, "\r\n");
   if (content_type) {
-    o += HS_LIT(o, type);
-    o += hs_cat(o, content_type, ct_len);
-    o += HS_LIT(o, "\r\n");
+    o += WT_LIT(o, type);
+    o += wt_cat(o, content_type, ct_len);
+    o += WT_LIT(o, "\r\n");
   }
   for (size_t i = 0; i < n_extra; i++) {
-    o += hs_cat(o, extra[i].name.base, extra[i].name.len);
-    o += HS_LIT(o, ": ");
-    o += hs_cat(o, extra[i].value.base, extra[i].value.len);
-    o += HS_LIT(o, "\r\n");
+    o += wt_cat(o, extra[i].name.base, extra[i].name.len);
+    o += WT_LIT(o, ": ");
+    o += wt_cat(o, extra[i].value.base, extra[i].value.len);
+    o += WT_LIT(o, "\r\n");
   }
-  if (close) o += HS_LIT(o, closing);
-  HS_LIT(o, "\r\n");
+  if (close) o += WT_LIT(o, closing);
+  WT_LIT(o, "\r\n");
   return (int)len;
 }
 
