@@ -39,6 +39,7 @@ struct bt {
   bt_queue_t q[OTLP_N_SIGNALS];
   size_t n_waiting;
   uint64_t waiting_bytes;
+  uint64_t waiting_unqueued; /* of waiting_bytes, parts not marked queued */
   uint32_t in_flight;
   uint64_t last_send_ns; /* the newest request in flight started then */
   uint64_t seq;
@@ -190,6 +191,8 @@ static void send_one(bt_t *b) {
   }
   b->n_waiting -= n;
   b->waiting_bytes -= bytes;
+  for (bt_part_t *p = first; p; p = p->next)
+    if (!p->queued) b->waiting_unqueued -= p->len;
 
   int alone = n == 1 && first->alone_iov;
   if (alone) n_iov = first->n_alone_iov;
@@ -263,6 +266,7 @@ static void resend(bt_t *b, bt_req_t *r, int halves) {
     p->seal = seal;
     b->n_waiting++;
     b->waiting_bytes += p->len;
+    if (!p->queued) b->waiting_unqueued += p->len;
     last = p;
   }
   q_push_front_chain(&b->q[r->sig], first, last);
@@ -325,6 +329,7 @@ int bt_submit(bt_t *b, bt_part_t *p) {
   q_push_back(&b->q[p->sig], p);
   b->n_waiting++;
   b->waiting_bytes += p->len;
+  if (!p->queued) b->waiting_unqueued += p->len;
   mark_dirty(b);
   return 0;
 }
@@ -337,6 +342,7 @@ void bt_cancel(bt_t *b) {
     for (bt_part_t *p; (p = q_pop(&b->q[s])) != NULL;) {
       b->n_waiting--;
       b->waiting_bytes -= p->len;
+      if (!p->queued) b->waiting_unqueued -= p->len;
       p->done(p, &o);
     }
   b->cancelling = 0;
@@ -348,6 +354,7 @@ size_t bt_waiting(const bt_t *b, uint64_t *bytes) {
 }
 
 uint32_t bt_in_flight(const bt_t *b) { return b->in_flight; }
+uint64_t bt_unqueued_bytes(const bt_t *b) { return b->waiting_unqueued; }
 
 void bt_destroy(bt_t *b) {
   if (!b) return;

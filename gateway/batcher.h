@@ -64,6 +64,8 @@ struct bt_part {
   const struct iovec *alone_iov; /* NULL, or the bytes to send when the part leaves alone (pass-through) */
   size_t n_alone_iov;
   const char *alone_encoding;    /* Content-Encoding of alone_iov, NULL = identity */
+  int queued;                    /* its bytes are counted as queued by the owner already (a retry): left out of
+                                  * bt_unqueued_bytes */
   void (*done)(bt_part_t *p, const bt_outcome_t *o);
   /* the batcher's own: */
   bt_part_t *next;
@@ -118,6 +120,8 @@ void bt_cancel(bt_t *b);
 /* Waiting parts and their bytes (not those in flight), backend requests in flight. */
 size_t bt_waiting(const bt_t *b, uint64_t *bytes);
 uint32_t bt_in_flight(const bt_t *b);
+/* Bytes of the waiting parts not marked queued (client parts waiting for a connection: backend_queue_bytes). */
+uint64_t bt_unqueued_bytes(const bt_t *b);
 
 /* Fails what waits (as bt_cancel) and frees b. Requests in flight must have finished or been cancelled with
  * the pool before (their callbacks refer to b). */

@@ -301,7 +301,7 @@ void rq__pump(us_backend_t *b) {
     q->iov.iov_len = q->len;
     q->start_ns = now;
     q->bp = (bt_part_t){.sig = q->sig, .iov = &q->iov, .n_iov = 1, .len = q->len, .items = q->items,
-                        .done = on_retry_done};
+                        .queued = 1, .done = on_retry_done};
     int rc = bt_submit(b->batch, &q->bp);
     if (rc < 0) { /* the batcher is cancelling (b just left the ring): back off and try again */
       q_unaccount(b, q);

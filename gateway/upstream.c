@@ -737,8 +737,7 @@ size_t us_backend_views(const us_set_t *s, gw_backend_view_t *out, size_t cap, u
     const be_stats_t *bs = be_pool_stats(b->pool);
     *backend_connections += bs->connections_open;
     if (!b->origin || n == cap) continue;
-    uint64_t waiting = 0;
-    bt_waiting(b->batch, &waiting);
+    uint64_t waiting = bt_unqueued_bytes(b->batch); /* retries waiting there are in q_bytes already */
     out[n++] = (gw_backend_view_t){b->endpoint,         &b->m, b->health.up && b->in_ring,
                                    b->q_bytes + bs->queued_bytes + waiting, b->retries + bs->retries, b->sp_bytes};
   }

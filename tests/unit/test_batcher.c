@@ -754,6 +754,7 @@ TEST(busy_parts_wait_and_leave_as_one_request_when_a_slot_frees) {
   uint64_t bytes = 0;
   CHECK_EQ_INT(bt_waiting(fx->b, &bytes), 3);
   CHECK_EQ_INT(bytes, p[2]->len + p[3]->len + p[4]->len);
+  CHECK_EQ_INT(bt_unqueued_bytes(fx->b), bytes); /* none marked queued */
   CHECK_EQ_INT(bt_in_flight(fx->b), 2);
   CHECK_EQ_INT(fx->dones, 0);
   CHECK_EQ_INT(active_timers(&fx->loop), 0);
@@ -793,12 +794,14 @@ TEST(behind_a_request_in_flight_parts_wait_until_enough_open_another) {
   CHECK_EQ_INT(submit(fx, p[0]), 0);
   turn(fx);
   CHECK_EQ_INT(fx->n_reqs, 1); /* nothing in flight: at once */
+  p[1]->p.queued = 1; /* counted by its owner (a retry): not in bt_unqueued_bytes */
   CHECK_EQ_INT(submit(fx, p[1]), 0);
   turn(fx);
   CHECK_EQ_INT(submit(fx, p[2]), 0);
   turn(fx);
   CHECK_EQ_INT(fx->n_reqs, 1); /* two wait behind the one in flight */
   CHECK_EQ_INT(bt_waiting(fx->b, NULL), 2);
+  CHECK_EQ_INT(bt_unqueued_bytes(fx->b), p[2]->len);
   CHECK_EQ_INT(active_timers(&fx->loop), 0);
   CHECK_EQ_INT(submit(fx, p[3]), 0);
   turn(fx);
