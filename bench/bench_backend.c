@@ -33,34 +33,7 @@
 #define CALLGRIND_TOGGLE_COLLECT
 #endif
 
-/* Allocation counting, as bench_splice does: this program's malloc / calloc / realloc count and forward to glibc's
- * (libuv's calls land here too). Not under a sanitizer, whose runtime owns the allocator. */
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define BENCH_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define BENCH_ASAN 1
-#endif
-static uint64_t n_allocs;
-#if defined(__GLIBC__) && !defined(BENCH_ASAN)
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t k, size_t n);
-extern void *__libc_realloc(void *p, size_t n);
-void *malloc(size_t n) {
-  n_allocs++;
-  return __libc_malloc(n);
-}
-void *calloc(size_t k, size_t n) {
-  n_allocs++;
-  return __libc_calloc(k, n);
-}
-void *realloc(void *p, size_t n) {
-  n_allocs++;
-  return __libc_realloc(p, n);
-}
-#endif
+#include "bench/alloc_count.h" /* n_allocs, BENCH_COUNT_ALLOCS */
 
 typedef struct bench {
   uv_loop_t loop;

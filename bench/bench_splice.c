@@ -33,38 +33,7 @@
 
 #define COPIES 8
 
-/* Allocation counting: this program's malloc / calloc / realloc count and forward to glibc's own entry points
- * (free needs no wrapper). Not under a sanitizer, whose runtime owns the allocator. */
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define BENCH_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define BENCH_ASAN 1
-#endif
-#if defined(__GLIBC__) && !defined(BENCH_ASAN)
-#define BENCH_COUNT_ALLOCS 1
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t k, size_t n);
-extern void *__libc_realloc(void *p, size_t n);
-static uint64_t n_allocs;
-void *malloc(size_t n) {
-  n_allocs++;
-  return __libc_malloc(n);
-}
-void *calloc(size_t k, size_t n) {
-  n_allocs++;
-  return __libc_calloc(k, n);
-}
-void *realloc(void *p, size_t n) {
-  n_allocs++;
-  return __libc_realloc(p, n);
-}
-#else
-#define BENCH_COUNT_ALLOCS 0
-static uint64_t n_allocs;
-#endif
+#include "bench/alloc_count.h" /* n_allocs, BENCH_COUNT_ALLOCS */
 
 static double now(void) {
   struct timespec ts;
